@@ -1,0 +1,115 @@
+"""Steering overhead benchmarks on the embedded default; writes out/bench/steering.{md,json}.
+
+Every comparison is measured side by side in one process, alternating the two arms, and
+reported as a ratio of medians (this machine is noisy; absolute seconds are for context).
+Targets (issue 2): steering adds < 3% to forward and generate; extraction within 1.15x of a
+bare batched forward; a K-coefficient sweep as one batch beats K sequential runs.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import statistics
+import tempfile
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+import torch
+
+from lib.configs import REPO_ROOT
+from lib.data import DEFAULT_PROMPTS, load_subset
+from lib.extract import extract, forward_batches
+from lib.generation import Steering, encode, generate, pad_batch, render_chat
+from lib.models import hidden_size, load_model
+from lib.vectors import SteeringVector, random_like
+
+REPEATS = int(os.environ.get("BENCH_REPEATS", "5"))
+
+
+def paired(first: Callable[[], object], second: Callable[[], object], repeats: int = REPEATS) -> tuple[float, float]:
+    """Median seconds of two arms, alternated so drift hits both alike (one warm-up each)."""
+    first(), second()
+    a, b = [], []
+    for _ in range(repeats):
+        for arm, times in ((first, a), (second, b)):
+            start = time.perf_counter()
+            arm()
+            times.append(time.perf_counter() - start)
+    return statistics.median(a), statistics.median(b)
+
+
+def main() -> None:
+    torch.manual_seed(0)
+    model, tokenizer = load_model()
+    size = hidden_size(model)
+    probe = SteeringVector({layer: torch.ones(size) for layer in (10, 15)})
+    steering = Steering(random_like(probe * (20 / probe[10].norm()), seed=0))
+    prompts = (DEFAULT_PROMPTS * 4)[:16]
+    batch = pad_batch(encode(tokenizer, [render_chat(tokenizer, p) for p in prompts]), tokenizer.pad_token_id)
+    texts = [render_chat(tokenizer, e.prompt) for e in load_subset("math")[:32]]
+    rows = []
+
+    def forward() -> None:
+        with torch.no_grad():
+            model(**batch)
+
+    def forward_steered() -> None:
+        with torch.no_grad(), steering.apply(model):
+            model(**batch)
+
+    base, steered = paired(forward, forward_steered)
+    rows.append(("forward 16 prompts: steered / unsteered", base, steered, "< 1.03"))
+
+    def gen(steer: bool) -> Callable[[], object]:
+        return lambda: generate(model, tokenizer, prompts, max_new_tokens=32, batch_size=16, progress=False,
+                                steering=steering if steer else None)
+
+    base, steered = paired(gen(False), gen(True), repeats=max(2, REPEATS // 2))
+    rows.append(("generate 16 x 32 tokens: steered / unsteered", base, steered, "< 1.03"))
+
+    base, extracted = paired(lambda: forward_batches(model, tokenizer, texts, 16, progress=False),
+                             lambda: extract(model, tokenizer, texts, use_cache=False, progress=False))
+    rows.append(("extract 32 texts, all 30 layers: extract / bare forward", base, extracted, "< 1.15"))
+
+    k = 4
+    coefficients = [float(c) for c in range(k) for _ in prompts]
+
+    def one_batch() -> None:
+        generate(model, tokenizer, prompts * k, max_new_tokens=32, batch_size=16 * k, progress=False,
+                 steering=steering, coefficients=coefficients)
+
+    def sequential() -> None:
+        for c in range(k):
+            generate(model, tokenizer, prompts, max_new_tokens=32, batch_size=16, progress=False,
+                     steering=Steering(steering.vector, float(c)))
+
+    seq, batched = paired(sequential, one_batch, repeats=2)
+    rows.append((f"K={k} coefficient sweep: one batch / {k} sequential runs", seq, batched, "< 1"))
+
+    with tempfile.TemporaryDirectory() as cache:
+        os.environ["STEERLAB_CACHE"] = cache
+        start = time.perf_counter()
+        extract(model, tokenizer, texts, progress=False)
+        miss = time.perf_counter() - start
+        start = time.perf_counter()
+        extract(model, tokenizer, texts, progress=False)
+        hit = time.perf_counter() - start
+    rows.append(("extract 32 texts: cache hit / miss", miss, hit, "<< 1"))
+
+    out = REPO_ROOT / "out" / "bench"
+    out.mkdir(parents=True, exist_ok=True)
+    lines = ["| comparison | reference s | measured s | ratio | target |", "|---|---|---|---|---|"]
+    lines += [f"| {name} | {a:.3f} | {b:.3f} | {b / a:.3f} | {target} |" for name, a, b, target in rows]
+    header = (f"Steering benchmarks, embedded default, torch {torch.__version__}, {torch.get_num_threads()} threads, "
+              f"{time.strftime('%Y-%m-%d %H:%M')}, medians of {REPEATS} alternated repeats\n\n")
+    Path(out / "steering.md").write_text(header + "\n".join(lines) + "\n")
+    Path(out / "steering.json").write_text(json.dumps(
+        [{"comparison": n, "reference_s": a, "measured_s": b, "ratio": b / a, "target": t} for n, a, b, t in rows],
+        indent=2))
+    print(header + "\n".join(lines))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,28 @@
+"""steerlab: find directions that carry a behaviour and add them back, at chosen layers and strengths.
+
+Layout: models (loading, layer locator) -> hooks (record, steer) -> vectors (dataclass, builders)
+-> extract (cached activations) -> generation / evals -> experiments (contrastive) -> runner (papermill).
+"""
+
+from lib.generation import Steering, generate, render_chat
+from lib.hooks import group_weights, layer_groups, record, steer
+from lib.models import EMBEDDED_DEFAULT, find_layers, load_model, tiny_model
+from lib.vectors import SteeringVector, mean_difference, pca_direction, random_like
+
+__all__ = [
+    "EMBEDDED_DEFAULT",
+    "Steering",
+    "SteeringVector",
+    "find_layers",
+    "generate",
+    "group_weights",
+    "layer_groups",
+    "load_model",
+    "mean_difference",
+    "pca_direction",
+    "random_like",
+    "record",
+    "render_chat",
+    "steer",
+    "tiny_model",
+]

@@ -1,0 +1,129 @@
+"""The contrastive-steering experiment (seed: "Chunky Tulu Contrastive Steering").
+
+Activations at the last prompt token (chat template applied) of a target and a baseline
+subset give `vector = mean(target) - mean(baseline)` (CAA, Rimsky et al. 2024). It is
+added at one layer with `scale` while generating, and measured without generation: the
+log-probability gap between held-out target and baseline replies as a function of scale,
+beside the KL it costs on neutral text, with a norm-matched random direction as control.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+from torch import nn
+
+from lib.configs import ContrastiveConfig
+from lib.data import DEFAULT_PROMPTS, NEUTRAL_TEXTS, Example, load_subset, split_examples, subset_name
+from lib.evals import effect_curve, next_token_kl
+from lib.extract import extract
+from lib.generation import Steering, generate, render_chat
+from lib.vectors import SteeringVector, mean_difference, random_like
+
+
+@dataclass
+class ContrastiveData:
+    target_train: list[Example]
+    target_eval: list[Example]
+    baseline_train: list[Example]
+    baseline_eval: list[Example]
+    inference_prompts: list[str]
+
+
+def load_data(cfg: ContrastiveConfig) -> ContrastiveData:
+    target_train, target_eval = split_examples(load_subset(cfg.target, cfg.seed), cfg.n_samples, cfg.n_eval)
+    baseline_train, baseline_eval = split_examples(load_subset(cfg.baseline, cfg.seed), cfg.n_samples, cfg.n_eval)
+    if cfg.inference_set:
+        # Prompts from the inference set, never ones the vector was built from.
+        pool = load_subset(cfg.inference_set, cfg.seed + 1)
+        used = {e.prompt for e in target_train + baseline_train}
+        prompts = [e.prompt for e in pool if e.prompt not in used][: cfg.inference_n]
+    else:
+        prompts = DEFAULT_PROMPTS[: cfg.inference_n]
+    return ContrastiveData(target_train, target_eval, baseline_train, baseline_eval, prompts)
+
+
+def _texts(model_tokenizer: Any, examples: list[Example], include_response: bool) -> list[str]:
+    return [render_chat(model_tokenizer, e.prompt) + (e.response if include_response else "") for e in examples]
+
+
+def build_vector(model: nn.Module, tokenizer: Any, cfg: ContrastiveConfig, data: ContrastiveData) -> SteeringVector:
+    """mean(target) - mean(baseline) at every layer; activations come from the on-disk cache when present."""
+    target = extract(model, tokenizer, _texts(tokenizer, data.target_train, cfg.include_response),
+                     reduction="last", batch_size=cfg.batch_size)
+    baseline = extract(model, tokenizer, _texts(tokenizer, data.baseline_train, cfg.include_response),
+                       reduction="last", batch_size=cfg.batch_size)
+    position = "last prompt token" + (" after the reply" if cfg.include_response else "")
+    return mean_difference(target, baseline, {"model": cfg.model, "target": cfg.target, "baseline": cfg.baseline,
+                                              "position": position, "source": "contrastive_steering"})
+
+
+def side_by_side(model: nn.Module, tokenizer: Any, cfg: ContrastiveConfig, vector: SteeringVector,
+                 prompts: list[str]) -> list[dict[str, Any]]:
+    """Unsteered and steered generations in one batch: coefficient 0 rows and `scale` rows."""
+    steering = Steering(vector.select([cfg.layer]))
+    outputs = generate(model, tokenizer, prompts * 2, max_new_tokens=cfg.max_tokens, temperature=cfg.temperature,
+                       seed=cfg.seed, batch_size=cfg.batch_size, steering=steering,
+                       coefficients=[0.0] * len(prompts) + [cfg.scale] * len(prompts))
+    n = len(prompts)
+    return [{"prompt_index": i, "prompt": p, "baseline": outputs[i], "steered": outputs[n + i]}
+            for i, p in enumerate(prompts)]
+
+
+def measure_curves(model: nn.Module, tokenizer: Any, cfg: ContrastiveConfig, vector: SteeringVector,
+                   data: ContrastiveData) -> dict[str, dict[str, list[float]]]:
+    """Log-prob gap and neutral-text KL against scale, for the vector and (optionally) a random control."""
+    scales = sorted(set(cfg.curve_scales) | {0.0, float(cfg.scale)})
+    target = [(e.prompt, e.response) for e in data.target_eval]
+    baseline = [(e.prompt, e.response) for e in data.baseline_eval]
+    candidates = {"steering": vector.select([cfg.layer])}
+    if cfg.random_control:
+        candidates["random"] = random_like(candidates["steering"], seed=cfg.seed)
+    curves = {}
+    for name, candidate in candidates.items():
+        steering = Steering(candidate)
+        curve = effect_curve(model, tokenizer, target, baseline, steering, scales, cfg.batch_size) if target else \
+            {"scale": scales}
+        curve["kl"] = next_token_kl(model, tokenizer, NEUTRAL_TEXTS, steering=steering, coefficients=scales,
+                                    batch_size=cfg.batch_size).tolist()
+        curves[name] = curve
+    return curves
+
+
+def assemble_results(cfg: ContrastiveConfig, vector: SteeringVector, generations: list[dict[str, Any]],
+                     curves: dict[str, dict[str, list[float]]], n_inference: int) -> dict[str, Any]:
+    norm = float(vector[cfg.layer].norm())
+    steering_curve = curves["steering"]
+    at = steering_curve["scale"].index(float(cfg.scale))
+    zero = steering_curve["scale"].index(0.0)
+    summary: dict[str, Any] = {"side_effect_metric": "kl_neutral", "side_effect": steering_curve["kl"][at]}
+    if "gap" in steering_curve:
+        summary |= {"main_metric": "logprob_gap", "main": steering_curve["gap"][at],
+                    "baseline": steering_curve["gap"][zero],
+                    "delta": steering_curve["gap"][at] - steering_curve["gap"][zero]}
+        if "random" in curves:
+            summary["random_delta"] = curves["random"]["gap"][at] - curves["random"]["gap"][zero]
+            summary["random_kl"] = curves["random"]["kl"][at]
+            # what the vector does beyond any perturbation of its norm: the number to trust
+            summary["specific_delta"] = summary["delta"] - summary["random_delta"]
+    return {
+        "metadata": {
+            "target_subset": {"key": cfg.target, "name": subset_name(cfg.target)},
+            "baseline_subset": {"key": cfg.baseline, "name": subset_name(cfg.baseline)},
+            "n_samples": cfg.n_samples,
+            "layer": cfg.layer,
+            "scale": cfg.scale,
+            "vector_norm": norm,
+            "effective_magnitude": norm * cfg.scale,
+            "inference_set": cfg.inference_set or "default_prompts",
+            "inference_size": n_inference,
+            "model": cfg.model,
+            "n_eval": cfg.n_eval,
+            "position": vector.meta.get("position"),
+            "parameters": cfg.as_dict(),
+        },
+        "results": generations,
+        "curves": curves,
+        "summary": summary,
+    }

@@ -1,0 +1,147 @@
+"""Scalar evaluations of a steered model: the main metric and the side effect.
+
+- `continuation_logprobs`: mean per-token log-probability of a continuation after a chat prompt.
+  Steering toward a data set should raise the likelihood of that set's held-out replies
+  relative to another set's (a cheap, generation-free effect measure, as in CAA's
+  behaviour-probability curves, Rimsky et al. 2024).
+- `next_token_kl`: KL(unsteered || steered) of the next-token distribution on neutral text,
+  averaged over real tokens: how much steering disturbs everything else.
+
+Both take per-row `coefficients`, so a curve over K scales is one batched pass.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from lib.generation import (
+    Steering,
+    _chunk,
+    batches,
+    check_coefficients,
+    encode,
+    pad_batch,
+    render_chat,
+    steering_context,
+)
+
+
+@torch.no_grad()
+def continuation_logprobs(
+    model: nn.Module,
+    tokenizer: Any,
+    prompts: Sequence[str],
+    continuations: Sequence[str],
+    *,
+    steering: Steering | None = None,
+    coefficients: Sequence[float] | None = None,
+    batch_size: int = 16,
+    chat: bool = True,
+    max_continuation_tokens: int = 64,
+    progress: bool = True,
+) -> torch.Tensor:
+    """[N] mean log-probability per continuation token (the continuation is cut to max_continuation_tokens)."""
+    if len(prompts) != len(continuations):
+        raise ValueError(f"{len(prompts)} prompts but {len(continuations)} continuations")
+    check_coefficients(coefficients, len(prompts))
+    prompt_ids = encode(tokenizer, [render_chat(tokenizer, p, chat=chat) for p in prompts], chat)
+    cont_ids = [tokenizer(c, add_special_tokens=False)["input_ids"][:max_continuation_tokens] for c in continuations]
+    if any(len(c) == 0 for c in cont_ids):
+        raise ValueError("a continuation is empty: every row needs at least one continuation token")
+    device = next(model.parameters()).device
+    scores = []
+    for part in batches(len(prompts), batch_size, "logprob", progress):
+        rows = [p + c for p, c in zip(prompt_ids[part], cont_ids[part], strict=True)]
+        batch = {k: v.to(device) for k, v in pad_batch(rows, tokenizer.pad_token_id).items()}
+        # Left padding puts every continuation at the end: only the last `keep` logits are needed.
+        keep = max(len(c) for c in cont_ids[part]) + 1
+        with steering_context(model, steering, _chunk(coefficients, part)):
+            logits = _last_logits(model, batch, keep)
+        logprobs = torch.log_softmax(logits[:, :-1], dim=-1)
+        targets = batch["input_ids"][:, -(keep - 1):]
+        token_lp = logprobs.gather(-1, targets.unsqueeze(-1)).squeeze(-1)
+        for row, cont in enumerate(cont_ids[part]):
+            scores.append(token_lp[row, token_lp.shape[1] - len(cont):].mean().cpu())
+    return torch.stack(scores)
+
+
+def _last_logits(model: nn.Module, batch: dict, keep: int) -> torch.Tensor:
+    """Logits of the last `keep` positions; models without `logits_to_keep` compute all and are cut."""
+    try:
+        logits = model(**batch, logits_to_keep=keep).logits
+    except TypeError:
+        logits = model(**batch).logits
+    return logits[:, -keep:].float()
+
+
+@torch.no_grad()
+def next_token_kl(
+    model: nn.Module,
+    tokenizer: Any,
+    texts: Sequence[str],
+    *,
+    steering: Steering,
+    coefficients: Sequence[float],
+    batch_size: int = 16,
+    progress: bool = True,
+) -> torch.Tensor:
+    """[len(coefficients)] mean KL(unsteered || steered) over real tokens of `texts`, one value per
+    coefficient; the texts are repeated once per coefficient so all of them run batched."""
+    encoded = encode(tokenizer, texts, chat=False)
+    device = next(model.parameters()).device
+    base: list[torch.Tensor] = []  # per text: [real tokens, vocab] unsteered log-probs, computed once
+    for part in batches(len(texts), batch_size, "kl-base", progress):
+        batch = {key: v.to(device) for key, v in pad_batch(encoded[part], tokenizer.pad_token_id).items()}
+        logprobs = F.log_softmax(model(**batch).logits.float(), dim=-1)
+        base.extend(lp[m.bool()] for lp, m in zip(logprobs, batch["attention_mask"], strict=True))
+    k, n = len(coefficients), len(texts)
+    row_coefficients = [float(c) for c in coefficients for _ in range(n)]
+    totals, counts = torch.zeros(k), torch.zeros(k)
+    for part in batches(k * n, batch_size, "kl", progress):
+        rows = [encoded[row % n] for row in range(part.start, part.stop)]
+        batch = {key: v.to(device) for key, v in pad_batch(rows, tokenizer.pad_token_id).items()}
+        with steering.apply(model, row_coefficients[part]):
+            steered = F.log_softmax(model(**batch).logits.float(), dim=-1)
+        for i, row in enumerate(range(part.start, part.stop)):
+            reference = base[row % n]
+            current = steered[i][batch["attention_mask"][i].bool()]
+            totals[row // n] += (reference.exp() * (reference - current)).sum().cpu()
+            counts[row // n] += len(reference)
+    return totals / counts
+
+
+def effect_curve(
+    model: nn.Module,
+    tokenizer: Any,
+    target: Sequence[tuple[str, str]],
+    baseline: Sequence[tuple[str, str]],
+    steering: Steering,
+    scales: Sequence[float],
+    batch_size: int = 16,
+    progress: bool = True,
+) -> dict[str, list[float]]:
+    """Per scale: mean log-prob of held-out target replies, of baseline replies, and their gap.
+
+    All scales run as one batch of len(pairs) * len(scales) rows with per-row coefficients.
+    """
+    pairs = list(target) + list(baseline)
+    k, n = len(scales), len(pairs)
+    prompts = [p for p, _ in pairs] * k
+    replies = [r for _, r in pairs] * k
+    coefficients = [float(s) for s in scales for _ in range(n)]
+    scores = continuation_logprobs(model, tokenizer, prompts, replies, steering=steering,
+                                   coefficients=coefficients, batch_size=batch_size, progress=progress)
+    scores = scores.reshape(k, n)
+    target_lp = scores[:, : len(target)].mean(1)
+    baseline_lp = scores[:, len(target):].mean(1)
+    return {
+        "scale": [float(s) for s in scales],
+        "target_logprob": target_lp.tolist(),
+        "baseline_logprob": baseline_lp.tolist(),
+        "gap": (target_lp - baseline_lp).tolist(),
+    }

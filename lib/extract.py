@@ -1,0 +1,104 @@
+"""Batched activation extraction with an on-disk cache.
+
+The cache key is (model fingerprint, hash of the rendered texts, reduction, n). Every layer
+is captured on a miss (a 30-layer x 576 float vector per example is small), so asking again
+for another layer or using another scale never repeats a forward pass. Each cache file has a
+sidecar with its sha256; a truncated or altered file is detected, reported and rebuilt.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import warnings
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import torch
+from safetensors.torch import load_file, save_file
+from torch import nn
+
+from lib.generation import batches, encode, pad_batch
+from lib.hooks import REDUCTIONS, check_layers, record
+from lib.models import cache_dir, find_layers, model_fingerprint
+
+
+def _file_sha(path: Path) -> str:
+    return hashlib.sha256(path.read_bytes()).hexdigest()
+
+
+def cache_key(model: nn.Module, texts: Sequence[str], reduction: str) -> str:
+    data = hashlib.sha256("\x00".join(texts).encode()).hexdigest()[:16]
+    return f"{model_fingerprint(model)}-{data}-{reduction}-n{len(texts)}"
+
+
+def _load_cached(path: Path) -> dict[int, torch.Tensor] | None:
+    sidecar = path.with_suffix(".json")
+    if not path.exists():
+        return None
+    try:
+        expected = json.loads(sidecar.read_text())["sha256"]
+        if _file_sha(path) != expected:
+            raise ValueError("checksum mismatch")
+        return {int(k): v for k, v in load_file(path).items()}
+    except Exception as error:  # corrupt, truncated or sidecar missing: never use it
+        warnings.warn(f"Activation cache {path.name} is unreadable ({error}); rebuilding it", stacklevel=3)
+        return None
+
+
+def _store(path: Path, acts: dict[int, torch.Tensor], meta: dict[str, Any]) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
+    save_file({str(k): v.contiguous() for k, v in acts.items()}, str(tmp))
+    sha = _file_sha(tmp)
+    os.replace(tmp, path)
+    sidecar_tmp = path.with_name(f".{path.stem}.json.tmp{os.getpid()}")
+    sidecar_tmp.write_text(json.dumps({**meta, "sha256": sha}, indent=2))
+    os.replace(sidecar_tmp, path.with_suffix(".json"))
+
+
+@torch.no_grad()
+def forward_batches(model: nn.Module, tokenizer: Any, texts: Sequence[str], batch_size: int, chat: bool = True,
+                    desc: str = "forward", progress: bool = True) -> None:
+    """Run texts through the model in left-padded batches (the work `record` observes)."""
+    encoded = encode(tokenizer, texts, chat)
+    device = next(model.parameters()).device
+    for part in batches(len(texts), batch_size, desc, progress):
+        batch = pad_batch(encoded[part], tokenizer.pad_token_id)
+        model(**{k: v.to(device) for k, v in batch.items()})
+
+
+def extract(
+    model: nn.Module,
+    tokenizer: Any,
+    texts: Sequence[str],
+    *,
+    layers: Sequence[int] | None = None,
+    reduction: str = "last",
+    batch_size: int = 16,
+    chat: bool = True,
+    use_cache: bool = True,
+    progress: bool = True,
+) -> dict[int, torch.Tensor]:
+    """Block outputs per layer, [len(texts), hidden], for already rendered texts (see `render_chat`)."""
+    if reduction not in ("last", "mean"):
+        raise ValueError(f"reduction={reduction!r}: extraction stores one vector per text; use 'last' or 'mean' "
+                         f"(record() gives {REDUCTIONS})")
+    if not texts:
+        raise ValueError("texts is empty: nothing to extract")
+    n_layers = len(find_layers(model)[1])
+    wanted = list(range(n_layers)) if layers is None else list(layers)
+    check_layers(model, wanted)
+    path = cache_dir() / "activations" / f"{cache_key(model, texts, reduction)}.safetensors"
+    acts = _load_cached(path) if use_cache else None
+    if acts is None:
+        with record(model, range(n_layers), reduction) as recorded:
+            forward_batches(model, tokenizer, texts, batch_size, chat, "extract", progress)
+        acts = {layer: recorded[layer] for layer in recorded}
+        if use_cache:
+            meta = {"model": getattr(model, "steerlab_name", type(model).__name__), "n": len(texts),
+                    "reduction": reduction}
+            _store(path, acts, meta)
+    return {layer: acts[layer] for layer in wanted}

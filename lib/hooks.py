@@ -1,0 +1,346 @@
+"""Read and write the residual stream (decoder block outputs) with context managers.
+
+`record` reads block outputs; `steer` adds `coefficient * weight[layer] * vector[layer]` to them.
+Both install forward hooks inside `try` and remove them in `finally`, so after the block
+the model is bit-identical to before, also when the block raises (the contract of
+steering-vectors' `apply` and TransformerLens' `hooks()`).
+
+Positions are resolved from the attention mask that reaches the decoder stack, so left and
+right padding and KV-cached generation give the same per-token result as an unpadded
+batch of one. A pre-hook on the module that owns the blocks reads that mask once per
+forward call and every block hook reuses it.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator, Mapping, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from typing import Any, Literal
+
+import torch
+from torch import nn
+
+from lib.models import find_layers, hidden_size
+
+Reduction = Literal["all", "last", "mean"]
+PositionScope = Literal["all", "prompt", "generated"] | slice
+REDUCTIONS = ("all", "last", "mean")
+
+
+@dataclass
+class _Positions:
+    """Per-forward-call position facts for the tokens being processed now, shape [batch, tokens]."""
+
+    real: torch.Tensor  # True where the token is not padding
+    content_index: torch.Tensor  # index of the token in its unpadded sequence
+    absolute: torch.Tensor  # index in the padded sequence, counting cached tokens
+    prompt_length: int  # padded length of the prompt (first call without cache)
+
+
+@dataclass
+class _PositionTracker:
+    """Reads the attention mask at the top of the decoder stack on every forward call."""
+
+    current: _Positions | None = None
+    prompt_length: int = 0
+    mask_is_2d: bool = True
+
+    def pre_hook(self, module: nn.Module, args: tuple, kwargs: dict) -> None:
+        input_ids = kwargs.get("input_ids", args[0] if args else None)
+        embeds = kwargs.get("inputs_embeds")
+        reference = input_ids if input_ids is not None else embeds
+        if reference is None:
+            raise TypeError(f"{type(module).__name__} was called with neither input_ids nor inputs_embeds")
+        batch, tokens = reference.shape[0], reference.shape[1]
+        mask = kwargs.get("attention_mask", args[1] if len(args) > 1 else None)
+        device = reference.device
+        if isinstance(mask, torch.Tensor) and mask.dim() == 2:
+            self.mask_is_2d = True
+            past = mask.shape[1] - tokens
+            full = mask.to(torch.long)
+        else:
+            self.mask_is_2d = mask is None
+            past = _past_length(kwargs)
+            full = torch.ones(batch, past + tokens, dtype=torch.long, device=device)
+        if past == 0:
+            self.prompt_length = tokens
+        content = (full.cumsum(dim=1) - 1)[:, past:]
+        absolute = torch.arange(past, past + tokens, device=device).expand(batch, tokens)
+        self.current = _Positions(full[:, past:].bool(), content, absolute, self.prompt_length)
+
+
+def _past_length(kwargs: dict) -> int:
+    cache = kwargs.get("past_key_values")
+    if cache is not None and hasattr(cache, "get_seq_length"):
+        return int(cache.get_seq_length())
+    cache_position = kwargs.get("cache_position")
+    if isinstance(cache_position, torch.Tensor) and cache_position.numel():
+        return int(cache_position[0])
+    return 0
+
+
+def split_block_output(output: Any, layer: int) -> tuple[torch.Tensor, tuple | None]:
+    """Decoder blocks return a Tensor (transformers 5) or a tuple led by one; anything else is an error,
+    never a silent pass-through."""
+    if isinstance(output, torch.Tensor):
+        return output, None
+    if isinstance(output, tuple) and output and isinstance(output[0], torch.Tensor):
+        return output[0], output[1:]
+    raise TypeError(f"Block {layer} returned {type(output).__name__}; expected a Tensor or a tuple led by one")
+
+
+def join_block_output(hidden: torch.Tensor, rest: tuple | None) -> Any:
+    return hidden if rest is None else (hidden, *rest)
+
+
+def check_layers(model: nn.Module, layers: Sequence[int], layers_path: str | None = None) -> nn.ModuleList:
+    _, blocks = find_layers(model, layers_path)
+    for layer in layers:
+        if not isinstance(layer, int) or not 0 <= layer < len(blocks):
+            raise ValueError(f"layer {layer!r} is out of range: the model has layers 0..{len(blocks) - 1}")
+    return blocks
+
+
+@contextmanager
+def _tracked(model: nn.Module, layers_path: str | None) -> Iterator[_PositionTracker]:
+    path, _ = find_layers(model, layers_path)
+    owner = model.get_submodule(path.rsplit(".", 1)[0]) if "." in path else model
+    tracker = _PositionTracker()
+    handle = owner.register_forward_pre_hook(tracker.pre_hook, with_kwargs=True)
+    try:
+        yield tracker
+    finally:
+        handle.remove()
+
+
+# ----------------------------------------------------------------------------- record
+
+
+@dataclass
+class Activations(Mapping[int, torch.Tensor]):
+    """Block outputs per layer, one entry per forward call, concatenated along the batch on access.
+
+    reduction "last": [N, H] at each row's last real token; "mean": [N, H] over real tokens;
+    "all": [N, T, H] with `mask` [N, T] marking real tokens (all calls must share T).
+    """
+
+    reduction: str
+    chunks: dict[int, list[torch.Tensor]] = field(default_factory=dict)
+    mask_chunks: list[torch.Tensor] = field(default_factory=list)
+
+    def __getitem__(self, layer: int) -> torch.Tensor:
+        if layer not in self.chunks:
+            raise KeyError(f"layer {layer} was not recorded; recorded: {sorted(self.chunks)}")
+        return _cat(self.chunks[layer], "activations")
+
+    def __iter__(self) -> Iterator[int]:
+        return iter(sorted(self.chunks))
+
+    def __len__(self) -> int:
+        return len(self.chunks)
+
+    @property
+    def mask(self) -> torch.Tensor:
+        return _cat(self.mask_chunks, "mask")
+
+
+def _cat(chunks: list[torch.Tensor], what: str) -> torch.Tensor:
+    if not chunks:
+        raise ValueError(f"No {what} recorded: run a forward pass inside the `record` block")
+    shapes = {tuple(chunk.shape[1:]) for chunk in chunks}
+    if len(shapes) > 1:
+        raise ValueError(f"Forward calls had different lengths {sorted(shapes)}; use reduction='last' or 'mean'")
+    return torch.cat(chunks)
+
+
+def reduce_hidden(hidden: torch.Tensor, real: torch.Tensor, reduction: str) -> torch.Tensor:
+    """Reduce [B, T, H] over tokens where `real` [B, T] is True."""
+    if reduction == "all":
+        return hidden
+    if reduction == "last":
+        positions = torch.arange(real.shape[1], device=real.device).expand_as(real)
+        last = torch.where(real, positions, -1).amax(dim=1)
+        if (last < 0).any():
+            raise ValueError("A row has no real tokens (attention_mask all zero)")
+        return hidden[torch.arange(hidden.shape[0], device=hidden.device), last]
+    if reduction == "mean":
+        weights = real.to(hidden.dtype).unsqueeze(-1)
+        return (hidden * weights).sum(dim=1) / weights.sum(dim=1).clamp_min(1)
+    raise ValueError(f"reduction={reduction!r} is not one of {REDUCTIONS}")
+
+
+@contextmanager
+def record(
+    model: nn.Module,
+    layers: Sequence[int] | None = None,
+    reduction: Reduction = "all",
+    layers_path: str | None = None,
+) -> Iterator[Activations]:
+    """Record block outputs: `with record(model, [10, 15], "last") as acts: model(**batch)`.
+
+    Activations are detached and moved to the CPU in float32 so a long extraction does not
+    hold the graph or device memory.
+    """
+    if reduction not in REDUCTIONS:
+        raise ValueError(f"reduction={reduction!r} is not one of {REDUCTIONS}")
+    blocks = find_layers(model, layers_path)[1]
+    layers = list(range(len(blocks))) if layers is None else list(layers)
+    check_layers(model, layers, layers_path)
+    acts = Activations(reduction, {layer: [] for layer in layers})
+    handles = []
+    with _tracked(model, layers_path) as tracker:
+
+        def make_hook(layer: int):
+            def hook(module: nn.Module, args: tuple, output: Any) -> None:
+                hidden, _ = split_block_output(output, layer)
+                assert tracker.current is not None
+                real = tracker.current.real
+                reduced = reduce_hidden(hidden.detach(), real, reduction)
+                acts.chunks[layer].append(reduced.float().cpu())
+                if layer == layers[0]:
+                    acts.mask_chunks.append(real.cpu())
+
+            return hook
+
+        try:
+            for layer in layers:
+                handles.append(blocks[layer].register_forward_hook(make_hook(layer)))
+            yield acts
+        finally:
+            for handle in handles:
+                handle.remove()
+
+
+# ----------------------------------------------------------------------------- steer
+
+
+def _scope_mask(positions: _Positions, scope: PositionScope) -> torch.Tensor:
+    if isinstance(scope, slice):
+        index = positions.content_index
+        start = 0 if scope.start is None else scope.start
+        stop = torch.iinfo(torch.long).max if scope.stop is None else scope.stop
+        in_scope = (index >= start) & (index < stop)
+    elif scope == "all":
+        in_scope = torch.ones_like(positions.real)
+    elif scope == "prompt":
+        in_scope = positions.absolute < positions.prompt_length
+    elif scope == "generated":
+        in_scope = positions.absolute >= positions.prompt_length
+    else:
+        raise ValueError(f"positions={scope!r} must be 'all', 'prompt', 'generated' or a slice")
+    return in_scope & positions.real
+
+
+def _validate_scope(scope: Any) -> None:
+    if isinstance(scope, slice):
+        if scope.step not in (None, 1):
+            raise ValueError(f"positions={scope!r}: slices with a step are not supported")
+        for bound in (scope.start, scope.stop):
+            if bound is not None and (not isinstance(bound, int) or bound < 0):
+                raise ValueError(f"positions={scope!r}: slice bounds must be non-negative ints (content positions)")
+    elif scope not in ("all", "prompt", "generated"):
+        raise ValueError(f"positions={scope!r} must be 'all', 'prompt', 'generated' or a slice")
+
+
+@contextmanager
+def steer(
+    model: nn.Module,
+    vectors: Mapping[int, torch.Tensor] | Any,
+    weight: float | Mapping[int, float] = 1.0,
+    *,
+    layers: Sequence[int] | None = None,
+    positions: PositionScope = "all",
+    coefficients: Sequence[float] | torch.Tensor | None = None,
+    layers_path: str | None = None,
+) -> Iterator[None]:
+    """Add `coefficient[row] * weight[layer] * vector[layer]` to block outputs at the positions in scope.
+
+    vectors: a SteeringVector or any {layer: Tensor[hidden]}.
+    weight: one weight for every layer, or {layer: weight} (see `group_weights` for layer groups).
+    positions: "all" real tokens, "prompt" (the first forward of a generation, or all of a plain
+        forward), "generated" (tokens after the prompt), or a slice of positions in each row's
+        unpadded sequence.
+    coefficients: one value per batch row, so a sweep over K coefficients runs as one batch
+        (repeat the prompts K times). Omitted, every row gets 1.
+    """
+    layer_vectors: Mapping[int, torch.Tensor] = getattr(vectors, "vectors", vectors)
+    chosen = sorted(layer_vectors) if layers is None else list(layers)
+    missing = [layer for layer in chosen if layer not in layer_vectors]
+    if missing:
+        raise ValueError(f"layers={missing} have no vector; the vector has layers {sorted(layer_vectors)}")
+    if isinstance(weight, Mapping):
+        unknown = sorted(set(weight) - set(layer_vectors))
+        if unknown:
+            raise ValueError(f"weight has layers {unknown} that the vector lacks ({sorted(layer_vectors)})")
+        chosen = [layer for layer in chosen if layer in weight]
+        weights = {layer: float(weight[layer]) for layer in chosen}
+    else:
+        weights = {layer: float(weight) for layer in chosen}
+    for layer, value in weights.items():
+        if not torch.isfinite(torch.tensor(value)):
+            raise ValueError(f"weight for layer {layer} is {value}; it must be finite")
+    blocks = check_layers(model, chosen, layers_path)
+    size = hidden_size(model)
+    for layer in chosen:
+        vector = layer_vectors[layer]
+        if not isinstance(vector, torch.Tensor) or vector.shape != (size,):
+            shape = tuple(vector.shape) if isinstance(vector, torch.Tensor) else type(vector).__name__
+            raise ValueError(f"vector for layer {layer} has shape {shape}; the model's hidden size is {size}")
+        if not torch.isfinite(vector).all():
+            raise ValueError(f"vector for layer {layer} contains NaN or inf")
+    _validate_scope(positions)
+    row_coefficients = None
+    if coefficients is not None:
+        row_coefficients = torch.as_tensor(coefficients, dtype=torch.float32).reshape(-1)
+        if not torch.isfinite(row_coefficients).all():
+            raise ValueError("coefficients contain NaN or inf")
+
+    handles = []
+    with _tracked(model, layers_path) as tracker:
+
+        def make_hook(layer: int):
+            scaled = layer_vectors[layer].detach() * weights[layer]
+
+            def hook(module: nn.Module, args: tuple, output: Any) -> Any:
+                hidden, rest = split_block_output(output, layer)
+                assert tracker.current is not None
+                if not tracker.mask_is_2d and positions != "all":
+                    raise ValueError(f"positions={positions!r} needs a 2-D attention_mask to tell prompt from padding")
+                scale = _scope_mask(tracker.current, positions).to(hidden.dtype)
+                if row_coefficients is not None:
+                    if row_coefficients.numel() != hidden.shape[0]:
+                        raise ValueError(
+                            f"coefficients has {row_coefficients.numel()} values but the batch has {hidden.shape[0]} "
+                            "rows; give one coefficient per row (after num_return_sequences expansion)"
+                        )
+                    scale = scale * row_coefficients.to(hidden.device, hidden.dtype).unsqueeze(1)
+                delta = scale.unsqueeze(-1) * scaled.to(hidden.device, hidden.dtype)
+                return join_block_output(hidden + delta, rest)
+
+            return hook
+
+        try:
+            for layer in chosen:
+                handles.append(blocks[layer].register_forward_hook(make_hook(layer)))
+            yield
+        finally:
+            for handle in handles:
+                handle.remove()
+
+
+def layer_groups(n_layers: int, n_groups: int = 4, boundaries: Sequence[int] | None = None) -> list[list[int]]:
+    """Split layers 0..n_layers-1 into contiguous groups: `n_groups` near-equal ones, or cut at `boundaries`
+    (the first layer of every group after the first)."""
+    cuts = list(boundaries) if boundaries is not None else [round(n_layers * g / n_groups) for g in range(1, n_groups)]
+    if sorted(cuts) != cuts or any(not 0 < cut < n_layers for cut in cuts) or len(set(cuts)) != len(cuts):
+        raise ValueError(f"boundaries={cuts} must be strictly increasing layers inside 1..{n_layers - 1}")
+    edges = [0, *cuts, n_layers]
+    return [list(range(edges[i], edges[i + 1])) for i in range(len(edges) - 1)]
+
+
+def group_weights(groups: Sequence[Sequence[int]], weights: Sequence[float]) -> dict[int, float]:
+    """Expand one weight per layer group into the {layer: weight} that `steer` takes."""
+    if len(groups) != len(weights):
+        raise ValueError(f"weights has {len(weights)} values for {len(groups)} layer groups")
+    return {layer: float(w) for group, w in zip(groups, weights, strict=True) for layer in group}

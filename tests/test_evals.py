@@ -1,0 +1,70 @@
+"""Evaluations against independent, unbatched computations on a tiny model."""
+
+from __future__ import annotations
+
+import torch
+from test_extract import _Tokenizer
+
+from lib.evals import continuation_logprobs, next_token_kl
+from lib.generation import Steering
+from lib.models import tiny_model
+from lib.vectors import SteeringVector
+
+PROMPTS = ["question one", "a second, longer question", "q3"]
+REPLIES = ["answer", "another answer here", "ok"]
+
+
+def _steering(model) -> Steering:
+    generator = torch.Generator().manual_seed(0)
+    return Steering(SteeringVector({1: torch.randn(64, generator=generator)}))
+
+
+def _manual_logprob(model, prompt_ids, reply_ids, context=None) -> float:
+    ids = torch.tensor([prompt_ids + reply_ids])
+    with torch.no_grad():
+        logits = model(input_ids=ids).logits[0]
+    logprobs = torch.log_softmax(logits.double(), dim=-1)
+    total = sum(float(logprobs[len(prompt_ids) + i - 1, token]) for i, token in enumerate(reply_ids))
+    return total / len(reply_ids)
+
+
+def test_continuation_logprobs_match_unbatched_computation():
+    model, tokenizer = tiny_model("llama", seed=5), _Tokenizer()
+    scores = continuation_logprobs(model, tokenizer, PROMPTS, REPLIES, batch_size=2, chat=False)
+    for i, (prompt, reply) in enumerate(zip(PROMPTS, REPLIES, strict=True)):
+        expected = _manual_logprob(model, tokenizer(prompt)["input_ids"], tokenizer(reply)["input_ids"])
+        assert abs(float(scores[i]) - expected) < 1e-4
+
+
+def test_steered_logprobs_with_row_coefficients_match_separate_runs():
+    model, tokenizer = tiny_model("qwen2", seed=5), _Tokenizer()
+    steering = _steering(model)
+    coefficients = [0.0, 3.0, -3.0]
+    batched = continuation_logprobs(model, tokenizer, PROMPTS, REPLIES, steering=steering,
+                                    coefficients=coefficients, chat=False)
+    for i, coefficient in enumerate(coefficients):
+        single = continuation_logprobs(model, tokenizer, PROMPTS[i:i + 1], REPLIES[i:i + 1],
+                                       steering=Steering(steering.vector, coefficient), chat=False)
+        assert abs(float(batched[i]) - float(single[0])) < 1e-5
+    unsteered = continuation_logprobs(model, tokenizer, PROMPTS, REPLIES, chat=False)
+    assert abs(float(batched[0]) - float(unsteered[0])) < 1e-6
+    assert abs(float(batched[1]) - float(unsteered[1])) > 1e-4  # steering moved it
+
+
+def test_next_token_kl_is_zero_unsteered_and_grows_with_scale():
+    model, tokenizer = tiny_model("llama", seed=6), _Tokenizer()
+    kl = next_token_kl(model, tokenizer, ["some neutral text", "more of it"], steering=_steering(model),
+                       coefficients=[0.0, 1.0, 4.0], batch_size=2)
+    assert abs(float(kl[0])) < 1e-6
+    assert 0 < float(kl[1]) < float(kl[2])
+    # independent route: text by text, unbatched, in float64, KL summed over tokens then averaged
+    total, count = 0.0, 0
+    for text in ["some neutral text", "more of it"]:
+        ids = torch.tensor([tokenizer(text)["input_ids"]])
+        with torch.no_grad():
+            base = torch.log_softmax(model(input_ids=ids).logits.double(), -1)
+            with Steering(_steering(model).vector, 4.0).apply(model):
+                steered = torch.log_softmax(model(input_ids=ids).logits.double(), -1)
+        total += float((base.exp() * (base - steered)).sum())
+        count += ids.shape[1]
+    assert abs(float(kl[2]) - total / count) < 1e-4

@@ -1,0 +1,99 @@
+"""Cached extraction: hits do no forward pass, corrupt files are rebuilt, values match an independent route."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from lib.extract import extract
+from lib.models import tiny_model
+
+
+class _Tokenizer:
+    """Byte-level stand-in for a tokenizer: enough for extract's raw-text path (chat=False)."""
+
+    pad_token_id = 0
+
+    def __call__(self, text: str, add_special_tokens: bool = True) -> dict:
+        return {"input_ids": [1 + (b % 200) for b in text.encode()]}
+
+
+TEXTS = ["the cat sat", "a much longer sentence here", "hi", "numbers 1 2 3", "steer me"]
+
+
+def _counting(model):
+    calls = {"n": 0}
+
+    def hook(module, args, kwargs):
+        calls["n"] += 1
+
+    handle = model.register_forward_pre_hook(hook, with_kwargs=True)
+    return calls, handle
+
+
+def test_second_extraction_and_other_layers_do_no_forward_pass(isolated_cache):
+    model = tiny_model("llama", seed=2)
+    calls, handle = _counting(model)
+    try:
+        first = extract(model, _Tokenizer(), TEXTS, layers=[1], batch_size=2, chat=False)
+        assert calls["n"] == 3  # 5 texts in batches of 2
+        again = extract(model, _Tokenizer(), TEXTS, layers=[1], batch_size=2, chat=False)
+        other = extract(model, _Tokenizer(), TEXTS, layers=[0, 2], batch_size=2, chat=False)
+        assert calls["n"] == 3
+        assert torch.equal(first[1], again[1]) and set(other) == {0, 2}
+        extract(model, _Tokenizer(), TEXTS[:4], layers=[1], batch_size=2, chat=False)  # other data: a miss
+        assert calls["n"] == 5
+    finally:
+        handle.remove()
+
+
+def test_other_weights_never_reuse_the_cache(isolated_cache):
+    base, tuned = tiny_model("llama", seed=2), tiny_model("llama", seed=3)
+    a = extract(base, _Tokenizer(), TEXTS, layers=[2], chat=False)
+    b = extract(tuned, _Tokenizer(), TEXTS, layers=[2], chat=False)
+    assert not torch.equal(a[2], b[2])
+
+
+@pytest.mark.parametrize("damage", ["truncate", "flip_byte", "drop_sidecar"])
+def test_damaged_cache_is_detected_and_rebuilt(isolated_cache, damage):
+    model = tiny_model("qwen2", seed=2)
+    reference = extract(model, _Tokenizer(), TEXTS, layers=[1], chat=False)
+    (cache_file,) = (isolated_cache / "activations").glob("*.safetensors")
+    data = cache_file.read_bytes()
+    if damage == "truncate":
+        cache_file.write_bytes(data[: len(data) // 2])
+    elif damage == "flip_byte":
+        cache_file.write_bytes(data[:-5] + bytes([data[-5] ^ 0xFF]) + data[-4:])
+    else:
+        cache_file.with_suffix(".json").unlink()
+    calls, handle = _counting(model)
+    try:
+        with pytest.warns(UserWarning, match="rebuilding"):
+            rebuilt = extract(model, _Tokenizer(), TEXTS, layers=[1], chat=False)
+    finally:
+        handle.remove()
+    assert calls["n"] == 1
+    assert torch.equal(rebuilt[1], reference[1])
+    assert extract(model, _Tokenizer(), TEXTS, layers=[1], chat=False)[1].equal(reference[1])  # healthy again
+
+
+def test_extract_matches_one_by_one_hidden_states(isolated_cache):
+    model = tiny_model("gpt2", seed=2)
+    acts = extract(model, _Tokenizer(), TEXTS, layers=[0, 1], reduction="last", batch_size=3, chat=False)
+    tokenizer = _Tokenizer()
+    for i, text in enumerate(TEXTS):
+        ids = torch.tensor([tokenizer(text)["input_ids"]])
+        with torch.no_grad():
+            hidden = model(input_ids=ids, output_hidden_states=True).hidden_states
+        for layer in (0, 1):
+            torch.testing.assert_close(acts[layer][i], hidden[layer + 1][0, -1], rtol=1e-4, atol=1e-5)
+
+
+def test_extract_bad_input(isolated_cache):
+    model = tiny_model("llama", seed=2)
+    with pytest.raises(ValueError, match="reduction="):
+        extract(model, _Tokenizer(), TEXTS, reduction="all", chat=False)
+    with pytest.raises(ValueError, match="layer 9 is out of range"):
+        extract(model, _Tokenizer(), TEXTS, layers=[9], chat=False)
+    with pytest.raises(ValueError, match="texts is empty"):
+        extract(model, _Tokenizer(), [], chat=False)

@@ -1,0 +1,214 @@
+"""Exact-tensor tests of `record` and `steer` on tiny models of several architectures."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from conftest import HOOK_ARCHS, padded_batch
+
+from lib.hooks import group_weights, layer_groups, record, steer
+from lib.models import find_layers, hidden_size, tiny_model
+
+STEER_LAYER = 1
+WEIGHT = 0.75
+
+
+def _vector(model: torch.nn.Module, seed: int = 3) -> dict[int, torch.Tensor]:
+    generator = torch.Generator().manual_seed(seed)
+    return {STEER_LAYER: torch.randn(hidden_size(model), generator=generator)}
+
+
+def _outputs(model, batch) -> dict[int, torch.Tensor]:
+    with torch.no_grad(), record(model) as acts:
+        model(**batch)
+    return {layer: acts[layer] for layer in acts}
+
+
+def _expected_scope(mask: torch.Tensor, scope) -> torch.Tensor:
+    """Independent route: positions in scope from the mask alone, row by row."""
+    expected = torch.zeros_like(mask, dtype=torch.bool)
+    for row in range(mask.shape[0]):
+        real = mask[row].nonzero().flatten().tolist()
+        chosen = real if scope in ("all", "prompt") else real[scope]
+        expected[row, chosen] = True
+    return expected
+
+
+@pytest.mark.parametrize("arch", HOOK_ARCHS)
+@pytest.mark.parametrize("side", ["left", "right"])
+@pytest.mark.parametrize("scope", ["all", "prompt", slice(1, 3)])
+def test_steer_adds_weight_times_vector_exactly_in_scope(tiny_models, arch, side, scope):
+    model = tiny_models[arch]
+    batch = padded_batch([5, 3], side)
+    vector = _vector(model)
+    before = _outputs(model, batch)
+    with torch.no_grad(), steer(model, vector, WEIGHT, positions=scope), record(model) as acts:
+        model(**batch)
+    in_scope = _expected_scope(batch["attention_mask"], scope)
+    expected = before[STEER_LAYER] + in_scope.unsqueeze(-1) * (WEIGHT * vector[STEER_LAYER])
+    assert torch.equal(acts[STEER_LAYER], expected)
+    assert torch.equal(acts[0], before[0])  # layers before the steered one are untouched
+    untouched = ~in_scope
+    assert torch.equal(acts[STEER_LAYER][untouched], before[STEER_LAYER][untouched])
+
+
+@pytest.mark.parametrize("arch", ["llama", "gpt2"])
+def test_generated_scope_steers_only_tokens_after_the_prompt(tiny_models, arch):
+    from transformers import DynamicCache
+
+    model = tiny_models[arch]
+    batch = padded_batch([4, 6], "left")
+    vector = _vector(model)
+    step = torch.randint(1, 200, (2, 1))
+    step_mask = torch.cat([batch["attention_mask"], torch.ones(2, 1, dtype=torch.long)], dim=1)
+
+    def two_calls(context):
+        cache = DynamicCache()
+        with torch.no_grad(), context, record(model, [STEER_LAYER]) as acts:
+            model(**batch, past_key_values=cache, use_cache=True)
+            model(input_ids=step, attention_mask=step_mask, past_key_values=cache, use_cache=True)
+        return acts.chunks[STEER_LAYER]
+
+    import contextlib
+
+    plain_prompt, plain_step = two_calls(contextlib.nullcontext())
+    steered_prompt, steered_step = two_calls(steer(model, vector, WEIGHT, positions="generated"))
+    assert torch.equal(steered_prompt, plain_prompt)
+    assert torch.equal(steered_step, plain_step + WEIGHT * vector[STEER_LAYER])
+
+
+@pytest.mark.parametrize("arch", HOOK_ARCHS)
+def test_model_is_bit_identical_after_exit_and_after_an_exception(tiny_models, arch):
+    model = tiny_models[arch]
+    batch = padded_batch([6, 4], "left")
+    with torch.no_grad():
+        reference = model(**batch).logits
+        with steer(model, _vector(model), 5.0):
+            assert not torch.equal(model(**batch).logits, reference)
+        assert torch.equal(model(**batch).logits, reference)
+        with pytest.raises(RuntimeError, match="inside"), steer(model, _vector(model), 5.0), record(model):
+            raise RuntimeError("inside the block")
+        assert torch.equal(model(**batch).logits, reference)
+    blocks = find_layers(model)[1]
+    assert all(not block._forward_hooks for block in blocks)
+
+
+@pytest.mark.parametrize("arch", HOOK_ARCHS)
+@pytest.mark.parametrize("side", ["left", "right"])
+def test_batch_of_one_equals_its_row_of_a_padded_batch(tiny_models, arch, side):
+    model = tiny_models[arch]
+    batch = padded_batch([3, 7, 5], side, seed=4)
+    vector = _vector(model)
+    with torch.no_grad(), steer(model, vector, WEIGHT, positions=slice(0, 4)):
+        full = model(**batch).logits
+        for row in range(3):
+            real = batch["attention_mask"][row].bool()
+            alone = model(input_ids=batch["input_ids"][row][real][None],
+                          attention_mask=torch.ones(1, int(real.sum()), dtype=torch.long)).logits[0]
+            torch.testing.assert_close(full[row][real], alone, rtol=1e-4, atol=1e-5)
+
+
+@pytest.mark.parametrize("arch", ["llama", "gemma3", "gpt_neox"])
+def test_per_row_coefficients_equal_separate_runs(tiny_models, arch):
+    model = tiny_models[arch]
+    single = padded_batch([6], "left", seed=5)
+    coefficients = [0.0, 1.5, -2.0]
+    repeated = {k: v.repeat(3, 1) for k, v in single.items()}
+    vector = _vector(model)
+    with torch.no_grad():
+        with steer(model, vector, WEIGHT, coefficients=coefficients):
+            batched = model(**repeated).logits
+        for row, coefficient in enumerate(coefficients):
+            with steer(model, vector, WEIGHT * coefficient):
+                separate = model(**single).logits[0]
+            torch.testing.assert_close(batched[row], separate, rtol=1e-5, atol=1e-6)
+
+
+def test_weight_per_layer_and_per_group(tiny_models):
+    model = tiny_models["llama"]
+    batch = padded_batch([5], "left")
+    generator = torch.Generator().manual_seed(0)
+    vectors = {layer: torch.randn(hidden_size(model), generator=generator) for layer in range(3)}
+    weights = group_weights(layer_groups(3, boundaries=[1]), [0.0, 2.0])
+    assert weights == {0: 0.0, 1: 2.0, 2: 2.0}
+    before = _outputs(model, batch)
+    with torch.no_grad(), steer(model, vectors, {0: 0.5}), record(model) as acts:
+        model(**batch)
+    assert torch.equal(acts[0], before[0] + 0.5 * vectors[0])
+
+
+@pytest.mark.parametrize("arch", HOOK_ARCHS)
+def test_record_agrees_with_output_hidden_states(tiny_models, arch):
+    model = tiny_models[arch]
+    batch = padded_batch([6, 4], "right")
+    with torch.no_grad(), record(model, [0, 1]) as acts:
+        hidden_states = model(**batch, output_hidden_states=True).hidden_states
+    # hidden_states[i + 1] is block i's output (the last entry has the final norm applied, so it is skipped)
+    for layer in (0, 1):
+        assert torch.equal(acts[layer], hidden_states[layer + 1])
+
+
+@pytest.mark.parametrize("side", ["left", "right"])
+@pytest.mark.parametrize("reduction", ["last", "mean"])
+def test_record_reductions_ignore_padding(tiny_models, side, reduction):
+    model = tiny_models["qwen2"]
+    batch = padded_batch([2, 6, 4], side, seed=7)
+    with torch.no_grad(), record(model, [2], reduction) as acts:
+        model(**batch)
+    for row in range(3):
+        real = batch["attention_mask"][row].bool()
+        with torch.no_grad(), record(model, [2]) as alone:
+            model(input_ids=batch["input_ids"][row][real][None])
+        tokens = alone[2][0]
+        expected = tokens[-1] if reduction == "last" else tokens.mean(0)
+        torch.testing.assert_close(acts[2][row], expected, rtol=1e-4, atol=1e-5)
+
+
+def test_layer_locator_override_and_errors():
+    model = tiny_model("llama", n_layers=2)
+    assert find_layers(model)[0] == "model.layers"
+    assert find_layers(model, "model.layers")[1] is model.model.layers
+    assert find_layers(tiny_model("gpt2", n_layers=2))[0] == "transformer.h"
+    assert find_layers(tiny_model("gpt_neox", n_layers=2))[0] == "gpt_neox.layers"
+    with pytest.raises(ValueError, match="layers_path='model.nothing'"):
+        find_layers(model, "model.nothing")
+    with pytest.raises(ValueError, match="layers_path"):
+        find_layers(torch.nn.Linear(2, 2))
+
+
+# ----------------------------------------------------------------------------- bad input
+
+
+def test_bad_input_raises_naming_the_parameter(tiny_models):
+    model = tiny_models["llama"]
+    size = hidden_size(model)
+    batch = padded_batch([4, 2], "left")
+    with pytest.raises(ValueError, match="hidden size is 64"), steer(model, {1: torch.ones(size + 1)}):
+        pass
+    with pytest.raises(ValueError, match="layer 7 is out of range"), steer(model, {7: torch.ones(size)}):
+        pass
+    with pytest.raises(ValueError, match="layer 7 is out of range"), record(model, [7]):
+        pass
+    with pytest.raises(ValueError, match="NaN or inf"), steer(model, {1: torch.full((size,), float("nan"))}):
+        pass
+    with pytest.raises(ValueError, match="weight for layer 1"), steer(model, {1: torch.ones(size)}, float("inf")):
+        pass
+    with pytest.raises(ValueError, match="positions="), steer(model, {1: torch.ones(size)}, positions="middle"):
+        pass
+    with pytest.raises(ValueError, match="reduction="), record(model, [1], "max"):  # type: ignore[arg-type]
+        pass
+    with pytest.raises(ValueError, match="coefficients has 3 values but the batch has 2"), torch.no_grad(), \
+            steer(model, {1: torch.ones(size)}, coefficients=[1, 2, 3]):
+        model(**batch)
+
+
+def test_unexpected_block_output_type_raises(tiny_models):
+    model = tiny_models["llama"]
+    block = find_layers(model)[1][1]
+    handle = block.register_forward_hook(lambda module, args, output: {"hidden": output})
+    try:
+        with pytest.raises(TypeError, match="Block 1 returned dict"), torch.no_grad(), \
+                steer(model, _vector(model)):
+            model(**padded_batch([3], "left"))
+    finally:
+        handle.remove()

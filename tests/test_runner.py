@@ -1,0 +1,69 @@
+"""Runner: parameter parsing and validation before launch, config/parameters-cell agreement, run slugs."""
+
+from __future__ import annotations
+
+import dataclasses
+
+import pytest
+
+from lib.configs import CONFIGS, ContrastiveConfig, run_slug
+from lib.runner import main, notebook_path, parameters_cell, parse_assignments, split_top_level, validate
+
+
+@pytest.mark.parametrize("name", sorted(CONFIGS))
+def test_parameters_cell_mirrors_config_fields_and_defaults(name):
+    cell = parameters_cell(notebook_path(name))
+    config_cls = CONFIGS[name]
+    assert list(cell) == config_cls.field_names()
+    defaults = config_cls()
+    for field in dataclasses.fields(config_cls):
+        value = cell[field.name]
+        expected = getattr(defaults, field.name)
+        assert (list(value) if isinstance(value, tuple | list) else value) == \
+            (list(expected) if isinstance(expected, tuple | list) else expected), field.name
+
+
+def test_every_notebook_has_a_config():
+    from lib.runner import NOTEBOOK_DIR
+
+    assert sorted(p.stem for p in NOTEBOOK_DIR.glob("*.py")) == sorted(CONFIGS)
+
+
+def test_split_and_parse():
+    assert split_top_level("1,2,3") == ["1", "2", "3"]
+    assert split_top_level("[0,1],[0,2]") == ["[0,1]", "[0,2]"]
+    assert split_top_level("'a,b',c") == ["'a,b'", "c"]
+    parsed = parse_assignments(["layer=6,10", "target=math", "curve_scales=[0,1],[0,2]"], grid=True)
+    assert parsed == {"layer": [6, 10], "target": ["math"], "curve_scales": [[0, 1], [0, 2]]}
+    assert parse_assignments(["target=0"], grid=False) == {"target": [0]}
+
+
+def test_unknown_parameter_is_rejected_before_launch(capsys):
+    assert main(["sweep", "contrastive_steering", "layer=6,10", "scael=1,2"]) == 2
+    err = capsys.readouterr().err
+    assert "unknown parameter(s) ['scael']" in err and "'scale'" in err
+    with pytest.raises(ValueError, match="scael"):
+        validate("contrastive_steering", {"scael": 1})
+
+
+def test_bad_values_are_rejected_naming_the_parameter(capsys):
+    assert main(["check", "contrastive_steering", "layer=-1"]) == 2
+    assert "layer=-1" in capsys.readouterr().err
+    with pytest.raises(ValueError, match="curve_scales"):
+        validate("contrastive_steering", {"curve_scales": [1.0, 2.0]})
+    with pytest.raises(ValueError, match="temperature"):
+        validate("contrastive_steering", {"temperature": -1})
+    assert main(["check", "contrastive_steering", "layer=4,8", "scale=1,2"]) == 0
+
+
+def test_unknown_notebook_lists_the_available_ones():
+    with pytest.raises(FileNotFoundError, match="contrastive_steering"):
+        notebook_path("nope")
+
+
+def test_run_slug_and_out_dir(tmp_path):
+    assert run_slug({}) == "default"
+    assert run_slug({"scale": 4.0, "layer": 12}) == "layer=12_scale=4.0"
+    config = ContrastiveConfig(layer=12, scale=4.0)
+    assert config.resolve_out_dir().parts[-3:] == ("out", "contrastive_steering", "layer=12_scale=4.0")
+    assert ContrastiveConfig(out_dir=str(tmp_path / "x")).resolve_out_dir() == tmp_path / "x"
