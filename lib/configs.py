@@ -92,6 +92,7 @@ class ContrastiveConfig(NotebookConfig):
     max_tokens: int = 48
     temperature: float = 0.0
     curve_scales: tuple[float, ...] | list[float] = (0.0, 1.0, 2.0, 4.0, 8.0)
+    curve_prompts: str = "neutral"
     random_control: bool = True
     batch_size: int = 16
     seed: int = 0
@@ -106,10 +107,146 @@ class ContrastiveConfig(NotebookConfig):
             _positive(name, getattr(self, name))
         _positive("n_eval", self.n_eval, allow_zero=True)
         _positive("temperature", self.temperature, allow_zero=True)
+        _choice("curve_prompts", self.curve_prompts, ("neutral", "own"))
         if not self.curve_scales or 0.0 not in [float(s) for s in self.curve_scales]:
             raise ValueError(f"curve_scales={self.curve_scales!r} must include 0.0 (the unsteered baseline)")
         self.curve_scales = [float(s) for s in self.curve_scales]
         self.target, self.baseline, self.inference_set = str(self.target), str(self.baseline), str(self.inference_set)
 
 
-CONFIGS: dict[str, type[NotebookConfig]] = {cls.notebook: cls for cls in (ContrastiveConfig,)}
+@dataclass
+class GRPOMathConfig(NotebookConfig):
+    """GRPO on math (the seed's "Day 4" training). The seed's output_dir is `out_dir` here.
+
+    The default is the quick preset (minutes on 2 CPU cores); the journal's long run is
+    `num_train_iters=60 train_size=256 eval_size=64 num_chains=8 prompts_per_step=2 eval_every=20`.
+    """
+
+    notebook: ClassVar[str] = "grpo_math"
+    model: str = "smollm2-135m"
+    source: str = "arithmetic"
+    train_size: int = 16
+    eval_size: int = 8
+    num_train_iters: int = 2
+    eval_every: int = 2
+    save_every: int = 1
+    num_chains: int = 4
+    prompts_per_step: int = 2
+    num_completions_eval: int = 1
+    eval_temperature: float = 0.0
+    max_completion_length: int = 32
+    train_temperature: float = 1.0
+    learning_rate: float = 1e-5
+    scale_rewards: str = "group"
+    use_lora: bool = False
+    lora_r: int = 16
+    one_shot: bool = True
+    use_vllm: bool = False
+    bf16: bool = True
+    batch_size: int = 16
+    seed: int = 0
+    out_dir: str = ""
+
+    def __post_init__(self) -> None:
+        for name in ("train_size", "eval_size", "num_train_iters", "eval_every", "save_every", "num_completions_eval",
+                     "max_completion_length", "prompts_per_step", "lora_r", "batch_size"):
+            _positive(name, getattr(self, name))
+        _positive("learning_rate", self.learning_rate)
+        _positive("eval_temperature", self.eval_temperature, allow_zero=True)
+        _positive("train_temperature", self.train_temperature)
+        if not isinstance(self.num_chains, int) or self.num_chains < 2:
+            raise ValueError(f"num_chains={self.num_chains!r} must be an int >= 2 (GRPO compares completions "
+                             "within a group)")
+        _choice("scale_rewards", self.scale_rewards, ("group", "batch", "none"))
+        if self.num_completions_eval > 1 and self.eval_temperature == 0:
+            raise ValueError(f"num_completions_eval={self.num_completions_eval} needs eval_temperature > 0")
+
+
+@dataclass
+class MathSteeringConfig(NotebookConfig):
+    """Steering vectors from base vs GRPO-finetuned activations, evaluated on a weight grid (the seed's "Day 4")."""
+
+    notebook: ClassVar[str] = "math_steering"
+    model: str = "smollm2-135m"
+    finetuned: str = "out/grpo_math/default/final_model"
+    source: str = "arithmetic"
+    train_size: int = 16
+    eval_size: int = 8
+    max_examples: int = 16
+    reduction: str = "completion_mean"
+    weights: tuple[float, ...] | list[float] = (0.0, 0.1, 0.15, 0.2, 0.25, 0.3, 0.35)
+    num_completions_eval: int = 1
+    eval_temperature: float = 0.0
+    max_completion_length: int = 32
+    one_shot: bool = True
+    random_control: bool = True
+    batch_size: int = 16
+    seed: int = 0
+    out_dir: str = ""
+
+    def __post_init__(self) -> None:
+        for name in ("train_size", "eval_size", "max_examples", "num_completions_eval", "max_completion_length",
+                     "batch_size"):
+            _positive(name, getattr(self, name))
+        _choice("reduction", self.reduction, ("completion_mean", "prompt_last", "all_mean"))
+        if not self.weights or 0.0 not in [float(w) for w in self.weights]:
+            raise ValueError(f"weights={self.weights!r} must include 0.0 (the unsteered base in the same batch)")
+        self.weights = [float(w) for w in self.weights]
+        if self.num_completions_eval > 1 and self.eval_temperature == 0:
+            raise ValueError(f"num_completions_eval={self.num_completions_eval} needs eval_temperature > 0")
+
+
+@dataclass
+class BOSteeringConfig(NotebookConfig):
+    """Bayesian optimisation of one steering weight per layer group (the seed's "Day 5")."""
+
+    notebook: ClassVar[str] = "steering_bo"
+    model: str = "smollm2-135m"
+    finetuned: str = "out/grpo_math/default/final_model"
+    vector: str = "out/math_steering/default/vector"
+    objective: str = "pass1"
+    source: str = "arithmetic"
+    train_size: int = 16
+    eval_size: int = 8
+    target: str = "math"
+    baseline: str = "howto"
+    n_groups: int = 4
+    boundaries: tuple[int, ...] | list[int] = ()
+    group_names: tuple[str, ...] | list[str] = ()
+    weight_low: float = 0.0
+    weight_high: float = 1.0
+    n_initial_points: int = 3
+    n_iterations: int = 5
+    random_search: bool = True
+    confirm_size: int = 8
+    confirm_completions: int = 1
+    confirm_temperature: float = 0.0
+    num_completions_eval: int = 1
+    eval_temperature: float = 0.0
+    max_completion_length: int = 32
+    resume_from: str = ""
+    frame_every: int = 1
+    batch_size: int = 16
+    seed: int = 0
+    out_dir: str = ""
+
+    def __post_init__(self) -> None:
+        _choice("objective", self.objective, ("pass1", "contrastive_gap"))
+        for name in ("train_size", "eval_size", "n_groups", "n_initial_points", "n_iterations", "confirm_size",
+                     "confirm_completions", "num_completions_eval", "max_completion_length", "frame_every",
+                     "batch_size"):
+            _positive(name, getattr(self, name))
+        if not self.weight_low < self.weight_high:
+            raise ValueError(f"weight_low={self.weight_low} must be below weight_high={self.weight_high}")
+        if self.n_initial_points > self.n_iterations:
+            raise ValueError(f"n_initial_points={self.n_initial_points} must be <= n_iterations={self.n_iterations}")
+        for n, temperature, names in ((self.num_completions_eval, self.eval_temperature, "num_completions_eval"),
+                                      (self.confirm_completions, self.confirm_temperature, "confirm_completions")):
+            if n > 1 and temperature == 0:
+                raise ValueError(f"{names}={n} needs a temperature > 0 (greedy completions repeat)")
+        self.boundaries, self.group_names = list(self.boundaries), list(self.group_names)
+
+
+CONFIGS: dict[str, type[NotebookConfig]] = {
+    cls.notebook: cls for cls in (ContrastiveConfig, GRPOMathConfig, MathSteeringConfig, BOSteeringConfig)
+}

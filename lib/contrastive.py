@@ -73,10 +73,17 @@ def side_by_side(model: nn.Module, tokenizer: Any, cfg: ContrastiveConfig, vecto
 
 def measure_curves(model: nn.Module, tokenizer: Any, cfg: ContrastiveConfig, vector: SteeringVector,
                    data: ContrastiveData) -> dict[str, dict[str, list[float]]]:
-    """Log-prob gap and neutral-text KL against scale, for the vector and (optionally) a random control."""
+    """Log-prob gap and neutral-text KL against scale, for the vector and (optionally) a random control.
+
+    curve_prompts="neutral": held-out replies are scored after the built-in neutral prompts (cycled), so
+    the gap measures a preference for the target set's style itself; "own": after their own prompts."""
     scales = sorted(set(cfg.curve_scales) | {0.0, float(cfg.scale)})
-    target = [(e.prompt, e.response) for e in data.target_eval]
-    baseline = [(e.prompt, e.response) for e in data.baseline_eval]
+    def pairs(examples: list[Example]) -> list[tuple[str, str]]:
+        if cfg.curve_prompts == "own":
+            return [(e.prompt, e.response) for e in examples]
+        return [(DEFAULT_PROMPTS[i % len(DEFAULT_PROMPTS)], e.response) for i, e in enumerate(examples)]
+
+    target, baseline = pairs(data.target_eval), pairs(data.baseline_eval)
     candidates = {"steering": vector.select([cfg.layer])}
     if cfg.random_control:
         candidates["random"] = random_like(candidates["steering"], seed=cfg.seed)

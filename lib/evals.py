@@ -94,11 +94,7 @@ def next_token_kl(
     coefficient; the texts are repeated once per coefficient so all of them run batched."""
     encoded = encode(tokenizer, texts, chat=False)
     device = next(model.parameters()).device
-    base: list[torch.Tensor] = []  # per text: [real tokens, vocab] unsteered log-probs, computed once
-    for part in batches(len(texts), batch_size, "kl-base", progress):
-        batch = {key: v.to(device) for key, v in pad_batch(encoded[part], tokenizer.pad_token_id).items()}
-        logprobs = F.log_softmax(model(**batch).logits.float(), dim=-1)
-        base.extend(lp[m.bool()] for lp, m in zip(logprobs, batch["attention_mask"], strict=True))
+    base = real_token_logprobs(model, tokenizer, texts, batch_size, progress)
     k, n = len(coefficients), len(texts)
     row_coefficients = [float(c) for c in coefficients for _ in range(n)]
     totals, counts = torch.zeros(k), torch.zeros(k)
@@ -109,10 +105,33 @@ def next_token_kl(
             steered = F.log_softmax(model(**batch).logits.float(), dim=-1)
         for i, row in enumerate(range(part.start, part.stop)):
             reference = base[row % n]
-            current = steered[i][batch["attention_mask"][i].bool()]
+            current = steered[i][batch["attention_mask"][i].bool()].cpu()
             totals[row // n] += (reference.exp() * (reference - current)).sum().cpu()
             counts[row // n] += len(reference)
     return totals / counts
+
+
+@torch.no_grad()
+def real_token_logprobs(model: nn.Module, tokenizer: Any, texts: Sequence[str], batch_size: int = 16,
+                        progress: bool = True) -> list[torch.Tensor]:
+    """Per text, [real tokens, vocab] next-token log-probs of the (unsteered) model."""
+    encoded = encode(tokenizer, texts, chat=False)
+    device = next(model.parameters()).device
+    out: list[torch.Tensor] = []
+    for part in batches(len(texts), batch_size, "logprobs", progress):
+        batch = {key: v.to(device) for key, v in pad_batch(encoded[part], tokenizer.pad_token_id).items()}
+        logprobs = F.log_softmax(model(**batch).logits.float(), dim=-1)
+        out.extend(lp[m.bool()].cpu() for lp, m in zip(logprobs, batch["attention_mask"], strict=True))
+    return out
+
+
+def model_kl(reference: nn.Module, other: nn.Module, tokenizer: Any, texts: Sequence[str], batch_size: int = 16,
+             progress: bool = True) -> float:
+    """Mean KL(reference || other) per real token of `texts`: e.g. how far finetuning moved the model."""
+    ref = real_token_logprobs(reference, tokenizer, texts, batch_size, progress)
+    new = real_token_logprobs(other, tokenizer, texts, batch_size, progress)
+    total = sum(float((r.exp() * (r - o)).sum()) for r, o in zip(ref, new, strict=True))
+    return total / sum(len(r) for r in ref)
 
 
 def effect_curve(

@@ -21,7 +21,7 @@ from safetensors.torch import load_file, save_file
 from torch import nn
 
 from lib.generation import batches, encode, pad_batch
-from lib.hooks import REDUCTIONS, check_layers, record
+from lib.hooks import REDUCTIONS, Activations, check_layers, record
 from lib.models import cache_dir, find_layers, model_fingerprint
 
 
@@ -29,8 +29,9 @@ def _file_sha(path: Path) -> str:
     return hashlib.sha256(path.read_bytes()).hexdigest()
 
 
-def cache_key(model: nn.Module, texts: Sequence[str], reduction: str) -> str:
-    data = hashlib.sha256("\x00".join(texts).encode()).hexdigest()[:16]
+def cache_key(model: nn.Module, texts: Sequence[str], reduction: str, start_tokens: Sequence[int] | None = None) -> str:
+    joined = "\x00".join(texts) + ("" if start_tokens is None else "\x01" + ",".join(map(str, start_tokens)))
+    data = hashlib.sha256(joined.encode()).hexdigest()[:16]
     return f"{model_fingerprint(model)}-{data}-{reduction}-n{len(texts)}"
 
 
@@ -61,12 +62,18 @@ def _store(path: Path, acts: dict[int, torch.Tensor], meta: dict[str, Any]) -> N
 
 @torch.no_grad()
 def forward_batches(model: nn.Module, tokenizer: Any, texts: Sequence[str], batch_size: int, chat: bool = True,
-                    desc: str = "forward", progress: bool = True) -> None:
-    """Run texts through the model in left-padded batches (the work `record` observes)."""
+                    desc: str = "forward", progress: bool = True, acts: Activations | None = None,
+                    start_tokens: Sequence[int] | None = None) -> None:
+    """Run texts through the model in left-padded batches (the work `record` observes). With
+    `start_tokens`, each row's tokens before that index are left out of `acts`' reduction."""
     encoded = encode(tokenizer, texts, chat)
     device = next(model.parameters()).device
     for part in batches(len(texts), batch_size, desc, progress):
         batch = pad_batch(encoded[part], tokenizer.pad_token_id)
+        if start_tokens is not None and acts is not None:
+            content = batch["attention_mask"].cumsum(dim=1) - 1
+            starts = torch.tensor(list(start_tokens[part])).unsqueeze(1)
+            acts.token_mask = content >= starts
         model(**{k: v.to(device) for k, v in batch.items()})
 
 
@@ -79,10 +86,17 @@ def extract(
     reduction: str = "last",
     batch_size: int = 16,
     chat: bool = True,
+    start_tokens: Sequence[int] | None = None,
     use_cache: bool = True,
     progress: bool = True,
 ) -> dict[int, torch.Tensor]:
-    """Block outputs per layer, [len(texts), hidden], for already rendered texts (see `render_chat`)."""
+    """Block outputs per layer, [len(texts), hidden], for already rendered texts (see `render_chat`).
+
+    start_tokens: per text, the token index where the reduction starts (e.g. the prompt's length,
+    to average over a completion only).
+    """
+    if start_tokens is not None and len(start_tokens) != len(texts):
+        raise ValueError(f"start_tokens has {len(start_tokens)} values for {len(texts)} texts")
     if reduction not in ("last", "mean"):
         raise ValueError(f"reduction={reduction!r}: extraction stores one vector per text; use 'last' or 'mean' "
                          f"(record() gives {REDUCTIONS})")
@@ -91,11 +105,11 @@ def extract(
     n_layers = len(find_layers(model)[1])
     wanted = list(range(n_layers)) if layers is None else list(layers)
     check_layers(model, wanted)
-    path = cache_dir() / "activations" / f"{cache_key(model, texts, reduction)}.safetensors"
+    path = cache_dir() / "activations" / f"{cache_key(model, texts, reduction, start_tokens)}.safetensors"
     acts = _load_cached(path) if use_cache else None
     if acts is None:
         with record(model, range(n_layers), reduction) as recorded:
-            forward_batches(model, tokenizer, texts, batch_size, chat, "extract", progress)
+            forward_batches(model, tokenizer, texts, batch_size, chat, "extract", progress, recorded, start_tokens)
         acts = {layer: recorded[layer] for layer in recorded}
         if use_cache:
             meta = {"model": getattr(model, "steerlab_name", type(model).__name__), "n": len(texts),

@@ -41,13 +41,22 @@ def steering_context(model: nn.Module, steering: Steering | None, coefficients: 
     return steering.apply(model, coefficients)
 
 
-def render_chat(tokenizer: Any, prompt: str, system: str | None = None, chat: bool = True) -> str:
-    """The prompt as the model sees it before the reply: chat template with the generation prompt."""
+Prompt = str | list[dict[str, str]]
+
+
+def render_chat(tokenizer: Any, prompt: Prompt, system: str | None = None, chat: bool = True) -> str:
+    """The prompt as the model sees it before the reply: chat template with the generation prompt.
+    A prompt is a user message, or a whole message list (e.g. system + a demonstration + the question)."""
     if not chat:
+        if not isinstance(prompt, str):
+            raise ValueError("chat=False takes plain string prompts, not message lists")
         return prompt
     if not getattr(tokenizer, "chat_template", None):
         raise ValueError("This tokenizer has no chat template (a base model?): pass chat=False to use raw prompts")
-    messages = ([{"role": "system", "content": system}] if system else []) + [{"role": "user", "content": prompt}]
+    if isinstance(prompt, str):
+        messages = ([{"role": "system", "content": system}] if system else []) + [{"role": "user", "content": prompt}]
+    else:
+        messages = list(prompt)
     return tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
 
 
@@ -96,7 +105,7 @@ def check_coefficients(coefficients: Sequence[float] | None, n: int) -> None:
 def generate(
     model: nn.Module,
     tokenizer: Any,
-    prompts: Sequence[str],
+    prompts: Sequence[Prompt],
     *,
     max_new_tokens: int = 64,
     temperature: float = 0.0,

@@ -128,6 +128,9 @@ class Activations(Mapping[int, torch.Tensor]):
     reduction: str
     chunks: dict[int, list[torch.Tensor]] = field(default_factory=dict)
     mask_chunks: list[torch.Tensor] = field(default_factory=list)
+    # Optional [B, T] selection for the next forward call: "last" and "mean" then use only real tokens
+    # that are also selected (e.g. the completion after a prompt). Set it before each call.
+    token_mask: torch.Tensor | None = None
 
     def __getitem__(self, layer: int) -> torch.Tensor:
         if layer not in self.chunks:
@@ -196,6 +199,11 @@ def record(
                 hidden, _ = split_block_output(output, layer)
                 assert tracker.current is not None
                 real = tracker.current.real
+                if acts.token_mask is not None:
+                    if acts.token_mask.shape != real.shape:
+                        raise ValueError(f"token_mask has shape {tuple(acts.token_mask.shape)}; this forward call "
+                                         f"has {tuple(real.shape)}")
+                    real = real & acts.token_mask.to(real.device).bool()
                 reduced = reduce_hidden(hidden.detach(), real, reduction)
                 acts.chunks[layer].append(reduced.float().cpu())
                 if layer == layers[0]:

@@ -33,8 +33,63 @@ def effect_curve_figure(curves: dict[str, dict[str, list[float]]], title: str, p
     return fig
 
 
+def training_curve_figure(run_log: list[dict], evals: list[dict], title: str, path: Path | None = None) -> Any:
+    """Left: mean rewards per GRPO step; right: eval pass@1 with its 95% interval at each evaluation."""
+    fig, (left, right) = plt.subplots(1, 2, figsize=(10, 3.8))
+    steps = [e["step"] for e in run_log]
+    for key, label in (("reward", "total"), ("rewards/trl_correctness_reward/mean", "correctness"),
+                       ("rewards/trl_format_reward/mean", "format")):
+        if run_log and key in run_log[0]:
+            left.plot(steps, [e[key] for e in run_log], label=label, alpha=0.8)
+    left.set(xlabel="step", ylabel="mean reward", title="training rewards")
+    eval_steps = [e["step"] for e in evals]
+    pass1 = [e["pass_at"]["1"] for e in evals]
+    low = [p - e["pass1_ci"][0] for p, e in zip(pass1, evals, strict=True)]
+    high = [e["pass1_ci"][1] - p for p, e in zip(pass1, evals, strict=True)]
+    right.errorbar(eval_steps, pass1, yerr=[low, high], marker="o", capsize=3)
+    right.set(xlabel="step", ylabel="pass@1", title=f"eval pass@1 ({evals[-1]['n_problems']} problems)" if evals
+              else "eval")
+    for axis in (left, right):
+        axis.grid(alpha=0.3)
+    left.legend(fontsize=8)
+    fig.suptitle(title, fontsize=10)
+    fig.tight_layout()
+    if path is not None:
+        fig.savefig(path, dpi=120)
+    return fig
+
+
+def weight_curve_figure(weights: list[float], steered: list[dict], base: dict, finetuned: dict, title: str,
+                        path: Path | None = None, random: list[dict] | None = None) -> Any:
+    """Steered pass@1 against weight with 95% intervals; base and finetuned as horizontal lines."""
+    fig, axis = plt.subplots(figsize=(6.5, 4))
+
+    def band(result: dict, color: str, label: str) -> None:
+        value = result["pass_at"]["1"]
+        axis.axhline(value, color=color, ls="--", label=f"{label} {value:.2f}")
+        axis.axhspan(result["pass1_ci"][0], result["pass1_ci"][1], color=color, alpha=0.1)
+
+    band(base, "k", "base")
+    band(finetuned, "C3", "finetuned")
+    for results, label, color in ((steered, "base + w * vector", "C0"), (random or [], "random direction", "0.5")):
+        if not results:
+            continue
+        values = [r["pass_at"]["1"] for r in results]
+        errors = [[v - r["pass1_ci"][0] for v, r in zip(values, results, strict=True)],
+                  [r["pass1_ci"][1] - v for v, r in zip(values, results, strict=True)]]
+        axis.errorbar(weights, values, yerr=errors, marker="o", capsize=3, color=color, label=label)
+    axis.set(xlabel="steering weight (all layers)", ylabel="pass@1", title=title)
+    axis.legend(fontsize=8)
+    axis.grid(alpha=0.3)
+    fig.tight_layout()
+    if path is not None:
+        fig.savefig(path, dpi=120)
+    return fig
+
+
 def sweep_heatmaps(summary_csv: Path, row_key: str, col_key: str, out_dir: Path) -> list[Path]:
-    """Heatmaps of every numeric summary column present among (delta, main, side_effect) over a 2-D grid."""
+    """Heatmaps over a 2-D grid of the effect (delta from unsteered), the effect beyond a random
+    direction of the same norm (specific_delta), and the side effect, where the summary has them."""
     import numpy as np
 
     with open(summary_csv) as handle:
@@ -42,7 +97,7 @@ def sweep_heatmaps(summary_csv: Path, row_key: str, col_key: str, out_dir: Path)
     row_values = sorted({r[row_key] for r in rows}, key=_numeric)
     col_values = sorted({r[col_key] for r in rows}, key=_numeric)
     written = []
-    for metric in ("delta", "main", "side_effect"):
+    for metric in ("delta", "specific_delta", "side_effect"):
         if not rows or metric not in rows[0]:
             continue
         grid = np.full((len(row_values), len(col_values)), np.nan)

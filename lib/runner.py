@@ -7,7 +7,8 @@ Parameter names are checked against the notebook's `parameters` cell and values 
 config dataclass before anything launches (papermill itself only warns). Each run lands in
 `out/<notebook>/<run-slug>/` with the executed notebook and `run.json` (resolved parameters,
 git commit, timing, library versions, status). A finished run is never re-run or overwritten
-silently: `run` and `sweep` skip it (so a sweep resumes) unless `run --force`.
+silently: `run` and `sweep` skip it (so a sweep resumes) unless `run --force`. An interrupted run
+keeps its folder, and re-running it resumes from what the notebook saved there.
 """
 
 from __future__ import annotations
@@ -148,7 +149,7 @@ def run_status(run_dir: Path) -> str | None:
 
 def run_notebook(name: str, overrides: dict[str, Any], force: bool = False, out_root: Path | None = None) -> Path:
     """Execute one notebook; returns its run folder. A finished run is kept (re-running is a no-op)
-    unless `force`; an unfinished or failed one is replaced."""
+    unless `force`; an unfinished or failed one runs again in the same folder, so it can resume."""
     import jupytext
     import papermill
 
@@ -159,10 +160,14 @@ def run_notebook(name: str, overrides: dict[str, Any], force: bool = False, out_
     if status == "ok" and not force:
         print(f"[done already] {run_dir} (pass --force to run again and replace it)")
         return run_dir
-    if run_dir.exists():
-        print(f"[replace] {run_dir} (status {status})")
+    if status == "ok":
+        print(f"[force] replacing the finished run in {run_dir}")
         shutil.rmtree(run_dir)
-    run_dir.mkdir(parents=True)
+    elif status is not None:
+        # An interrupted or failed run keeps its folder: notebooks resume from what it holds (checkpoints,
+        # finished evaluations) instead of losing it.
+        print(f"[resume] {run_dir} (previous status: {status})")
+    run_dir.mkdir(parents=True, exist_ok=True)
     parameters = {**overrides, "out_dir": str(run_dir)}
     record: dict[str, Any] = {"notebook": path.stem, "parameters": {**resolved, "out_dir": str(run_dir)},
                               "overrides": overrides, "git_commit": _git_commit(), "versions": _versions(),

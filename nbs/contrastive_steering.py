@@ -19,7 +19,9 @@
 # We add `scale * vector` at one layer and look at (1) side-by-side generations and (2) a number a
 # sweep can plot: the log-probability gap between held-out target and baseline replies against
 # scale, beside its cost, the KL from the unsteered next-token distribution on neutral text, with a
-# norm-matched random direction as the control.
+# norm-matched random direction as the control. With `curve_prompts="neutral"` every reply follows
+# the same neutral prompts (does steering make the target *style* more likely anywhere?); with
+# `"own"` each reply follows its own prompt.
 #
 # Subset keys: `lib.data.OFFLINE_SUBSETS` (work offline) and `lib.data.TULU_SUBSETS` ("0".."18", need the hub).
 
@@ -37,6 +39,7 @@ inference_n = 5
 max_tokens = 48
 temperature = 0.0
 curve_scales = [0.0, 1.0, 2.0, 4.0, 8.0]
+curve_prompts = "neutral"
 random_control = True
 batch_size = 16
 seed = 0

@@ -97,3 +97,17 @@ def test_extract_bad_input(isolated_cache):
         extract(model, _Tokenizer(), TEXTS, layers=[9], chat=False)
     with pytest.raises(ValueError, match="texts is empty"):
         extract(model, _Tokenizer(), [], chat=False)
+
+
+def test_start_tokens_average_only_the_tail(isolated_cache):
+    model, tokenizer = tiny_model("llama", seed=2), _Tokenizer()
+    starts = [3, 5, 1, 2, 4]
+    acts = extract(model, tokenizer, TEXTS, layers=[1], reduction="mean", start_tokens=starts, batch_size=2,
+                   chat=False)
+    for i, text in enumerate(TEXTS):
+        ids = torch.tensor([tokenizer(text)["input_ids"]])
+        with torch.no_grad():
+            hidden = model(input_ids=ids, output_hidden_states=True).hidden_states[2][0]
+        torch.testing.assert_close(acts[1][i], hidden[starts[i]:].mean(0), rtol=1e-4, atol=1e-5)
+    everything = extract(model, tokenizer, TEXTS, layers=[1], reduction="mean", chat=False)
+    assert not torch.allclose(everything[1], acts[1])  # a different cache entry, not a stale hit

@@ -46,3 +46,30 @@ def test_contrastive_sweep_resumes_and_writes_summary_and_heatmap(tmp_path):
         rows = list(csv.DictReader(handle))
     assert len(rows) == 4 and {"layer", "scale", "main", "baseline", "side_effect"} <= set(rows[0])
     assert (sweep_dir / "heatmap_delta.png").exists() and (sweep_dir / "heatmap_side_effect.png").exists()
+
+
+@pytest.mark.slow
+def test_math_chain_grpo_then_steering_then_bo(tmp_path):
+    """The quick presets of the three math notebooks, each feeding the next (about 5-8 min on 2 cores)."""
+    grpo_dir = run_notebook("grpo_math", {}, out_root=tmp_path)
+    grpo = json.loads((grpo_dir / "results.json").read_text())
+    assert {"main", "baseline", "side_effect", "n_eval_problems"} <= set(grpo["summary"])
+    for name in ("run_log.json", "eval_summary.json", "training_curve.png"):
+        assert (grpo_dir / name).exists(), name
+    assert any((grpo_dir / "checkpoints").glob("checkpoint-*"))
+
+    steering_dir = run_notebook("math_steering", {"finetuned": str(grpo_dir / "final_model")}, out_root=tmp_path)
+    steering = json.loads((steering_dir / "results.json").read_text())
+    assert len(steering["steered"]) == len(steering["weights"]) == 7
+    assert steering["steered"][0] == steering["base"]  # weight 0 is the unsteered base, same batch
+    assert len(steering["kl_steered"]) == 7 and steering["kl_steered"][0] == pytest.approx(0.0, abs=1e-6)
+    assert (steering_dir / "steering_vectors.json").exists() and (steering_dir / "weight_curve.png").exists()
+
+    bo_dir = run_notebook("steering_bo", {"finetuned": str(grpo_dir / "final_model"),
+                                          "vector": str(steering_dir / "vector")}, out_root=tmp_path)
+    final = json.loads((bo_dir / "final_results.json").read_text())
+    assert set(final["best_weights"]) == {"early", "mid_early", "mid_late", "late"}
+    assert len(final["optimization_history"]) == 5 and len(final["random_search"]["history"]) == 5
+    assert {"score", "ci", "base", "finetuned", "kl"} <= set(final["confirmed"])
+    for name in ("gp_1d.gif", "gp_2d.gif", "gp_2d.png", "parallel_coordinates.png", "bo_vs_random.png"):
+        assert (bo_dir / name).stat().st_size > 1000, name

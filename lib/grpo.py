@@ -1,0 +1,174 @@
+"""GRPO finetuning on math with TRL's `GRPOTrainer` (the RL loop is TRL's, not ours).
+
+Loss: Dr. GRPO (`loss_type="dr_grpo"`, Liu et al. 2025: token sums normalised by a constant, no
+length bias), no KL term (beta=0). Rewards: correctness (math-verify answer equivalence) and
+format (`<think>` then `<answer>` tags), see `lib.rewards`. The one-shot demonstration in the
+prompt matters on small models: without it SmolLM2-135M never emits the tags and every GRPO
+group has zero reward variance (../shared/OFFLINE.md).
+
+Outputs in the run folder: `run_log.json` (per step: rewards, sample completions),
+`eval_summary.json` (pass@k per evaluation), `checkpoints/` every `save_every` steps (a killed
+run resumes from the last one, and the logs keep only steps up to it), `final_model/`.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import torch
+from transformers import TrainerCallback
+
+from lib.configs import GRPOMathConfig
+from lib.mathdata import MathProblem, build_messages
+from lib.matheval import evaluate_math
+from lib.models import load_model
+from lib.rewards import trl_correctness_reward, trl_format_reward
+from lib.runner import write_json
+
+
+def _read_list(path: Path, up_to_step: int) -> list[dict[str, Any]]:
+    """Entries of a resumed run's log up to the checkpoint step (later ones are redone)."""
+    if not path.exists():
+        return []
+    return [entry for entry in json.loads(path.read_text()) if entry["step"] <= up_to_step]
+
+
+def last_checkpoint(checkpoints: Path) -> tuple[Path | None, int]:
+    found = sorted(checkpoints.glob("checkpoint-*"), key=lambda p: int(p.name.split("-")[1]))
+    complete = [p for p in found if (p / "trainer_state.json").exists()]
+    return (complete[-1], int(complete[-1].name.split("-")[1])) if complete else (None, 0)
+
+
+class MathLogCallback(TrainerCallback):
+    """Writes run_log.json every logged step and eval_summary.json every `eval_every` steps, atomically."""
+
+    def __init__(self, cfg: GRPOMathConfig, out: Path, eval_problems: list[MathProblem], tokenizer: Any,
+                 resume_step: int) -> None:
+        self.cfg, self.out, self.eval_problems, self.tokenizer = cfg, out, eval_problems, tokenizer
+        self.run_log = _read_list(out / "run_log.json", resume_step)
+        self.evals = _read_list(out / "eval_summary.json", resume_step)
+        self.trainer: Any = None
+
+    def evaluate(self, model: torch.nn.Module, step: int) -> None:
+        if any(entry["step"] == step for entry in self.evals):
+            return
+        was_training = model.training
+        model.eval()
+        result = evaluate_math(model, self.tokenizer, self.eval_problems, n_completions=self.cfg.num_completions_eval,
+                               temperature=self.cfg.eval_temperature, max_new_tokens=self.cfg.max_completion_length,
+                               batch_size=self.cfg.batch_size, seed=self.cfg.seed, one_shot=self.cfg.one_shot,
+                               progress=False)[None]
+        model.train(was_training)
+        self.evals.append({"step": step, **result.summary(), "sample_completions": result.completions[:2]})
+        write_json(self.out / "eval_summary.json", self.evals)
+        print(f"[eval] step {step}: pass@1 {result.pass_at[1]:.3f} on {result.n_problems} problems")
+
+    def on_train_begin(self, args: Any, state: Any, control: Any, model: Any = None, **kwargs: Any) -> None:
+        self.evaluate(model, state.global_step)
+
+    def on_log(self, args: Any, state: Any, control: Any, logs: dict | None = None, **kwargs: Any) -> None:
+        if not logs or "reward" not in logs:
+            return
+        rewards = {k: v for k, v in logs.items() if k.startswith("reward") or k == "frac_reward_zero_std"}
+        completions = list(getattr(self.trainer, "_logs", {}).get("completion", []))[-3:]
+        texts = [c[-1]["content"] if isinstance(c, list) else c for c in completions]
+        self.run_log = [e for e in self.run_log if e["step"] != state.global_step]
+        self.run_log.append({"step": state.global_step, **rewards, "loss": logs.get("loss"),
+                             "sample_completions": texts})
+        write_json(self.out / "run_log.json", self.run_log)
+
+    def on_step_end(self, args: Any, state: Any, control: Any, model: Any = None, **kwargs: Any) -> None:
+        if state.global_step % self.cfg.eval_every == 0 or state.global_step == state.max_steps:
+            self.evaluate(model, state.global_step)
+
+
+def grpo_config(cfg: GRPOMathConfig, checkpoints: Path) -> Any:
+    from trl import GRPOConfig
+
+    per_step = cfg.num_chains * cfg.prompts_per_step
+    on_gpu = torch.cuda.is_available()
+    return GRPOConfig(
+        output_dir=str(checkpoints),
+        learning_rate=cfg.learning_rate,
+        max_steps=cfg.num_train_iters,
+        per_device_train_batch_size=per_step,
+        gradient_accumulation_steps=1,
+        num_generations=cfg.num_chains,
+        max_completion_length=cfg.max_completion_length,
+        temperature=cfg.train_temperature,
+        loss_type="dr_grpo",
+        scale_rewards=cfg.scale_rewards,
+        beta=0.0,
+        logging_steps=1,
+        save_steps=cfg.save_every,
+        save_total_limit=1,
+        save_only_model=False,
+        report_to="none",
+        seed=cfg.seed,
+        bf16=on_gpu and cfg.bf16,
+        use_cpu=not on_gpu,
+        gradient_checkpointing=False,
+        use_vllm=cfg.use_vllm,
+        vllm_mode="server",
+        log_completions=False,
+        disable_tqdm=False,
+    )
+
+
+def train_grpo(cfg: GRPOMathConfig, out: Path, train: list[MathProblem], eval_problems: list[MathProblem]) -> Path:
+    """Train (resuming from the last checkpoint in `out/checkpoints`) and save the final model folder."""
+    from datasets import Dataset
+    from trl import GRPOTrainer
+
+    final = out / "final_model"
+    if (final / "config.json").exists():
+        print(f"[grpo] {final} exists: training already finished")
+        return final
+    model, tokenizer = load_model(cfg.model, dtype=torch.bfloat16 if cfg.bf16 and torch.cuda.is_available()
+                                  else torch.float32)
+    peft_config = None
+    if cfg.use_lora:
+        from peft import LoraConfig
+
+        peft_config = LoraConfig(r=cfg.lora_r, lora_alpha=2 * cfg.lora_r, target_modules="all-linear",
+                                 task_type="CAUSAL_LM")
+    dataset = Dataset.from_list([{"prompt": build_messages(p.question, one_shot=cfg.one_shot), "answer": p.answer}
+                                 for p in train])
+    checkpoints = out / "checkpoints"
+    resume_from, resume_step = last_checkpoint(checkpoints)
+    callback = MathLogCallback(cfg, out, eval_problems, tokenizer, resume_step)
+    trainer = GRPOTrainer(model=model, reward_funcs=[trl_correctness_reward, trl_format_reward],
+                          args=grpo_config(cfg, checkpoints), train_dataset=dataset, processing_class=tokenizer,
+                          peft_config=peft_config, callbacks=[callback])
+    callback.trainer = trainer
+    if resume_from:
+        print(f"[grpo] resuming from {resume_from}")
+    trainer.train(resume_from_checkpoint=str(resume_from) if resume_from else None)
+    trained = trainer.model.merge_and_unload() if cfg.use_lora else trainer.model
+    partial = out / "final_model.partial"
+    trained.save_pretrained(partial)
+    tokenizer.save_pretrained(partial)
+    partial.replace(final)
+    return final
+
+
+def grpo_results(cfg: GRPOMathConfig, final_model: Path, run_log: list[dict], evals: list[dict]) -> dict[str, Any]:
+    """results.json: the last evaluation's pass@1 beside the untrained model's, and the format reward as the
+    side-effect metric (a model can gain reward by format alone)."""
+    recent = run_log[-5:]
+    summary = {
+        "main_metric": "pass@1 (eval set)",
+        "main": evals[-1]["pass_at"]["1"],
+        "baseline": evals[0]["pass_at"]["1"],
+        "pass1_ci": evals[-1]["pass1_ci"],
+        "baseline_pass1_ci": evals[0]["pass1_ci"],
+        "side_effect_metric": "format reward, mean of the last 5 steps",
+        "side_effect": sum(e.get("rewards/trl_format_reward/mean", 0.0) for e in recent) / max(1, len(recent)),
+        "n_eval_problems": evals[-1]["n_problems"],
+        "n_completions": evals[-1]["n_completions"],
+        "steps": run_log[-1]["step"] if run_log else 0,
+    }
+    return {"parameters": cfg.as_dict(), "final_model": str(final_model), "summary": summary,
+            "evals": [{k: v for k, v in e.items() if k != "sample_completions"} for e in evals]}

@@ -1,0 +1,108 @@
+"""The math-steering experiment's steps (notebook `math_steering`): vectors from base vs finetuned,
+then pass@k of base, finetuned and base + w * vector on one eval set, with side effects."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+from torch import nn
+
+from lib.configs import REPO_ROOT, MathSteeringConfig
+from lib.data import NEUTRAL_TEXTS
+from lib.evals import model_kl, next_token_kl
+from lib.generation import Steering
+from lib.mathdata import MathProblem, build_messages, train_eval_split
+from lib.matheval import evaluate_math
+from lib.model_diff import activation_difference
+from lib.models import load_model
+from lib.vectors import SteeringVector, random_like
+
+
+def load_models(cfg: MathSteeringConfig) -> tuple[nn.Module, nn.Module, Any]:
+    local = Path(cfg.finetuned) if Path(cfg.finetuned).is_absolute() else REPO_ROOT / cfg.finetuned
+    if local.exists():
+        name = str(local)
+    elif cfg.finetuned.startswith(("out/", "./", "/")):
+        raise FileNotFoundError(f"finetuned={cfg.finetuned!r} does not exist: run the grpo_math notebook first "
+                                "(./just run grpo_math ...) and pass its final_model folder")
+    else:
+        name = cfg.finetuned  # a hub id
+    base, tokenizer = load_model(cfg.model)
+    tuned, _ = load_model(name)
+    return base, tuned, tokenizer
+
+
+def problems(cfg: MathSteeringConfig) -> tuple[list[MathProblem], list[MathProblem]]:
+    return train_eval_split(cfg.source, cfg.train_size, cfg.eval_size, cfg.seed)
+
+
+def build_vector(cfg: MathSteeringConfig, base: nn.Module, tuned: nn.Module, tokenizer: Any,
+                 train: list[MathProblem]) -> tuple[SteeringVector, list[str]]:
+    prompts = [build_messages(p.question, one_shot=cfg.one_shot) for p in train[: cfg.max_examples]]
+    return activation_difference(base, tuned, tokenizer, prompts, reduction=cfg.reduction,
+                                 max_new_tokens=cfg.max_completion_length, batch_size=cfg.batch_size,
+                                 meta={"model": cfg.model, "finetuned": cfg.finetuned, "source": cfg.source,
+                                       "seed": cfg.seed})
+
+
+def evaluate(cfg: MathSteeringConfig, base: nn.Module, tuned: nn.Module, tokenizer: Any,
+             eval_problems: list[MathProblem], vector: SteeringVector) -> dict[str, Any]:
+    """Every configuration on the same problems and generation settings; weights run as one batch."""
+    settings = {"n_completions": cfg.num_completions_eval, "temperature": cfg.eval_temperature,
+                "max_new_tokens": cfg.max_completion_length, "batch_size": cfg.batch_size, "seed": cfg.seed,
+                "one_shot": cfg.one_shot}
+    steering = Steering(vector)
+    steered = evaluate_math(base, tokenizer, eval_problems, steering=steering, weights=cfg.weights, **settings)
+    finetuned = evaluate_math(tuned, tokenizer, eval_problems, **settings)[None]
+    evaluation: dict[str, Any] = {
+        "base": steered[0.0].summary(),  # weight 0 is the unsteered base, in the same batch
+        "finetuned": finetuned.summary(),
+        "steered": [steered[w].summary() for w in cfg.weights],
+        "kl_steered": next_token_kl(base, tokenizer, NEUTRAL_TEXTS, steering=steering, coefficients=cfg.weights,
+                                    batch_size=cfg.batch_size).tolist(),
+        "kl_finetuned": model_kl(base, tuned, tokenizer, NEUTRAL_TEXTS, cfg.batch_size),
+        "sample_completions": {str(w): steered[w].completions[0][:1] for w in cfg.weights},
+    }
+    if cfg.random_control:
+        control = Steering(random_like(vector, seed=cfg.seed))
+        randomised = evaluate_math(base, tokenizer, eval_problems, steering=control, weights=cfg.weights, **settings)
+        evaluation["random"] = [randomised[w].summary() for w in cfg.weights]
+        evaluation["kl_random"] = next_token_kl(base, tokenizer, NEUTRAL_TEXTS, steering=control,
+                                                coefficients=cfg.weights, batch_size=cfg.batch_size).tolist()
+    return evaluation
+
+
+def table(evaluation: dict[str, Any], weights: list[float]) -> pd.DataFrame:
+    rows = [{"config": "base", **_row(evaluation["base"]), "kl_from_base": 0.0},
+            {"config": "finetuned", **_row(evaluation["finetuned"]), "kl_from_base": evaluation["kl_finetuned"]}]
+    for kind in ("steered", "random"):
+        for weight, result, kl in zip(weights, evaluation.get(kind, []), evaluation.get(f"kl_{kind}", []),
+                                      strict=False):
+            rows.append({"config": f"{kind} w={weight}", **_row(result), "kl_from_base": kl})
+    return pd.DataFrame(rows).set_index("config").round(4)
+
+
+def _row(result: dict[str, Any]) -> dict[str, Any]:
+    return {**{f"pass@{k}": v for k, v in result["pass_at"].items()}, "ci_low": result["pass1_ci"][0],
+            "ci_high": result["pass1_ci"][1], "n_problems": result["n_problems"]}
+
+
+def results(cfg: MathSteeringConfig, vector: SteeringVector, evaluation: dict[str, Any]) -> dict[str, Any]:
+    steered = [r["pass_at"]["1"] for r in evaluation["steered"]]
+    best = max(range(len(steered)), key=steered.__getitem__)
+    summary = {
+        "main_metric": "pass@1, best steered weight",
+        "main": steered[best],
+        "best_weight": cfg.weights[best],
+        "baseline": evaluation["base"]["pass_at"]["1"],
+        "finetuned": evaluation["finetuned"]["pass_at"]["1"],
+        "side_effect_metric": "KL from base on neutral text at the best weight",
+        "side_effect": evaluation["kl_steered"][best],
+        "kl_finetuned": evaluation["kl_finetuned"],
+        "n_problems": evaluation["base"]["n_problems"],
+        "n_completions": evaluation["base"]["n_completions"],
+    }
+    return {"parameters": cfg.as_dict(), "vector_norms": vector.norms(), "weights": cfg.weights, **evaluation,
+            "summary": summary}

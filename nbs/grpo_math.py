@@ -1,0 +1,92 @@
+# ---
+# jupyter:
+#   jupytext:
+#     formats: ipynb,py:percent
+#     text_representation:
+#       extension: .py
+#       format_name: percent
+#   kernelspec:
+#     display_name: Python 3
+#     language: python
+#     name: python3
+# ---
+
+# %% [markdown]
+# # GRPO on math (the "Day 4" training)
+#
+# TRL's `GRPOTrainer` with the Dr. GRPO loss, rewards for a correct answer (math-verify equivalence)
+# and for the `<think>`/`<answer>` format, a one-shot demonstration in the prompt. The eval set is
+# fixed by `source`, `eval_size` and `seed`, and is the same one `math_steering` scores.
+#
+# The defaults are the quick preset (a couple of minutes on CPU). The long preset in the journal:
+# `./just run grpo_math num_train_iters=60 train_size=256 eval_size=64 num_chains=8 eval_every=20 save_every=10
+# max_completion_length=64` (about 30-40 min on 2 cores). A killed run resumes from its last checkpoint
+# when run again with the same parameters.
+#
+# **vLLM** (GPU users): start a server in another shell, `trl vllm-serve --model <model>`, then run with
+# `use_vllm=True` (TRL's server mode).
+
+# %% tags=["parameters"]
+model = "smollm2-135m"
+source = "arithmetic"
+train_size = 16
+eval_size = 8
+num_train_iters = 2
+eval_every = 2
+save_every = 1
+num_chains = 4
+prompts_per_step = 2
+num_completions_eval = 1
+eval_temperature = 0.0
+max_completion_length = 32
+train_temperature = 1.0
+learning_rate = 1e-05
+scale_rewards = "group"
+use_lora = False
+lora_r = 16
+one_shot = True
+use_vllm = False
+bf16 = True
+batch_size = 16
+seed = 0
+out_dir = ""
+
+# %%
+import json
+
+import pandas as pd
+
+from lib.configs import GRPOMathConfig
+from lib.grpo import grpo_results, train_grpo
+from lib.mathdata import train_eval_split
+from lib.plots import training_curve_figure
+from lib.runner import write_json
+
+cfg = GRPOMathConfig.from_namespace(globals())
+out = cfg.resolve_out_dir()
+train, eval_problems = train_eval_split(cfg.source, cfg.train_size, cfg.eval_size, cfg.seed)
+print(f"out: {out}; {len(train)} train and {len(eval_problems)} eval problems from {cfg.source!r}")
+
+# %%
+final_model = train_grpo(cfg, out, train, eval_problems)
+
+# %% [markdown]
+# ## Training curve and evaluations
+
+# %%
+run_log = json.loads((out / "run_log.json").read_text())
+evals = json.loads((out / "eval_summary.json").read_text())
+training_curve_figure(run_log, evals, f"GRPO on {cfg.source}, {cfg.model}", out / "training_curve.png")
+pd.DataFrame([{"step": e["step"], **{f"pass@{k}": v for k, v in e["pass_at"].items()},
+               "ci_low": e["pass1_ci"][0], "ci_high": e["pass1_ci"][1]} for e in evals]).set_index("step")
+
+# %%
+pd.DataFrame(run_log).set_index("step").drop(columns=["sample_completions"]).round(3).tail(10)
+
+# %% [markdown]
+# ## Summary
+
+# %%
+results = grpo_results(cfg, final_model, run_log, evals)
+write_json(out / "results.json", results)
+pd.Series(results["summary"]).to_frame("value")

@@ -1,0 +1,55 @@
+"""A real 2-step GRPO run (TRL GRPOTrainer) on a tiny model, its logs, checkpoints and resume."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+
+from lib.configs import GRPOMathConfig
+from lib.grpo import last_checkpoint, train_grpo
+from lib.mathdata import train_eval_split
+from lib.models import embedded_model_dir, tiny_model
+
+
+@pytest.fixture(scope="module")
+def tiny_folder(tmp_path_factory):
+    """A 2-layer Llama with SmolLM2's tokenizer (and chat template), saved like a real checkpoint."""
+    from transformers import AutoTokenizer
+
+    tokenizer = AutoTokenizer.from_pretrained(embedded_model_dir())
+    model = tiny_model("llama", n_layers=2, hidden=64, vocab=len(tokenizer), seed=0)
+    model.config.pad_token_id = tokenizer.pad_token_id
+    folder = tmp_path_factory.mktemp("tiny") / "model"
+    model.save_pretrained(folder)
+    tokenizer.save_pretrained(folder)
+    return folder
+
+
+def test_two_grpo_steps_log_evaluate_checkpoint_and_resume(tiny_folder, tmp_path):
+    torch.manual_seed(0)
+    settings = {"model": str(tiny_folder), "train_size": 4, "eval_size": 2, "num_chains": 2, "prompts_per_step": 2,
+                "max_completion_length": 8, "save_every": 1, "eval_every": 1, "batch_size": 4,
+                "out_dir": str(tmp_path)}
+    cfg = GRPOMathConfig(num_train_iters=2, **settings)
+    train, held_out = train_eval_split(cfg.source, cfg.train_size, cfg.eval_size, cfg.seed)
+    final = train_grpo(cfg, tmp_path, train, held_out)
+    run_log = json.loads((tmp_path / "run_log.json").read_text())
+    evals = json.loads((tmp_path / "eval_summary.json").read_text())
+    assert [e["step"] for e in run_log] == [1, 2]
+    assert {"reward", "rewards/trl_correctness_reward/mean", "rewards/trl_format_reward/mean"} <= set(run_log[0])
+    assert all(isinstance(t, str) for t in run_log[0]["sample_completions"])
+    assert [e["step"] for e in evals] == [0, 1, 2] and evals[0]["n_problems"] == 2
+    assert last_checkpoint(tmp_path / "checkpoints")[1] == 2
+    assert (final / "config.json").exists()
+
+    # resume: one more step continues from checkpoint-2, keeping the finished steps and evaluations
+    import shutil
+
+    shutil.rmtree(final)
+    train_grpo(GRPOMathConfig(num_train_iters=3, **settings), tmp_path, train, held_out)
+    run_log = json.loads((tmp_path / "run_log.json").read_text())
+    evals = json.loads((tmp_path / "eval_summary.json").read_text())
+    assert [e["step"] for e in run_log] == [1, 2, 3]
+    assert [e["step"] for e in evals] == [0, 1, 2, 3]
