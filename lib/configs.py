@@ -6,6 +6,7 @@ against it before anything launches, because papermill only warns on unknown nam
 from __future__ import annotations
 
 import dataclasses
+import hashlib
 import re
 from dataclasses import dataclass, fields
 from pathlib import Path
@@ -55,7 +56,8 @@ def run_slug(overrides: dict[str, Any]) -> str:
         return "default"
     parts = [f"{key}={_slug_value(value)}" for key, value in sorted(overrides.items())]
     slug = "_".join(parts)
-    return slug if len(slug) <= 120 else slug[:100] + "-" + str(abs(hash(slug)) % 10**8)
+    # long slugs are cut and made unique by a stable digest (not hash(): it changes between processes)
+    return slug if len(slug) <= 120 else slug[:100] + "-" + hashlib.sha1(slug.encode()).hexdigest()[:8]
 
 
 def _slug_value(value: Any) -> str:

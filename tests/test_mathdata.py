@@ -204,3 +204,14 @@ def test_build_messages():
 def test_demo_is_never_a_problem():
     demo = ONE_SHOT[0]["content"]
     assert all(p.question != demo for p in load_math("arithmetic", 200, seed=0))
+
+
+def test_the_one_shot_demo_never_appears_as_a_problem(monkeypatch):
+    import lib.mathdata as mathdata
+
+    def stream(source, seed, split):
+        yield mathdata.MathProblem("Calculate ( 7 + 6 ).", "13", source)  # the demo, bracketed
+        yield mathdata.MathProblem("Calculate 1 + 1.", "2", source)
+
+    monkeypatch.setitem(mathdata._STREAMS, "arithmetic", stream)
+    assert [p.question for p in mathdata._take("arithmetic", 2, 0, "test")] == ["Calculate 1 + 1."]
