@@ -40,9 +40,10 @@ sweep NB *ARGS:
 check NB *ARGS:
     {{py}} -m lib.runner check "$@"
 
-# benchmarks -> out/bench/
+# benchmarks -> out/bench/ (steering overhead; BO vs random search on a known optimum)
 bench:
     {{py}} benchmarks/steering.py
+    {{py}} benchmarks/optimize.py
 
 # sync .ipynb pairs from the .py sources
 sync:
