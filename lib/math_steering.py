@@ -86,7 +86,8 @@ def table(evaluation: dict[str, Any], weights: list[float]) -> pd.DataFrame:
 
 def _row(result: dict[str, Any]) -> dict[str, Any]:
     return {**{f"pass@{k}": v for k, v in result["pass_at"].items()}, "ci_low": result["pass1_ci"][0],
-            "ci_high": result["pass1_ci"][1], "n_problems": result["n_problems"]}
+            "ci_high": result["pass1_ci"][1], "answer_rate": result.get("answer_rate"),
+            "n_problems": result["n_problems"]}
 
 
 def results(cfg: MathSteeringConfig, vector: SteeringVector, evaluation: dict[str, Any]) -> dict[str, Any]:

@@ -17,7 +17,7 @@ from torch import nn
 from lib.generation import Steering, generate
 from lib.mathdata import MathProblem, build_messages
 from lib.passk import mean_pass_at_k, pass_at_k, pass_at_k_ci, wilson_interval
-from lib.rewards import is_correct
+from lib.rewards import extract_answer, is_correct
 
 
 @dataclass
@@ -27,6 +27,7 @@ class MathEval:
     pass_at: dict[int, float]  # k -> pass@k
     pass1_ci: tuple[float, float]  # 95% bootstrap interval over problems
     correct_counts: list[int]  # per problem, out of n_completions
+    answer_rate: float  # share of completions with a well-formed <answer>: tells "steering helped" from "fixed format"
     completions: list[list[str]]  # per problem
 
     def summary(self) -> dict[str, Any]:
@@ -56,6 +57,7 @@ def score(problems: Sequence[MathProblem], completions: list[list[str]]) -> Math
         pass_at={k: mean_pass_at_k(counts, n, k) for k in ks_for(n)},
         pass1_ci=pass_at_k_ci(per_problem_pass1) if n > 1 else wilson_interval(sum(counts), len(counts)),
         correct_counts=counts,
+        answer_rate=sum(extract_answer(c) is not None for per in completions for c in per) / (len(problems) * n),
         completions=completions,
     )
 
