@@ -73,3 +73,16 @@ def test_math_chain_grpo_then_steering_then_bo(tmp_path):
     assert {"score", "ci", "base", "finetuned", "kl"} <= set(final["confirmed"])
     for name in ("gp_1d.gif", "gp_2d.gif", "gp_2d.png", "parallel_coordinates.png", "bo_vs_random.png"):
         assert (bo_dir / name).stat().st_size > 1000, name
+
+
+@pytest.mark.slow
+def test_bo_notebook_optimises_the_contrastive_objective(tmp_path):
+    """The optimiser is not tied to math: the contrastive log-prob gap as objective, vector from the contrastive run."""
+    contrastive_dir = run_notebook("contrastive_steering", CONTRASTIVE_QUICK, out_root=tmp_path)
+    bo_dir = run_notebook("steering_bo", {"objective": "contrastive_gap", "vector": str(contrastive_dir / "vector"),
+                                          "eval_size": 4, "n_initial_points": 2, "n_iterations": 3,
+                                          "random_search": False}, out_root=tmp_path)
+    final = json.loads((bo_dir / "final_results.json").read_text())
+    assert final["finetuned_score"] is None and final["random_search"] is None
+    assert len(final["optimization_history"]) == 3
+    assert final["confirmed"]["score"] == pytest.approx(final["best_score"], abs=1e-4)  # deterministic objective

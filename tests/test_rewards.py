@@ -174,7 +174,7 @@ def test_format_reward(completion, reward):
 
 def test_one_shot_demo_earns_full_reward():
     demo = ONE_SHOT[1]["content"]
-    assert format_reward(demo) == 0.2 and correctness_reward(demo, "12") == 1.0
+    assert format_reward(demo) == 0.2 and correctness_reward(demo, "13") == 1.0  # 7 + 6
 
 
 def test_trl_reward_functions_with_string_completions():
