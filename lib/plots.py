@@ -23,10 +23,17 @@ def effect_curve_figure(curves: dict[str, dict[str, list[float]]], title: str, p
         left.axhline(curves["steering"]["gap"][zero], color="k", lw=0.8, ls=":", label="unsteered")
     left.set(xlabel="scale", ylabel="log p(target reply) - log p(baseline reply)", title="effect")
     right.set(xlabel="scale", ylabel="KL(unsteered || steered), nats/token", title="side effect (neutral text)")
-    for axis in (left, right):
-        axis.legend(fontsize=8)
+    return _finish(fig, (left, right), title, path)
+
+
+def _finish(fig: Any, axes: tuple, title: str, path: Path | None, suptitle: bool = True) -> Any:
+    """Shared ending: grid and legend on every axis (where something is labelled), title, save."""
+    for axis in axes:
         axis.grid(alpha=0.3)
-    fig.suptitle(title, fontsize=10)
+        if axis.get_legend_handles_labels()[0]:
+            axis.legend(fontsize=8)
+    if suptitle:
+        fig.suptitle(title, fontsize=10)
     fig.tight_layout()
     if path is not None:
         fig.savefig(path, dpi=120)
@@ -49,14 +56,7 @@ def training_curve_figure(run_log: list[dict], evals: list[dict], title: str, pa
     right.errorbar(eval_steps, pass1, yerr=[low, high], marker="o", capsize=3)
     right.set(xlabel="step", ylabel="pass@1", title=f"eval pass@1 ({evals[-1]['n_problems']} problems)" if evals
               else "eval")
-    for axis in (left, right):
-        axis.grid(alpha=0.3)
-    left.legend(fontsize=8)
-    fig.suptitle(title, fontsize=10)
-    fig.tight_layout()
-    if path is not None:
-        fig.savefig(path, dpi=120)
-    return fig
+    return _finish(fig, (left, right), title, path)
 
 
 def weight_curve_figure(weights: list[float], steered: list[dict], base: dict, finetuned: dict, title: str,
@@ -79,12 +79,7 @@ def weight_curve_figure(weights: list[float], steered: list[dict], base: dict, f
                   [r["pass1_ci"][1] - v for v, r in zip(values, results, strict=True)]]
         axis.errorbar(weights, values, yerr=errors, marker="o", capsize=3, color=color, label=label)
     axis.set(xlabel="steering weight (all layers)", ylabel="pass@1", title=title)
-    axis.legend(fontsize=8)
-    axis.grid(alpha=0.3)
-    fig.tight_layout()
-    if path is not None:
-        fig.savefig(path, dpi=120)
-    return fig
+    return _finish(fig, (axis,), title, path, suptitle=False)
 
 
 def sweep_heatmaps(summary_csv: Path, row_key: str, col_key: str, out_dir: Path) -> list[Path]:
