@@ -1,7 +1,9 @@
 """steerlab: find directions that carry a behaviour and add them back, at chosen layers and strengths.
 
-Layout: models (loading, layer locator) -> hooks (record, steer) -> vectors (dataclass, builders)
--> extract (cached activations) -> generation / evals -> experiments (contrastive) -> runner (papermill).
+Core: models (loading, layer locator) -> hooks (record, steer) -> vectors (dataclass, builders)
+-> extract (cached activations) -> generation / evals. Around it: data sets (data, mathdata), rewards
+and pass@k, training (grpo), optimisation (optimize), one module of steps per experiment (contrastive,
+math_steering, bo_steering), configs, plots and the papermill runner.
 """
 
 from lib.generation import Steering, generate, render_chat
