@@ -16,8 +16,8 @@ from typing import Any
 
 from torch import nn
 
-from lib.configs import REPO_ROOT, BOSteeringConfig
-from lib.data import DEFAULT_PROMPTS, load_subset, split_examples
+from lib.configs import BOSteeringConfig, repo_path
+from lib.data import load_subset, reply_pairs, split_examples
 from lib.evals import effect_curve
 from lib.generation import Steering
 from lib.hooks import group_weights, layer_groups
@@ -31,13 +31,8 @@ DEFAULT_GROUP_NAMES = {4: ["early", "mid_early", "mid_late", "late"], 2: ["early
                        3: ["early", "middle", "late"]}
 
 
-def resolve(path: str) -> Path:
-    candidate = Path(path)
-    return candidate if candidate.is_absolute() else REPO_ROOT / candidate
-
-
 def load_vector(cfg: BOSteeringConfig) -> SteeringVector:
-    base = resolve(cfg.vector).with_suffix("")
+    base = repo_path(cfg.vector).with_suffix("")
     if not base.with_suffix(".safetensors").exists():
         raise FileNotFoundError(f"vector={cfg.vector!r}: no {base.with_suffix('.safetensors')}; run the math_steering "
                                 "(or contrastive_steering) notebook first and pass its out folder's vector")
@@ -83,10 +78,8 @@ def make_objective(cfg: BOSteeringConfig, model: nn.Module, tokenizer: Any, vect
             return math_score(cfg, model, tokenizer, eval_problems, steering_for(vector, groups, names, point))
 
         return pass1
-    target = split_examples(load_subset(cfg.target, cfg.seed), 1, cfg.eval_size)[1]
-    baseline = split_examples(load_subset(cfg.baseline, cfg.seed), 1, cfg.eval_size)[1]
-    pairs_t = [(DEFAULT_PROMPTS[i % len(DEFAULT_PROMPTS)], e.response) for i, e in enumerate(target)]
-    pairs_b = [(DEFAULT_PROMPTS[i % len(DEFAULT_PROMPTS)], e.response) for i, e in enumerate(baseline)]
+    pairs_t = reply_pairs(split_examples(load_subset(cfg.target, cfg.seed), 1, cfg.eval_size)[1])
+    pairs_b = reply_pairs(split_examples(load_subset(cfg.baseline, cfg.seed), 1, cfg.eval_size)[1])
 
     def contrastive_gap(point: dict[str, float]) -> float:
         curve = effect_curve(model, tokenizer, pairs_t, pairs_b, steering_for(vector, groups, names, point), [1.0],
@@ -116,7 +109,7 @@ def history_path(cfg: BOSteeringConfig, out: Path, method: str) -> Path:
     """The run folder's history; `resume_from` seeds it once from a killed run's file elsewhere."""
     path = out / f"{method}_history.json"
     if cfg.resume_from and method == "bo" and not path.exists():
-        source = resolve(cfg.resume_from)
+        source = repo_path(cfg.resume_from)
         if not source.exists():
             raise FileNotFoundError(f"resume_from={cfg.resume_from!r} does not exist")
         path.write_text(source.read_text())

@@ -50,6 +50,12 @@ class NotebookConfig:
         return dataclasses.asdict(self)
 
 
+def repo_path(path: str) -> Path:
+    """A path as given when absolute, else relative to the repository root (where notebooks run)."""
+    candidate = Path(path)
+    return candidate if candidate.is_absolute() else REPO_ROOT / candidate
+
+
 def run_slug(overrides: dict[str, Any]) -> str:
     """A readable folder name from the non-default parameters, e.g. `layer=12_scale=4.0`."""
     if not overrides:
@@ -68,6 +74,12 @@ def _slug_value(value: Any) -> str:
 def _choice(name: str, value: Any, allowed: tuple[str, ...]) -> None:
     if value not in allowed:
         raise ValueError(f"{name}={value!r} must be one of {allowed}")
+
+
+def _sampled(name: str, n: int, temperature_name: str, temperature: float) -> None:
+    """Several completions per problem only differ when sampled."""
+    if n > 1 and temperature == 0:
+        raise ValueError(f"{name}={n} needs {temperature_name} > 0 (greedy completions repeat)")
 
 
 def _positive(name: str, value: Any, allow_zero: bool = False) -> None:
@@ -121,7 +133,8 @@ class GRPOMathConfig(NotebookConfig):
     """GRPO on math (the seed's "Day 4" training). The seed's output_dir is `out_dir` here.
 
     The default is the quick preset (minutes on 2 CPU cores); the journal's long run is
-    `num_train_iters=60 train_size=256 eval_size=64 num_chains=8 prompts_per_step=2 eval_every=20`.
+    `num_train_iters=60 train_size=128 eval_size=64 num_chains=8 prompts_per_step=2 eval_every=20 save_every=10
+    max_completion_length=64`.
     """
 
     notebook: ClassVar[str] = "grpo_math"
@@ -160,8 +173,7 @@ class GRPOMathConfig(NotebookConfig):
             raise ValueError(f"num_chains={self.num_chains!r} must be an int >= 2 (GRPO compares completions "
                              "within a group)")
         _choice("scale_rewards", self.scale_rewards, ("group", "batch", "none"))
-        if self.num_completions_eval > 1 and self.eval_temperature == 0:
-            raise ValueError(f"num_completions_eval={self.num_completions_eval} needs eval_temperature > 0")
+        _sampled("num_completions_eval", self.num_completions_eval, "eval_temperature", self.eval_temperature)
 
 
 @dataclass
@@ -194,8 +206,7 @@ class MathSteeringConfig(NotebookConfig):
         if not self.weights or 0.0 not in [float(w) for w in self.weights]:
             raise ValueError(f"weights={self.weights!r} must include 0.0 (the unsteered base in the same batch)")
         self.weights = [float(w) for w in self.weights]
-        if self.num_completions_eval > 1 and self.eval_temperature == 0:
-            raise ValueError(f"num_completions_eval={self.num_completions_eval} needs eval_temperature > 0")
+        _sampled("num_completions_eval", self.num_completions_eval, "eval_temperature", self.eval_temperature)
 
 
 @dataclass
@@ -242,10 +253,8 @@ class BOSteeringConfig(NotebookConfig):
             raise ValueError(f"weight_low={self.weight_low} must be below weight_high={self.weight_high}")
         if self.n_initial_points > self.n_iterations:
             raise ValueError(f"n_initial_points={self.n_initial_points} must be <= n_iterations={self.n_iterations}")
-        for n, temperature, names in ((self.num_completions_eval, self.eval_temperature, "num_completions_eval"),
-                                      (self.confirm_completions, self.confirm_temperature, "confirm_completions")):
-            if n > 1 and temperature == 0:
-                raise ValueError(f"{names}={n} needs a temperature > 0 (greedy completions repeat)")
+        _sampled("num_completions_eval", self.num_completions_eval, "eval_temperature", self.eval_temperature)
+        _sampled("confirm_completions", self.confirm_completions, "confirm_temperature", self.confirm_temperature)
         self.boundaries, self.group_names = list(self.boundaries), list(self.group_names)
 
 

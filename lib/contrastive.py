@@ -15,7 +15,7 @@ from typing import Any
 from torch import nn
 
 from lib.configs import ContrastiveConfig
-from lib.data import DEFAULT_PROMPTS, NEUTRAL_TEXTS, Example, load_subset, split_examples, subset_name
+from lib.data import DEFAULT_PROMPTS, NEUTRAL_TEXTS, Example, load_subset, reply_pairs, split_examples, subset_name
 from lib.evals import effect_curve, next_token_kl
 from lib.extract import extract
 from lib.generation import Steering, generate, render_chat
@@ -78,12 +78,8 @@ def measure_curves(model: nn.Module, tokenizer: Any, cfg: ContrastiveConfig, vec
     curve_prompts="neutral": held-out replies are scored after the built-in neutral prompts (cycled), so
     the gap measures a preference for the target set's style itself; "own": after their own prompts."""
     scales = sorted(set(cfg.curve_scales) | {0.0, float(cfg.scale)})
-    def pairs(examples: list[Example]) -> list[tuple[str, str]]:
-        if cfg.curve_prompts == "own":
-            return [(e.prompt, e.response) for e in examples]
-        return [(DEFAULT_PROMPTS[i % len(DEFAULT_PROMPTS)], e.response) for i, e in enumerate(examples)]
-
-    target, baseline = pairs(data.target_eval), pairs(data.baseline_eval)
+    target = reply_pairs(data.target_eval, cfg.curve_prompts)
+    baseline = reply_pairs(data.baseline_eval, cfg.curve_prompts)
     candidates = {"steering": vector.select([cfg.layer])}
     if cfg.random_control:
         candidates["random"] = random_like(candidates["steering"], seed=cfg.seed)

@@ -167,6 +167,16 @@ def _load_tulu(source: str) -> list[Example]:
     return examples
 
 
+def reply_pairs(examples: list[Example], prompts: str = "neutral") -> list[tuple[str, str]]:
+    """(prompt, reply) pairs for scoring replies: after their own prompts ("own"), or after the built-in
+    neutral prompts, cycled ("neutral"), so the score measures a preference for the reply's style itself."""
+    if prompts == "own":
+        return [(e.prompt, e.response) for e in examples]
+    if prompts != "neutral":
+        raise ValueError(f"curve_prompts={prompts!r} must be 'neutral' or 'own'")
+    return [(DEFAULT_PROMPTS[i % len(DEFAULT_PROMPTS)], e.response) for i, e in enumerate(examples)]
+
+
 def split_examples(examples: list[Example], n_train: int, n_eval: int) -> tuple[list[Example], list[Example]]:
     """Disjoint train (first n_train) and held-out eval (last n_eval) parts."""
     if n_train < 1 or n_eval < 0:

@@ -3,13 +3,12 @@ then pass@k of base, finetuned and base + w * vector on one eval set, with side 
 
 from __future__ import annotations
 
-from pathlib import Path
 from typing import Any
 
 import pandas as pd
 from torch import nn
 
-from lib.configs import REPO_ROOT, MathSteeringConfig
+from lib.configs import MathSteeringConfig, repo_path
 from lib.data import NEUTRAL_TEXTS
 from lib.evals import model_kl, next_token_kl
 from lib.generation import Steering
@@ -20,17 +19,20 @@ from lib.models import load_model
 from lib.vectors import SteeringVector, random_like
 
 
-def load_models(cfg: MathSteeringConfig) -> tuple[nn.Module, nn.Module, Any]:
-    local = Path(cfg.finetuned) if Path(cfg.finetuned).is_absolute() else REPO_ROOT / cfg.finetuned
+def finetuned_source(finetuned: str) -> str:
+    """The finetuned model to load: a local folder (absolute or repo-relative) or a hub id."""
+    local = repo_path(finetuned)
     if local.exists():
-        name = str(local)
-    elif cfg.finetuned.startswith(("out/", "./", "/")):
-        raise FileNotFoundError(f"finetuned={cfg.finetuned!r} does not exist: run the grpo_math notebook first "
+        return str(local)
+    if finetuned.startswith(("out/", "./", "/")):
+        raise FileNotFoundError(f"finetuned={finetuned!r} does not exist: run the grpo_math notebook first "
                                 "(./just run grpo_math ...) and pass its final_model folder")
-    else:
-        name = cfg.finetuned  # a hub id
+    return finetuned  # a hub id
+
+
+def load_models(cfg: MathSteeringConfig) -> tuple[nn.Module, nn.Module, Any]:
     base, tokenizer = load_model(cfg.model)
-    tuned, _ = load_model(name)
+    tuned, _ = load_model(finetuned_source(cfg.finetuned))
     return base, tuned, tokenizer
 
 

@@ -19,7 +19,7 @@
 # fixed by `source`, `eval_size` and `seed`, and is the same one `math_steering` scores.
 #
 # The defaults are the quick preset (a couple of minutes on CPU). The long preset in the journal:
-# `./just run grpo_math num_train_iters=60 train_size=256 eval_size=64 num_chains=8 eval_every=20 save_every=10
+# `./just run grpo_math num_train_iters=60 train_size=128 eval_size=64 num_chains=8 eval_every=20 save_every=10
 # max_completion_length=64` (about 30-40 min on 2 cores). A killed run resumes from its last checkpoint
 # when run again with the same parameters.
 #

@@ -64,6 +64,7 @@ from lib import bo_steering
 from lib.configs import BOSteeringConfig
 from lib.data import NEUTRAL_TEXTS
 from lib.evals import next_token_kl
+from lib.math_steering import finetuned_source
 from lib.optimize import run_search
 from lib.runner import write_json
 
@@ -83,7 +84,7 @@ pd.DataFrame({"layers": [f"{g[0]}-{g[-1]}" for g in groups]}, index=names)
 baseline_score = objective_fn(dict.fromkeys(names, 0.0))
 finetuned_score = None
 if cfg.objective == "pass1":
-    tuned, _ = lib.load_model(str(bo_steering.resolve(cfg.finetuned)))
+    tuned, _ = lib.load_model(finetuned_source(cfg.finetuned))
     eval_problems, confirm_problems = bo_steering.math_problems(cfg)
     finetuned_score = bo_steering.math_score(cfg, tuned, tokenizer, eval_problems)
 print(f"base {baseline_score:.3f}, finetuned {finetuned_score}")

@@ -33,3 +33,15 @@ def test_split_is_disjoint_and_checked():
     assert len(train) == 32 and len(held_out) == 16 and not set(train) & set(held_out)
     with pytest.raises(ValueError, match="n_samples=90 \\+ n_eval=20"):
         split_examples(examples, 90, 20)
+
+
+def test_reply_pairs_after_neutral_or_own_prompts():
+    from lib.data import DEFAULT_PROMPTS, reply_pairs
+
+    examples = load_subset("math")[: len(DEFAULT_PROMPTS) + 1]
+    neutral = reply_pairs(examples)
+    assert [p for p, _ in neutral] == DEFAULT_PROMPTS + DEFAULT_PROMPTS[:1]  # cycled
+    assert [r for _, r in neutral] == [e.response for e in examples]
+    assert reply_pairs(examples, "own") == [(e.prompt, e.response) for e in examples]
+    with pytest.raises(ValueError, match="curve_prompts='mine'"):
+        reply_pairs(examples, "mine")
