@@ -20,6 +20,9 @@ class NotebookConfig:
     """Base of the per-notebook configs; each subclass ends with `out_dir: str = ""` (empty: derived)."""
 
     notebook: ClassVar[str] = ""
+    # What one run asks an executor for (lib.executors; Ray's num_cpus, num_gpus, memory in bytes, or custom
+    # resources). The defaults suit the embedded model on CPU; `just sweep ... --resources num_gpus=1` overrides.
+    resources: ClassVar[dict[str, float]] = {"num_cpus": 1}
 
     @classmethod
     def from_namespace(cls, namespace: dict[str, Any]) -> NotebookConfig:
@@ -68,7 +71,9 @@ def run_slug(overrides: dict[str, Any]) -> str:
 
 def _slug_value(value: Any) -> str:
     text = ",".join(map(str, value)) if isinstance(value, list | tuple) else str(value)
-    return re.sub(r"[^A-Za-z0-9.,+-]+", "-", text).strip("-") or "empty"
+    # drop unsafe characters at the ends (a trailing "/"), keep a leading minus sign: -3.0 and 3.0 are other runs
+    text = re.sub(r"^[^A-Za-z0-9.,+-]+|[^A-Za-z0-9.,+-]+$", "", text)
+    return re.sub(r"[^A-Za-z0-9.,+-]+", "-", text) or "empty"
 
 
 def _choice(name: str, value: Any, allowed: tuple[str, ...]) -> None:
@@ -138,6 +143,7 @@ class GRPOMathConfig(NotebookConfig):
     """
 
     notebook: ClassVar[str] = "grpo_math"
+    resources: ClassVar[dict[str, float]] = {"num_cpus": 2}  # training: both cores of a small node
     model: str = "smollm2-135m"
     source: str = "arithmetic"
     train_size: int = 16
@@ -239,6 +245,8 @@ class BOSteeringConfig(NotebookConfig):
     max_completion_length: int = 32
     resume_from: str = ""
     frame_every: int = 1
+    n_parallel: int = 1
+    executor: str = ""
     batch_size: int = 16
     seed: int = 0
     out_dir: str = ""
@@ -256,8 +264,161 @@ class BOSteeringConfig(NotebookConfig):
         _sampled("num_completions_eval", self.num_completions_eval, "eval_temperature", self.eval_temperature)
         _sampled("confirm_completions", self.confirm_completions, "confirm_temperature", self.confirm_temperature)
         self.boundaries, self.group_names = list(self.boundaries), list(self.group_names)
+        if not isinstance(self.n_parallel, int) or self.n_parallel < 1:
+            raise ValueError(f"n_parallel={self.n_parallel!r} must be an int >= 1 (evaluations in flight at once)")
+        if self.executor and self.executor.partition(":")[0] not in ("local", "ray"):
+            raise ValueError(f"executor={self.executor!r} must be '' (this process), 'local', 'local:N', 'ray' or "
+                             "'ray:<address>' (docs/scaling.md)")
+
+
+@dataclass
+class ReasoningDirectionConfig(NotebookConfig):
+    """A "good reasoning" direction from solved vs failed problems, with random controls (the seed report
+    "GPT-2 Activation Steering Experiment"). Defaults are the quick preset; the journal run overrides sizes."""
+
+    notebook: ClassVar[str] = "reasoning_direction"
+    model: str = "smollm2-135m"
+    mode: str = "token"
+    source: str = "arithmetic"
+    n_problems: int = 24
+    train_fraction: float = 0.8
+    read: str = "prompt_last"
+    layers: tuple[int, ...] | list[int] = (15,)
+    steer_positions: str = "all"
+    latent_steps: int = 4
+    projection: str = ""
+    step_alphas: tuple[float, ...] | list[float] = ()
+    alphas: tuple[float, ...] | list[float] = (-3.0, 0.0, 3.0)
+    n_random: int = 2
+    random_alphas: tuple[float, ...] | list[float] = (-3.0, 3.0)
+    max_new_tokens: int = 24
+    n_boot: int = 2000
+    batch_size: int = 16
+    seed: int = 0
+    out_dir: str = ""
+
+    def __post_init__(self) -> None:
+        _choice("mode", self.mode, ("token", "latent"))
+        _choice("read", self.read, ("prompt_last", "completion_mean"))
+        _choice("steer_positions", self.steer_positions, ("all", "prompt", "generated"))
+        for name in ("n_problems", "latent_steps", "max_new_tokens", "n_boot", "batch_size"):
+            _positive(name, getattr(self, name))
+        _positive("n_random", self.n_random, allow_zero=True)
+        if not 0 < self.train_fraction < 1:
+            raise ValueError(f"train_fraction={self.train_fraction} must be between 0 and 1 (0.8: the seed's 80/20)")
+        self.layers = [int(layer) for layer in self.layers]
+        if not self.layers:
+            raise ValueError("layers=[] steers nowhere: give at least one layer index, e.g. layers=[15]")
+        self.alphas = [float(a) for a in self.alphas]
+        if 0.0 not in self.alphas:
+            raise ValueError(f"alphas={self.alphas} must include 0.0 (the unsteered baseline on the test set)")
+        self.random_alphas = [float(a) for a in self.random_alphas]
+        stray = [a for a in self.random_alphas if a not in self.alphas or a == 0.0]
+        if stray:
+            raise ValueError(f"random_alphas {stray} must be non-zero values of alphas={self.alphas}: random "
+                             "directions are compared with the direction at the same alpha")
+        self.step_alphas = [float(a) for a in self.step_alphas]
+        if self.step_alphas and (self.mode != "latent" or len(self.step_alphas) != self.latent_steps):
+            raise ValueError(f"step_alphas={self.step_alphas} needs mode='latent' and one value per latent step "
+                             f"(latent_steps={self.latent_steps}); leave it empty for one alpha at every step")
+        if self.projection and self.mode != "latent":
+            raise ValueError("projection is the latent loop's hidden-to-embedding module: it needs mode='latent'")
+
+
+@dataclass
+class ToySweepConfig(NotebookConfig):
+    """A seconds-long notebook with no language model, for checking a sweep executor or a cluster end to end:
+    contrastive steering in miniature (mean-difference vector in a random 4-layer linear residual stream, a
+    readout direction as the behaviour, off-readout drift as the side effect). `work` adds CPU-bound matrix
+    products, `sleep_seconds` idle time, `fail_scale` a deliberate error at that scale."""
+
+    notebook: ClassVar[str] = "toy_sweep"
+    resources: ClassVar[dict[str, float]] = {"num_cpus": 1}
+    layer: int = 1
+    scale: float = 1.0
+    n_samples: int = 64
+    seed: int = 0
+    work: int = 0
+    sleep_seconds: float = 0.0
+    fail_scale: float | None = None
+    out_dir: str = ""
+
+    def __post_init__(self) -> None:
+        if not isinstance(self.layer, int) or not 0 <= self.layer < 4:
+            raise ValueError(f"layer={self.layer!r} must be an int in [0, 3] (the toy stream has 4 layers)")
+        if not isinstance(self.scale, int | float) or isinstance(self.scale, bool):
+            raise ValueError(f"scale={self.scale!r} must be a number")
+        _positive("n_samples", self.n_samples)
+        _positive("work", self.work, allow_zero=True)
+        _positive("sleep_seconds", self.sleep_seconds, allow_zero=True)
+
+
+@dataclass
+class WeightSteeringConfig(NotebookConfig):
+    """Weight steering, dW = dW_pos - dW_neg from persona adapters, against prompting and activation steering
+    (Fierro & Roger 2025; seed "Fork plan: weight steering benchmark + analysis"). The defaults are the journal's
+    full run (about 30 min on 2 cores); tests/test_notebooks.py has the quick preset."""
+
+    notebook: ClassVar[str] = "weight_steering"
+    resources: ClassVar[dict[str, float]] = {"num_cpus": 2}  # adapter training
+    model: str = "smollm2-135m"
+    behaviours: tuple[str, ...] | list[str] = ("honesty", "sycophancy")
+    adapters: tuple[str, ...] | list[str] = ("lora",)
+    n_seeds: int = 3
+    n_train: int = 24
+    n_val: int = 12
+    n_test: int = 36
+    n_paraphrases: int = 2
+    max_new_tokens: int = 40
+    gen_temperature: float = 0.7
+    sft_steps: int = 16
+    sft_batch_size: int = 4
+    learning_rate: float = 1e-3
+    rank: int = 8
+    max_length: int = 256
+    weight_coeffs: tuple[float, ...] | list[float] = (-4.0, -2.0, -1.0, 0.0, 1.0, 2.0, 4.0)
+    vector_method: str = "mean_difference"
+    vector_layers: tuple[int, ...] | list[int] = (3, 6, 9, 12, 15, 18, 21, 24)
+    layer_search_coeff: float = 2.0
+    vector_coeffs: tuple[float, ...] | list[float] = (-4.0, -2.0, -1.0, -0.5, 0.0, 0.5, 1.0, 2.0, 4.0)
+    kl_budget: float = 0.25
+    low_pmass: float = 0.5
+    save_deltas: bool = False
+    batch_size: int = 16
+    seed: int = 0
+    out_dir: str = ""
+
+    def __post_init__(self) -> None:
+        from lib.adapters import ADAPTER_FAMILIES
+
+        self.behaviours, self.adapters = [str(b) for b in self.behaviours], [str(a) for a in self.adapters]
+        if not self.behaviours:
+            raise ValueError("behaviours=[] evaluates nothing: give e.g. ['honesty', 'sycophancy']")
+        for behaviour in self.behaviours:
+            _choice("behaviours", behaviour, ("honesty", "sycophancy", "daily_dilemmas", "anthropic_sycophancy"))
+        for adapter in self.adapters:
+            _choice("adapters", adapter, ADAPTER_FAMILIES)
+        for name in ("n_seeds", "n_train", "n_val", "n_test", "n_paraphrases", "max_new_tokens", "sft_steps",
+                     "sft_batch_size", "rank", "max_length", "batch_size"):
+            _positive(name, getattr(self, name))
+        for name in ("learning_rate", "layer_search_coeff", "kl_budget"):
+            _positive(name, getattr(self, name))
+        _positive("gen_temperature", self.gen_temperature, allow_zero=True)
+        _choice("vector_method", self.vector_method, ("mean_difference", "pca_direction"))
+        if not 0 < self.low_pmass < 1:
+            raise ValueError(f"low_pmass={self.low_pmass} must be a probability between 0 and 1")
+        for name in ("weight_coeffs", "vector_coeffs"):
+            values = [float(c) for c in getattr(self, name)]
+            if 0.0 not in values or not any(c > 0 for c in values) or not any(c < 0 for c in values):
+                raise ValueError(f"{name}={values} must include 0.0 (the base) and negative and positive values")
+            setattr(self, name, values)
+        self.vector_layers = [int(layer) for layer in self.vector_layers]
+        if not self.vector_layers or min(self.vector_layers) < 0:
+            raise ValueError(f"vector_layers={self.vector_layers} must be non-empty non-negative layer indices")
 
 
 CONFIGS: dict[str, type[NotebookConfig]] = {
-    cls.notebook: cls for cls in (ContrastiveConfig, GRPOMathConfig, MathSteeringConfig, BOSteeringConfig)
+    cls.notebook: cls for cls in (ContrastiveConfig, GRPOMathConfig, MathSteeringConfig, BOSteeringConfig,
+                                  ReasoningDirectionConfig, ToySweepConfig,
+                                  WeightSteeringConfig)
 }

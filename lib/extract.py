@@ -12,7 +12,8 @@ import hashlib
 import json
 import os
 import warnings
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager, suppress
 from pathlib import Path
 from typing import Any
 
@@ -20,7 +21,7 @@ import torch
 from safetensors.torch import load_file, save_file
 from torch import nn
 
-from lib.generation import batches, encode, pad_batch
+from lib.generation import batches, encode, pad_batch, render_chat
 from lib.hooks import REDUCTIONS, Activations, check_layers, record
 from lib.models import cache_dir, find_layers, model_fingerprint
 
@@ -60,6 +61,33 @@ def _store(path: Path, acts: dict[int, torch.Tensor], meta: dict[str, Any]) -> N
     os.replace(sidecar_tmp, path.with_suffix(".json"))
 
 
+def prompt_and_completion(tokenizer: Any, prompts: Sequence[Any], completions: Sequence[str]
+                          ) -> tuple[list[str], list[int]]:
+    """Rendered prompt + completion texts and the token index where each completion starts, for reductions
+    over a completion only (`extract(..., start_tokens=...)`)."""
+    rendered = [render_chat(tokenizer, p) for p in prompts]
+    texts = [r + c for r, c in zip(rendered, completions, strict=True)]
+    return texts, [len(ids) for ids in encode(tokenizer, rendered)]
+
+
+class _StopForward(Exception):
+    """Raised by `_stop_after`'s hook: the rest of the forward pass is not needed."""
+
+
+@contextmanager
+def _stop_after(model: nn.Module, layer: int) -> Iterator[None]:
+    """End every forward pass after block `layer` (hooks registered earlier on that block still run)."""
+
+    def hook(module: nn.Module, args: tuple, output: Any) -> None:
+        raise _StopForward
+
+    handle = find_layers(model)[1][layer].register_forward_hook(hook)
+    try:
+        yield
+    finally:
+        handle.remove()
+
+
 @torch.no_grad()
 def forward_batches(model: nn.Module, tokenizer: Any, texts: Sequence[str], batch_size: int, chat: bool = True,
                     desc: str = "forward", progress: bool = True, acts: Activations | None = None,
@@ -74,7 +102,8 @@ def forward_batches(model: nn.Module, tokenizer: Any, texts: Sequence[str], batc
             content = batch["attention_mask"].cumsum(dim=1) - 1
             starts = torch.tensor(list(start_tokens[part])).unsqueeze(1)
             acts.token_mask = content >= starts
-        model(**{k: v.to(device) for k, v in batch.items()})
+        with suppress(_StopForward):  # `_stop_after` ended the pass after the deepest layer read
+            model(**{k: v.to(device) for k, v in batch.items()})
 
 
 def extract(
@@ -108,7 +137,10 @@ def extract(
     path = cache_dir() / "activations" / f"{cache_key(model, texts, reduction, start_tokens)}.safetensors"
     acts = _load_cached(path) if use_cache else None
     if acts is None:
-        with record(model, range(n_layers), reduction) as recorded:
+        # A cached extraction keeps every layer; an uncached one reads only `wanted` and computes nothing after
+        # the deepest of them (no later blocks, final norm or unembedding).
+        read = range(n_layers) if use_cache or not wanted else sorted(set(wanted))
+        with record(model, read, reduction) as recorded, _stop_after(model, max(read)):
             forward_batches(model, tokenizer, texts, batch_size, chat, "extract", progress, recorded, start_tokens)
         acts = {layer: recorded[layer] for layer in recorded}
         if use_cache:

@@ -14,8 +14,8 @@ from typing import Any
 
 from torch import nn
 
-from lib.extract import extract
-from lib.generation import Prompt, encode, generate, render_chat
+from lib.extract import extract, prompt_and_completion
+from lib.generation import Prompt, generate, render_chat
 from lib.vectors import SteeringVector, mean_difference
 
 MODEL_DIFF_REDUCTIONS = ("completion_mean", "prompt_last", "all_mean")
@@ -44,8 +44,8 @@ def activation_difference(
         if completions is None:
             completions = generate(finetuned, tokenizer, list(prompts), max_new_tokens=max_new_tokens,
                                    batch_size=batch_size)
-        texts = [r + c for r, c in zip(rendered, completions, strict=True)]
-        starts = [len(ids) for ids in encode(tokenizer, rendered)] if reduction == "completion_mean" else None
+        texts, starts = prompt_and_completion(tokenizer, prompts, completions)
+        starts = starts if reduction == "completion_mean" else None
         how = "mean"
     acts_base = extract(base, tokenizer, texts, reduction=how, start_tokens=starts, batch_size=batch_size)
     acts_tuned = extract(finetuned, tokenizer, texts, reduction=how, start_tokens=starts, batch_size=batch_size)

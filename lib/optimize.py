@@ -31,9 +31,12 @@ from lib.runner import write_json
 
 Method = Literal["bo", "random"]
 # Settings that change which points get proposed; a resumed search must match them all.
-RESUME_KEYS = ("names", "bounds", "method", "seed", "n_initial_points", "maximize")
+RESUME_KEYS = ("names", "bounds", "method", "seed", "n_initial_points", "maximize", "n_parallel")
 # What skopt's base_estimator="GP" builds (skopt.utils.cook_estimator, checked for skopt 0.10.2).
 SURROGATE = "ConstantKernel * Matern(nu=2.5) with Gaussian noise, inputs scaled to [0, 1], normalize_y"
+# k points at once: each pending point is told to a copy of the optimiser with the best score so far as a
+# fake result (a "constant liar", Ginsbourger, Le Riche & Carraro 2010), as skopt's ask(n_points=k) does.
+PARALLEL_STRATEGY = "cl_min"
 
 
 @dataclass
@@ -145,13 +148,15 @@ def _proposer(space: SearchSpace, method: Method, n_initial_points: int, seed: i
 
 
 def _settings(space: SearchSpace, method: Method, n_iterations: int, n_initial_points: int, seed: int,
-              maximize: bool) -> dict[str, Any]:
+              maximize: bool, n_parallel: int = 1) -> dict[str, Any]:
     import skopt
 
     settings = {"names": space.names, "bounds": space.bounds, "method": method, "seed": seed,
                 "n_initial_points": n_initial_points, "maximize": maximize, "n_iterations": n_iterations,
                 "acquisition": "EI" if method == "bo" else None, "surrogate": SURROGATE if method == "bo" else None,
                 "skopt_version": skopt.__version__}
+    if n_parallel > 1:  # a sequential history keeps its original form (and old files resume unchanged)
+        settings |= {"n_parallel": n_parallel, "parallel_strategy": PARALLEL_STRATEGY}
     return json.loads(json.dumps(settings))  # tuples -> lists, as read back from the file
 
 
@@ -165,9 +170,12 @@ def _load_history(path: Path, settings: dict[str, Any], resume: bool) -> list[di
             raise FileExistsError(f"{path} already holds {len(history)} evaluations; pass resume=True to continue "
                                   "that search, or choose another history_path")
         return []
-    differing = [key for key in RESUME_KEYS if recorded.get("settings", {}).get(key) != settings[key]]
+    defaults = {"n_parallel": 1}
+    before = {key: recorded.get("settings", {}).get(key, defaults.get(key)) for key in RESUME_KEYS}
+    now = {key: settings.get(key, defaults.get(key)) for key in RESUME_KEYS}
+    differing = [key for key in RESUME_KEYS if before[key] != now[key]]
     if differing:
-        details = "; ".join(f"{k}: file has {recorded['settings'].get(k)!r}, now {settings[k]!r}" for k in differing)
+        details = "; ".join(f"{k}: file has {before[k]!r}, now {now[k]!r}" for k in differing)
         raise ValueError(f"cannot resume {path}: settings differ ({details}); use the recorded settings "
                          "or a new history_path")
     return history
@@ -189,7 +197,8 @@ def _replay(proposer: Any, space: SearchSpace, history: list[dict[str, Any]], ma
 
 def run_search(objective: Callable[[dict[str, float]], float], space: SearchSpace, *, method: Method = "bo",
                n_iterations: int, n_initial_points: int, seed: int, history_path: Path, resume: bool = False,
-               maximize: bool = True, progress: bool = True) -> SearchResult:
+               maximize: bool = True, progress: bool = True, n_parallel: int = 1,
+               executor: Any = None, resources: dict[str, float] | None = None) -> SearchResult:
     """Evaluate `objective` n_iterations times at points chosen by GP-EI BO (first `n_initial_points`
     uniformly at random) or by random search, appending each to `history_path` as soon as it finishes.
 
@@ -198,6 +207,16 @@ def run_search(objective: Callable[[dict[str, float]], float], space: SearchSpac
     Resuming replays the recorded evaluations through the optimiser (its own fitting time, no objective
     calls). skopt minimises, so scores are negated when `maximize`. The whole history is rewritten after
     each evaluation: negligible next to an objective that takes seconds or more.
+
+    n_parallel=k keeps k evaluations in flight on `executor` (lib.executors: "local", "local:N", "ray", or an
+    Executor; default local): k points are asked at once with a constant liar (skopt's ask(n_points=k),
+    strategy cl_min), each result is told as it arrives and a new point is asked for the freed slot, the
+    still-pending points told to a copy of the optimiser as lies. The history then also records, per
+    evaluation, when it was proposed (`batch`, `told_before`), and `pending` holds proposed points not yet
+    finished, so a resumed search replays the same proposals, re-runs only what was in flight, and none is
+    lost or duplicated. `resources` is what one evaluation asks the executor for (default one CPU; e.g.
+    {"num_gpus": 1}). On Ray the objective must be picklable (cloudpickle: closures work, but one holding
+    a model ships the model; build the model inside the objective and cache it per worker process).
     """
     if method not in ("bo", "random"):
         raise ValueError(f"method={method!r}; choose 'bo' or 'random'")
@@ -206,13 +225,18 @@ def run_search(objective: Callable[[dict[str, float]], float], space: SearchSpac
     if not 1 <= n_initial_points <= n_iterations:
         raise ValueError(f"n_initial_points={n_initial_points}; need 1 <= n_initial_points <= n_iterations "
                          f"({n_iterations}), else the GP is never used")
+    if not isinstance(n_parallel, int) or n_parallel < 1:
+        raise ValueError(f"n_parallel={n_parallel!r}; need an int >= 1 (evaluations in flight at once)")
     from tqdm.auto import tqdm
 
     history_path = Path(history_path)
-    settings = _settings(space, method, n_iterations, n_initial_points, seed, maximize)
+    settings = _settings(space, method, n_iterations, n_initial_points, seed, maximize, n_parallel)
     history = _load_history(history_path, settings, resume)
     settings["n_iterations"] = max(n_iterations, len(history))  # resuming with a smaller budget keeps all evaluations
     proposer = _proposer(space, method, n_initial_points, seed)
+    if n_parallel > 1 or executor is not None:
+        return _parallel_search(objective, space, proposer, history, settings, history_path, resume, n_iterations,
+                                n_parallel, executor, resources, maximize, progress)
     _replay(proposer, space, history, maximize)
     write_json(history_path, {"settings": settings, "history": history})
     sign = 1.0 if maximize else -1.0
@@ -233,6 +257,121 @@ def run_search(objective: Callable[[dict[str, float]], float], space: SearchSpac
                 proposer.tell(space.to_vector(point), -sign * score)
             bar.update(1)
             bar.set_postfix(best=sign * max(sign * r["score"] for r in history))
+    return SearchResult.from_history(history, settings)
+
+
+def _timed(objective: Callable[[dict[str, float]], float], point: dict[str, float]) -> tuple[float, float]:
+    """Runs where the evaluation runs: the score and its own duration (not the queueing)."""
+    start = time.perf_counter()
+    score = float(objective(dict(point)))
+    return score, time.perf_counter() - start
+
+
+def _propose(proposer: Any, pending: list[list[float]], count: int) -> list[list[float]]:
+    """`count` new points while `pending` ones are being evaluated. Without pending points this is skopt's
+    own ask (one point) or ask(n_points=count, strategy="cl_min"); with them, a copy of the optimiser is told
+    each pending point with the constant lie min(y) (skopt's cl_min lie) and asked, as skopt's ask(n_points)
+    does for points of its own batch. Deterministic given the tells so far, so a resumed search replays it."""
+    if isinstance(proposer, _RandomProposer):
+        return [proposer.ask() for _ in range(count)]
+    asker = proposer
+    if pending:
+        asker = proposer.copy(random_state=proposer.rng.randint(0, np.iinfo(np.int32).max))
+        lie = float(np.min(proposer.yi)) if proposer.yi else 0.0
+        asker.tell([list(p) for p in pending], [lie] * len(pending))
+    points = [asker.ask()] if count == 1 else asker.ask(n_points=count, strategy=PARALLEL_STRATEGY)
+    return [[float(v) for v in point] for point in points]
+
+
+def _save(path: Path, settings: dict[str, Any], history: list[dict[str, Any]], pending: list[dict[str, Any]]) -> None:
+    """One in flight is the sequential search: same file (a point in flight is proposed again on resume)."""
+    parallel = settings.get("n_parallel", 1) > 1
+    write_json(path, {"settings": settings, "history": history, **({"pending": pending} if parallel else {})})
+
+
+def _parallel_search(objective: Callable[[dict[str, float]], float], space: SearchSpace, proposer: Any,
+                     history: list[dict[str, Any]], settings: dict[str, Any], history_path: Path, resume: bool,
+                     n_iterations: int, n_parallel: int, executor: Any, resources: dict[str, float] | None,
+                     maximize: bool, progress: bool) -> SearchResult:
+    """run_search with up to n_parallel evaluations in flight (see its docstring for the scheme)."""
+    from lib.executors import TaskPool, get_executor
+
+    sign, span = (1.0 if maximize else -1.0), np.array([high - low for low, high in space.bounds])
+    pending: list[dict[str, Any]] = []
+    if resume and history_path.exists():
+        pending = json.loads(history_path.read_text()).get("pending", [])
+    proposals = sorted(history + pending, key=lambda r: r["iteration"])
+    if [r["iteration"] for r in proposals] != list(range(len(proposals))):
+        raise RuntimeError(f"{history_path}: recorded iterations are not 0..{len(proposals) - 1}; the file was "
+                           "edited or written by other code, start a new history_path")
+    told: list[dict[str, Any]] = []  # the optimiser has been told these, in this order (= history order)
+
+    def tell(record: dict[str, Any]) -> None:
+        with _threads():
+            proposer.tell(space.to_vector(record["point"]), -sign * record["score"])
+        told.append(record)
+
+    def in_flight(before: int) -> list[list[float]]:
+        done = {r["iteration"] for r in told}
+        return [space.to_vector(r["point"]) for r in proposals[:before] if r["iteration"] not in done]
+
+    # Replay: the same tells and asks in the same order give the same optimiser, checked point by point.
+    for batch in sorted({r.get("batch", r["iteration"]) for r in proposals}):
+        members = [r for r in proposals if r.get("batch", r["iteration"]) == batch]
+        while len(told) < members[0].get("told_before", members[0]["iteration"]):
+            tell(history[len(told)])
+        with _threads():
+            points = _propose(proposer, in_flight(members[0]["iteration"]), len(members))
+        for record, point in zip(members, points, strict=True):
+            if np.any(np.abs(np.array(point) - np.array(space.to_vector(record["point"]))) > 1e-9 * span):
+                raise RuntimeError(f"replaying evaluation {record['iteration']}: the optimiser now proposes "
+                                   f"{space.to_point(point)} but the history recorded {record['point']}; the history "
+                                   "was written by other code or library versions, start a new history_path")
+    for record in history[len(told):]:
+        tell(record)
+    _save(history_path, settings, history, pending)
+
+    engine = get_executor(executor)
+    next_batch = 1 + max((r.get("batch", r["iteration"]) for r in proposals), default=-1)
+    waiting = list(pending)  # proposed before an interruption: run them first, as the uninterrupted search did
+    total = max(n_iterations, len(history))
+    with TaskPool(engine, resources or {"num_cpus": 1}, total=total, initial=min(len(history), total), limit=n_parallel,
+                  desc=f"{settings['method']} search (k={n_parallel}, {engine.name})", progress=progress) as pool:
+        while len(history) < total:
+            free = pool.free()
+            unproposed = total - len(history) - len(pending)
+            count = min(free - min(free, len(waiting)), unproposed)
+            if count > 0:
+                with _threads():
+                    points = _propose(proposer, [space.to_vector(r["point"]) for r in pending], count)
+                iteration = len(history) + len(pending)
+                fresh = [{"point": space.to_point(point), "iteration": iteration + i} for i, point in enumerate(points)]
+                if n_parallel > 1:  # when it was proposed; with one in flight both equal `iteration`
+                    for record in fresh:
+                        record |= {"batch": next_batch, "told_before": len(told)}
+                next_batch += 1
+                pending += fresh
+                waiting += fresh
+                _save(history_path, settings, history, pending)  # proposed before dispatch: a kill loses nothing
+            while waiting and pool.free():
+                record = waiting.pop(0)
+                pool.submit(record["iteration"], _timed, objective, record["point"])
+            for iteration, ok, value in pool.done():
+                record = next(r for r in pending if r["iteration"] == iteration)
+                if not ok:
+                    raise RuntimeError(f"the objective failed at {record['point']}: {value}; the finished evaluations "
+                                       f"and the {len(pending)} pending points are in {history_path}, resume=True "
+                                       "re-runs only the pending ones") from value
+                score, seconds = value
+                if not math.isfinite(score):
+                    raise ValueError(f"objective returned {score} at {record['point']}; return a finite float "
+                                     "(give failed configurations an explicitly bad score)")
+                pending.remove(record)
+                history.append({**record, "score": score, "seconds": seconds})
+                _save(history_path, settings, history, pending)  # before tell: a kill loses nothing
+                tell(history[-1])
+                pool.note["best"] = sign * max(sign * r["score"] for r in history)
+                pool.count(failed=False)
     return SearchResult.from_history(history, settings)
 
 

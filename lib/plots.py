@@ -121,3 +121,63 @@ def _numeric(text: str) -> tuple[int, float | str]:
         return (0, float(text))
     except ValueError:
         return (1, text)
+
+
+def alpha_accuracy_figure(alphas: list[dict], randoms: list[dict], title: str, path: Path | None = None) -> Any:
+    """Test accuracy against alpha with bootstrap CIs, amplification (alpha >= 0) and suppression (alpha <= 0)
+    panels; random directions at the same alphas (grey crosses, their mean a black bar) are the control."""
+    fig, axes = plt.subplots(1, 2, figsize=(10, 3.8), sharey=True)
+    base = next(row["accuracy"] for row in alphas if row["alpha"] == 0.0)
+    for axis, keep, name in ((axes[0], lambda a: a >= 0, "amplification"), (axes[1], lambda a: a <= 0, "suppression")):
+        rows = [row for row in alphas if keep(row["alpha"])]
+        x = [row["alpha"] for row in rows]
+        y = [row["accuracy"] for row in rows]
+        errors = [[row["accuracy"] - row["ci_low"] for row in rows], [row["ci_high"] - row["accuracy"] for row in rows]]
+        axis.errorbar(x, y, yerr=errors, marker="o", capsize=3, label="direction (95% bootstrap CI)")
+        for row in rows:
+            if row.get("significant"):
+                axis.annotate(f"p={row['p_mcnemar']:.3f}", (row["alpha"], row["accuracy"]), fontsize=7,
+                              textcoords="offset points", xytext=(4, 6))
+        points = [r for r in randoms if r["direction"].startswith("random_") and keep(r["alpha"])]
+        means = [r for r in randoms if r["direction"] == "random mean" and keep(r["alpha"])]
+        if points:
+            axis.scatter([r["alpha"] for r in points], [base + r["delta_points"] / 100 for r in points], marker="x",
+                         color="0.5", label="random directions")
+            axis.scatter([r["alpha"] for r in means], [base + r["delta_points"] / 100 for r in means], marker="_",
+                         s=300, color="k", label="random mean")
+        axis.axhline(base, color="k", lw=0.8, ls=":", label="unsteered")
+        axis.set(xlabel="alpha", title=name)
+    axes[0].set_ylabel("test accuracy")
+    return _finish(fig, tuple(axes), title, path)
+
+
+def transition_figure(moves: list[dict], title: str, path: Path | None = None) -> Any:
+    """Stacked bars per alpha: problems that stayed correct / became correct / became wrong / stayed wrong."""
+    fig, axis = plt.subplots(figsize=(8, 3.8))
+    colours = {"stayed_correct": "C2", "became_correct": "C0", "became_wrong": "C3", "stayed_wrong": "0.7"}
+    labels = [f"{row['alpha']:+g}" for row in moves]
+    bottom = [0] * len(moves)
+    for key, colour in colours.items():
+        heights = [row[key] for row in moves]
+        axis.bar(labels, heights, bottom=bottom, color=colour, label=key.replace("_", " "))
+        bottom = [b + h for b, h in zip(bottom, heights, strict=True)]
+    axis.set(xlabel="alpha", ylabel="test problems", title="vs unsteered (alpha 0)")
+    return _finish(fig, (axis,), title, path)
+
+
+def direction_heatmaps(norms: Any, first_dims: Any, dims_label: str, title: str, path: Path | None = None) -> Any:
+    """Left: direction norm by layer (rows) and latent step (columns); right: the first dimensions of the
+    direction at the steered layer(s) (rows: layers in token mode, latent steps in latent mode)."""
+    import seaborn as sns
+
+    fig, (left, right) = plt.subplots(1, 2, figsize=(11, 5), gridspec_kw={"width_ratios": [1, 3]})
+    sns.heatmap(norms, ax=left, cmap="viridis", cbar_kws={"label": "norm"})
+    left.set(xlabel="latent step" if norms.shape[1] > 1 else "", ylabel="layer", title="direction norm")
+    sns.heatmap(first_dims, ax=right, cmap="RdBu_r", center=0.0)
+    right.set(xlabel="dimension", ylabel=dims_label,
+              title=f"first {first_dims.shape[1]} dimensions of the unit direction")
+    fig.suptitle(title, fontsize=10)
+    fig.tight_layout()
+    if path is not None:
+        fig.savefig(path, dpi=120)
+    return fig

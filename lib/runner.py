@@ -2,13 +2,16 @@
 
     python -m lib.runner run contrastive_steering layer=12 scale=4
     python -m lib.runner sweep contrastive_steering layer=6,10,14 scale=1,2,4
+    python -m lib.runner sweep contrastive_steering layer=6,10,14 scale=1,2,4 --executor ray   # on a Ray cluster
 
 Parameter names are checked against the notebook's `parameters` cell and values against its
 config dataclass before anything launches (papermill itself only warns). Each run lands in
 `out/<notebook>/<run-slug>/` with the executed notebook and `run.json` (resolved parameters,
 git commit, timing, library versions, status). A finished run is never re-run or overwritten
 silently: `run` and `sweep` skip it (so a sweep resumes) unless `run --force`. An interrupted run
-keeps its folder, and re-running it resumes from what the notebook saved there.
+keeps its folder, and re-running it resumes from what the notebook saved there. A sweep's runs go
+through an executor (lib.executors): here, one after another, by default; on a Ray cluster with
+`--executor ray`, where each run's files come back to this machine into the same folders.
 """
 
 from __future__ import annotations
@@ -147,11 +150,11 @@ def run_status(run_dir: Path) -> str | None:
     return json.loads(record.read_text()).get("status") if record.exists() else None
 
 
-def run_notebook(name: str, overrides: dict[str, Any], force: bool = False, out_root: Path | None = None) -> Path:
+def run_notebook(name: str, overrides: dict[str, Any], force: bool = False, out_root: Path | None = None,
+                 progress_bar: bool = True) -> Path:
     """Execute one notebook; returns its run folder. A finished run is kept (re-running is a no-op)
     unless `force`; an unfinished or failed one runs again in the same folder, so it can resume."""
     import jupytext
-    import papermill
 
     path = notebook_path(name)
     resolved, _ = validate(name, overrides)
@@ -168,68 +171,231 @@ def run_notebook(name: str, overrides: dict[str, Any], force: bool = False, out_
         # finished evaluations) instead of losing it.
         print(f"[resume] {run_dir} (previous status: {status})")
     run_dir.mkdir(parents=True, exist_ok=True)
+    record = _execute(jupytext.read(path), path.stem, run_dir, overrides, resolved, _git_commit(), progress_bar)
+    print(f"[done] {run_dir} in {record['seconds']} s")
+    return run_dir
+
+
+def _execute(notebook: Any, stem: str, run_dir: Path, overrides: dict[str, Any], resolved: dict[str, Any],
+             commit: str, progress_bar: bool, extra: dict[str, Any] | None = None) -> dict[str, Any]:
+    """papermill into `run_dir`, with run.json written before (status running) and after (ok / failed)."""
+    import papermill
+
     parameters = {**overrides, "out_dir": str(run_dir)}
-    record: dict[str, Any] = {"notebook": path.stem, "parameters": {**resolved, "out_dir": str(run_dir)},
-                              "overrides": overrides, "git_commit": _git_commit(), "versions": _versions(),
-                              "started": time.strftime("%Y-%m-%dT%H:%M:%S"), "status": "running"}
+    record: dict[str, Any] = {"notebook": stem, "parameters": {**resolved, "out_dir": str(run_dir)},
+                              "overrides": overrides, "git_commit": commit, "versions": _versions(),
+                              "started": time.strftime("%Y-%m-%dT%H:%M:%S"), "status": "running", **(extra or {})}
     write_json(run_dir / "run.json", record)
     start = time.time()
     try:
-        papermill.execute_notebook(jupytext.read(path), str(run_dir / f"{path.stem}.ipynb"), parameters=parameters,
-                                   kernel_name="python3", cwd=str(REPO_ROOT), progress_bar=True)
+        papermill.execute_notebook(notebook, str(run_dir / f"{stem}.ipynb"), parameters=parameters,
+                                   kernel_name="python3", cwd=str(REPO_ROOT), progress_bar=progress_bar)
         record["status"] = "ok"
     except BaseException as error:
-        record |= {"status": "failed", "error": f"{type(error).__name__}: {error}"[:2000],
+        record |= {"status": "failed", "error": _short_error(error),
                    "traceback": traceback.format_exc()[-4000:]}
         raise
     finally:
         record["seconds"] = round(time.time() - start, 1)
         write_json(run_dir / "run.json", record)
-    print(f"[done] {run_dir} in {record['seconds']} s")
-    return run_dir
+    return record
+
+
+def _short_error(error: BaseException) -> str:
+    """The notebook's own exception (papermill's message is the whole cell dump), else the error itself."""
+    if hasattr(error, "ename") and hasattr(error, "evalue"):
+        return f"{error.ename}: {error.evalue} (cell {getattr(error, 'exec_count', '?')})"[:2000]
+    return f"{type(error).__name__}: {error}"[:2000]
+
+
+# Files whose text may name the worker's scratch folder; the driver rewrites it to the run folder.
+TEXT_SUFFIXES = {".json", ".ipynb", ".md", ".csv", ".txt", ".yaml", ".yml", ".html", ".log", ".py"}
+
+
+def _worker_identity() -> dict[str, str]:
+    identity = {"host": platform.node()}
+    with contextlib.suppress(Exception):
+        import ray
+
+        if ray.is_initialized():
+            identity["node_id"] = ray.get_runtime_context().get_node_id()
+    return identity
+
+
+def execute_shipped(stem: str, source: str, overrides: dict[str, Any], resolved: dict[str, Any], commit: str,
+                    scratch_dir: str | None = None) -> dict[str, Any]:
+    """One run on a worker that may share no disk with the driver: the notebook arrives as source text, runs in
+    a scratch folder, and every file it wrote (executed notebook, run.json, results.json, figures) goes back
+    as bytes for `write_shipped`. A notebook error is returned (the executed notebook shows the failing cell),
+    not raised, so the executor does not retry what would fail the same way again."""
+    import tempfile
+
+    import jupytext
+
+    identity = _worker_identity()
+    prefix = f"steerlab-{identity.get('node_id', identity['host'])[:12]}-{run_slug(overrides)[:40]}-"
+    if scratch_dir:
+        Path(scratch_dir).mkdir(parents=True, exist_ok=True)
+    with tempfile.TemporaryDirectory(prefix=prefix, dir=scratch_dir) as scratch:
+        run_dir = Path(scratch) / stem / run_slug(overrides)
+        run_dir.mkdir(parents=True)
+        error = None
+        try:
+            _execute(jupytext.reads(source, fmt="py:percent"), stem, run_dir, overrides, resolved, commit,
+                     progress_bar=False, extra={"worker": identity})
+        except Exception as failure:
+            error = _short_error(failure)
+        files = {p.relative_to(run_dir).as_posix(): p.read_bytes() for p in sorted(run_dir.rglob("*")) if p.is_file()}
+    return {"files": files, "worker_dir": str(run_dir), "error": error, "worker": identity}
+
+
+def _write_bytes(path: Path, data: bytes) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
+    tmp.write_bytes(data)
+    os.replace(tmp, path)
+
+
+def write_shipped(run_dir: Path, shipped: dict[str, Any]) -> str:
+    """Write a shipped run into `run_dir` (each file atomically, run.json last, so the run counts as finished
+    only once all its files are in), with the worker's scratch path replaced by `run_dir` in text files so the
+    tree matches a local run's. Returns the run's status."""
+    old, new = shipped["worker_dir"].encode(), str(run_dir).encode()
+    root = run_dir.resolve()
+    record = None
+    for relative, data in shipped["files"].items():
+        target = run_dir / relative
+        if not target.resolve().is_relative_to(root):
+            raise ValueError(f"a shipped file would land outside {run_dir}: {relative!r}")
+        if target.suffix in TEXT_SUFFIXES:
+            data = data.replace(old, new)
+        if relative == "run.json":
+            record = json.loads(data)
+            continue
+        _write_bytes(target, data)
+    record = record or {"status": "failed"}
+    if shipped["error"] and record.get("status") != "failed":  # the worker died between papermill and run.json
+        record |= {"status": "failed", "error": shipped["error"]}
+    write_json(run_dir / "run.json", record)
+    return record["status"]
+
+
+def _run_here(name: str, overrides: dict[str, Any], out_root: Path | None) -> str:
+    return str(run_notebook(name, overrides, out_root=out_root, progress_bar=False))
+
+
+def notebook_resources(stem: str, override: dict[str, float] | None = None) -> dict[str, float]:
+    """What one run of the notebook asks the executor for: its config's `resources`, then `override`."""
+    from lib.executors import DEFAULT_RESOURCES
+
+    config_cls = CONFIGS.get(stem)
+    return {**getattr(config_cls, "resources", DEFAULT_RESOURCES), **(override or {})}
+
+
+class SweepFailed(RuntimeError):
+    """Some runs of a sweep failed; the others finished and the summary lists every run with its status."""
 
 
 def sweep(name: str, grid: dict[str, list[Any]], fixed: dict[str, Any] | None = None,
-          out_root: Path | None = None) -> Path:
-    """Run the grid (resuming: finished runs are skipped), then write summary.csv and, for a 2-D grid,
-    heatmaps of the main metric and the side effect."""
+          out_root: Path | None = None, executor: Any = None, resources: dict[str, float] | None = None,
+          progress: bool = True) -> Path:
+    """Run the grid through an executor (lib.executors: `local` by default, `ray` for a cluster), resuming:
+    finished runs are skipped. Then write summary.csv (every run once, with its status and, if it failed, its
+    error) and, for a 2-D grid, heatmaps of the main metric and the side effect. Raises SweepFailed after
+    the summary when some runs failed; Ctrl-C cancels the runs in flight and keeps the finished ones."""
+    from collections import deque
+
+    from lib.executors import TaskPool, get_executor
+
     fixed = fixed or {}
     path = notebook_path(name)
     keys = list(grid)
     combos = [dict(zip(keys, values, strict=True)) | fixed for values in itertools.product(*grid.values())]
-    for combo in combos:  # validate the whole grid before the first launch
-        validate(name, combo)
+    resolved = [validate(name, combo)[0] for combo in combos]  # validate the whole grid before the first launch
     root = (out_root or REPO_ROOT / "out") / path.stem
     sweep_dir = root / "sweeps" / run_slug({k: v for k, v in grid.items()} | fixed)
-    rows, failures = [], []
-    for i, combo in enumerate(combos, 1):
-        print(f"[sweep {i}/{len(combos)}] {combo}", flush=True)
-        try:
-            run_dir = run_notebook(name, combo, out_root=out_root)
-        except Exception as error:  # keep going: one bad cell must not lose the rest of the grid
-            failures.append((combo, error))
-            print(f"[failed] {combo}: {error}", file=sys.stderr)
-            continue
-        results = json.loads((run_dir / "results.json").read_text()) if (run_dir / "results.json").exists() else {}
-        rows.append({**combo, **results.get("summary", {}), "run_dir": str(run_dir)})
-    sweep_dir.mkdir(parents=True, exist_ok=True)
-    if rows:
-        columns = list(dict.fromkeys(key for row in rows for key in row))
-        tmp = sweep_dir / ".summary.csv.tmp"
-        with open(tmp, "w", newline="") as handle:
-            writer = csv.DictWriter(handle, columns)
-            writer.writeheader()
-            writer.writerows(rows)
-        os.replace(tmp, sweep_dir / "summary.csv")
-        swept = [k for k in keys if len(grid[k]) > 1]
-        if len(swept) == 2:
-            from lib.plots import sweep_heatmaps
-
-            sweep_heatmaps(sweep_dir / "summary.csv", swept[0], swept[1], sweep_dir)
-    print(f"[sweep] {len(rows)} runs summarised in {sweep_dir}")
+    run_dirs = [root / run_slug(combo) for combo in combos]
+    engine = get_executor(executor)
+    need = notebook_resources(path.stem, resources)
+    if hasattr(engine, "check_fits"):
+        engine.check_fits(need)
+    outcome = {i: ("ok", "") for i, run_dir in enumerate(run_dirs) if run_status(run_dir) == "ok"}
+    queue = deque(i for i in range(len(combos)) if i not in outcome)
+    source, commit = path.read_text(), _git_commit()
+    try:
+        with TaskPool(engine, need, total=len(combos), initial=len(outcome), desc=f"sweep {path.stem} ({engine.name})",
+                      progress=progress) as pool:
+            if outcome:
+                pool.write(f"[resume] {len(outcome)} of {len(combos)} runs finished already")
+            while queue or pool.in_flight:
+                while queue and pool.free():
+                    i = queue.popleft()
+                    if engine.ships_results:
+                        pool.submit(i, execute_shipped, path.stem, source, combos[i], resolved[i], commit,
+                                    getattr(engine, "scratch_dir", None))
+                    else:
+                        pool.submit(i, _run_here, name, combos[i], out_root)
+                for i, ok, value in pool.done():
+                    outcome[i] = _book(engine.name, run_dirs[i], combos[i], ok, value)
+                    pool.count(failed=outcome[i][0] != "ok")
+                    if outcome[i][0] != "ok":
+                        pool.write(f"[failed] {combos[i]}: {outcome[i][1][:300]}")
+    finally:  # also on Ctrl-C: the summary of what finished (on disk, even if Ctrl-C came while booking it)
+        for i, run_dir in enumerate(run_dirs):
+            if i not in outcome and run_status(run_dir) == "ok":
+                outcome[i] = ("ok", "")
+        _write_summary(sweep_dir, [_summary_row(combos[i], run_dirs[i], *outcome[i]) for i in sorted(outcome)],
+                       keys, grid)
+    failures = [combos[i] for i, (status, _) in sorted(outcome.items()) if status != "ok"]
+    print(f"[sweep] {len(outcome)} runs summarised in {sweep_dir}")
     if failures:
-        raise RuntimeError(f"{len(failures)} of {len(combos)} runs failed: {[c for c, _ in failures]}")
+        raise SweepFailed(f"{len(failures)} of {len(combos)} runs failed (errors in {sweep_dir / 'summary.csv'} and "
+                          f"each run's run.json): {failures}")
     return sweep_dir
+
+
+def _book(engine: str, run_dir: Path, combo: dict[str, Any], ok: bool, value: Any) -> tuple[str, str]:
+    """Record a finished task on the driver's disk; returns (status, error)."""
+    if ok and isinstance(value, dict):  # shipped from a worker
+        status = write_shipped(run_dir, value)
+    elif not ok and run_status(run_dir) in (None, "running"):  # lost before it could write anything here
+        write_json(run_dir / "run.json", {"notebook": run_dir.parent.name, "overrides": combo, "status": "failed",
+                                          "error": str(value)[:2000], "executor": engine})
+        status = "failed"
+    else:
+        status = run_status(run_dir) or "failed"
+    if status == "ok":
+        return status, ""
+    record = json.loads((run_dir / "run.json").read_text()) if (run_dir / "run.json").exists() else {}
+    return "failed", str(record.get("error") or value)
+
+
+def _summary_row(combo: dict[str, Any], run_dir: Path, status: str, error: str) -> dict[str, Any]:
+    results_path = run_dir / "results.json"
+    results = json.loads(results_path.read_text()) if status == "ok" and results_path.exists() else {}
+    row = {**combo, **results.get("summary", {}), "run_dir": str(run_dir), "status": status}
+    if error:
+        row["error"] = " ".join(error.split())[:500]
+    return row
+
+
+def _write_summary(sweep_dir: Path, rows: list[dict[str, Any]], keys: list[str], grid: dict[str, list[Any]]) -> None:
+    sweep_dir.mkdir(parents=True, exist_ok=True)
+    if not rows:
+        return
+    columns = list(dict.fromkeys(key for row in rows for key in row if key not in ("run_dir", "status", "error")))
+    columns += ["run_dir", "status"] + (["error"] if any("error" in row for row in rows) else [])
+    tmp = sweep_dir / ".summary.csv.tmp"
+    with open(tmp, "w", newline="") as handle:
+        writer = csv.DictWriter(handle, columns)
+        writer.writeheader()
+        writer.writerows(rows)
+    os.replace(tmp, sweep_dir / "summary.csv")
+    swept = [k for k in keys if len(grid[k]) > 1]
+    if len(swept) == 2 and any(row["status"] == "ok" for row in rows):
+        from lib.plots import sweep_heatmaps
+
+        sweep_heatmaps(sweep_dir / "summary.csv", swept[0], swept[1], sweep_dir)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -243,6 +409,12 @@ def main(argv: list[str] | None = None) -> int:
     sweep_parser = sub.add_parser("sweep", help="execute the grid of comma-separated values")
     sweep_parser.add_argument("notebook")
     sweep_parser.add_argument("assignments", nargs="+", help="key=v1,v2,...")
+    sweep_parser.add_argument("--executor", default=None,
+                              help="local (default), local:N (N processes), ray (RAY_ADDRESS or the cluster "
+                                   "`ray start` made here) or ray:<address>; default from STEERLAB_EXECUTOR")
+    sweep_parser.add_argument("--resources", default="",
+                              help="what each run asks the executor for, over the notebook's declaration, "
+                                   "e.g. num_gpus=1,num_cpus=8,memory=60e9")
     check_parser = sub.add_parser("check", help="validate parameters without running")
     check_parser.add_argument("notebook")
     check_parser.add_argument("assignments", nargs="*")
@@ -252,15 +424,21 @@ def main(argv: list[str] | None = None) -> int:
             overrides = {k: v[0] for k, v in parse_assignments(args.assignments, grid=False).items()}
             run_notebook(args.notebook, overrides, force=args.force)
         elif args.command == "sweep":
-            sweep(args.notebook, parse_assignments(args.assignments, grid=True))
+            from lib.executors import parse_resources
+
+            sweep(args.notebook, parse_assignments(args.assignments, grid=True), executor=args.executor,
+                  resources=parse_resources(args.resources))
         else:
             grid = parse_assignments(args.assignments, grid=True)
             for combo in itertools.product(*grid.values()):
                 validate(args.notebook, dict(zip(grid, combo, strict=True)))
             print("ok")
-    except (ValueError, FileNotFoundError, FileExistsError, KeyError) as error:
+    except (ValueError, FileNotFoundError, FileExistsError, KeyError, ImportError) as error:
         print(f"error: {error}", file=sys.stderr)
         return 2
+    except SweepFailed as error:
+        print(f"error: {error}", file=sys.stderr)
+        return 1
     except Exception as error:
         if type(error).__name__ != "PapermillExecutionError":
             raise

@@ -28,8 +28,9 @@ class SteeringVector:
         if not self.vectors:
             raise ValueError("vectors is empty: a steering vector needs at least one layer")
         sizes = {tuple(v.shape) for v in self.vectors.values()}
-        if len(sizes) != 1 or len(next(iter(sizes))) != 1:
-            raise ValueError(f"every layer's vector must be 1-D of one size; got shapes {sorted(sizes)}")
+        if len(sizes) != 1 or len(next(iter(sizes))) not in (1, 2):
+            raise ValueError("every layer's vector must be [hidden] (or [latent_steps, hidden] for latent steering) "
+                             f"of one size; got shapes {sorted(sizes)}")
         for layer, vector in self.vectors.items():
             if not torch.isfinite(vector).all():
                 raise ValueError(f"vector for layer {layer} contains NaN or inf")
@@ -123,12 +124,14 @@ def _atomic(path: Path, write: Any) -> None:
 # ----------------------------------------------------------------------------- builders
 
 
-def _check_sets(a: Mapping[int, torch.Tensor], b: Mapping[int, torch.Tensor], paired: bool) -> None:
+def _check_sets(a: Mapping[int, torch.Tensor], b: Mapping[int, torch.Tensor], paired: bool,
+                dims: tuple[int, ...] = (2,)) -> None:
     if set(a) != set(b):
         raise ValueError(f"activation sets have different layers: {sorted(a)} vs {sorted(b)}")
     for layer in a:
-        if a[layer].dim() != 2 or b[layer].dim() != 2:
-            raise ValueError(f"layer {layer}: activations must be [examples, hidden]; reduce them first")
+        if a[layer].dim() not in dims or b[layer].dim() not in dims or a[layer].shape[1:] != b[layer].shape[1:]:
+            raise ValueError(f"layer {layer}: activations must be [examples, hidden] (or [examples, latent_steps, "
+                             f"hidden] for mean_difference); got {tuple(a[layer].shape)} and {tuple(b[layer].shape)}")
         if paired and a[layer].shape != b[layer].shape:
             raise ValueError(f"layer {layer}: paired sets need equal shapes, got {a[layer].shape} vs {b[layer].shape}")
 
@@ -136,8 +139,9 @@ def _check_sets(a: Mapping[int, torch.Tensor], b: Mapping[int, torch.Tensor], pa
 def mean_difference(
     target: Mapping[int, torch.Tensor], baseline: Mapping[int, torch.Tensor], meta: dict[str, Any] | None = None
 ) -> SteeringVector:
-    """Contrastive activation addition (Rimsky et al. 2024, CAA): mean(target) - mean(baseline) per layer."""
-    _check_sets(target, baseline, paired=False)
+    """Contrastive activation addition (Rimsky et al. 2024, CAA): mean(target) - mean(baseline) per layer.
+    Per-step latent activations [examples, k, hidden] give a [k, hidden] direction per layer."""
+    _check_sets(target, baseline, paired=False, dims=(2, 3))
     vectors = {layer: target[layer].float().mean(0) - baseline[layer].float().mean(0) for layer in target}
     n = {"n_target": len(next(iter(target.values()))), "n_baseline": len(next(iter(baseline.values())))}
     return SteeringVector(vectors, {"method": "mean_difference", **n, **(meta or {})})
@@ -164,10 +168,12 @@ def pca_direction(
 
 
 def random_like(vector: SteeringVector, seed: int = 0) -> SteeringVector:
-    """A random direction with the same per-layer norms: the control every steering result needs."""
+    """A random direction with the same per-layer norms (per step for [k, hidden] latent vectors): the control
+    every steering result needs."""
     generator = torch.Generator().manual_seed(seed)
     vectors = {}
     for layer, v in vector.vectors.items():
         direction = torch.randn(v.shape, generator=generator, dtype=torch.float32)
-        vectors[layer] = (direction / direction.norm() * v.float().norm()).to(v.dtype)
+        norms = v.float().norm(dim=-1, keepdim=True)
+        vectors[layer] = (direction / direction.norm(dim=-1, keepdim=True) * norms).to(v.dtype)
     return SteeringVector(vectors, {**vector.meta, "method": "random_norm_matched", "seed": seed})

@@ -19,7 +19,9 @@
 # Improvement picks the next point (scikit-optimize's ask/tell `Optimizer`), after `n_initial_points`
 # random ones. Random search with the same budget runs beside it. Every evaluation is saved as soon as
 # it finishes; re-running the same parameters (or `resume_from` a killed run's `bo_history.json`)
-# continues without repeating one. The best weights are then re-scored on `confirm_size` problems no
+# continues without repeating one. `n_parallel=k` keeps k evaluations in flight (constant liar), on a Ray
+# cluster with `executor="ray"` (docs/scaling.md; the objective, model included, travels to the workers).
+# The best weights are then re-scored on `confirm_size` problems no
 # run has seen: the optimiser's best is biased upwards (winner's curse), the confirmed score is not.
 #
 # Reference (Qwen2.5-7B, MATH): best weights early 0, mid-early 1, mid-late 0, late 1 reached the
@@ -51,6 +53,8 @@ eval_temperature = 0.0
 max_completion_length = 32
 resume_from = ""
 frame_every = 1
+n_parallel = 1
+executor = ""
 batch_size = 16
 seed = 0
 out_dir = ""
@@ -94,7 +98,7 @@ print(f"base {baseline_score:.3f}, finetuned {finetuned_score}")
 
 # %%
 search = {"n_iterations": cfg.n_iterations, "n_initial_points": cfg.n_initial_points, "seed": cfg.seed,
-          "resume": True}
+          "resume": True, "n_parallel": cfg.n_parallel, "executor": cfg.executor or None}
 bo = run_search(objective_fn, space, method="bo", history_path=bo_steering.history_path(cfg, out, "bo"), **search)
 rs = None
 if cfg.random_search:

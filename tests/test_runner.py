@@ -64,6 +64,8 @@ def test_unknown_notebook_lists_the_available_ones():
 def test_run_slug_and_out_dir(tmp_path):
     assert run_slug({}) == "default"
     assert run_slug({"scale": 4.0, "layer": 12}) == "layer=12_scale=4.0"
+    assert run_slug({"alphas": [-3.0, 3.0]}) != run_slug({"alphas": [3.0, 3.0]})  # a leading minus is kept
+    assert run_slug({"scale": -1.0, "finetuned": "/tmp/x/"}) == "finetuned=tmp-x_scale=-1.0"
     long = {"finetuned": "/tmp/" + "x" * 200}
     assert run_slug(long) == "finetuned=tmp-" + "x" * 86 + "-1f9a7b0a"  # stable across processes
     config = ContrastiveConfig(layer=12, scale=4.0)

@@ -1,0 +1,170 @@
+"""Two-choice evaluations by the next-token log-ratio of the answer tokens (Yes/No, (A)/(B)).
+
+Per row: `logratio = log p(first answer) - log p(second answer)`, each side summed over the tokenizer's variants of
+its answer (e.g. "Yes", " Yes", "yes"), then multiplied by the row's sign (+1 when the first answer is the target
+behaviour, -1 otherwise), so a positive score always means "more of the target behaviour" whichever way a row is
+phrased (the convention of CAA, Rimsky et al. 2024, and of weight steering, Fierro & Roger 2025).
+
+`pmass`, the probability mass on all answer tokens, is reported beside every score: a steered model that stops
+answering moves the log-ratio without having changed its mind. On the embedded default the prompt format decides
+pmass (0.85 for (A)/(B) with the assistant turn prefilled with "(", 0.46 for Yes/No without prefill, see
+/work/shared/OFFLINE.md), so the format is chosen on validation rows (`choose_format`).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+from torch import nn
+
+from lib.evals import _last_logits
+from lib.generation import (
+    Steering,
+    _chunk,
+    batches,
+    check_coefficients,
+    encode,
+    pad_batch,
+    render_chat,
+    steering_context,
+)
+
+LOW_PMASS = 0.5
+
+
+@dataclass(frozen=True)
+class ChoiceRow:
+    """One question. `sign` is +1 when the first answer (Yes, (A)) is the target behaviour, -1 when the second is."""
+
+    id: str
+    prompt: str
+    sign: int
+
+    def __post_init__(self) -> None:
+        if self.sign not in (1, -1):
+            raise ValueError(f"row {self.id}: sign={self.sign!r} must be +1 or -1")
+
+
+@dataclass(frozen=True)
+class AnswerFormat:
+    """How a row is asked: text appended to the user message, text prefilled in the assistant turn, and the two
+    answer words whose next-token probabilities are compared."""
+
+    name: str
+    first: str = "Yes"
+    second: str = "No"
+    suffix: str = "\nAnswer Yes or No."
+    prefill: str = ""
+
+
+def answer_token_ids(tokenizer: Any, word: str) -> list[int]:
+    """Single-token spellings of `word` (as is, lower, upper, capitalised; with and without a leading space).
+    Single letters keep their case ("a" is another word than "A")."""
+    spellings = {word} if len(word) == 1 else {word, word.lower(), word.upper(), word.capitalize()}
+    ids = set()
+    for spelling in spellings:
+        for text in (spelling, " " + spelling):
+            encoded = tokenizer(text, add_special_tokens=False)["input_ids"]
+            if len(encoded) == 1:
+                ids.add(int(encoded[0]))
+    if not ids:
+        raise ValueError(f"answer word {word!r} is not a single token in any spelling for this tokenizer; "
+                         "choose another answer word")
+    return sorted(ids)
+
+
+def answer_ids(tokenizer: Any, fmt: AnswerFormat) -> tuple[list[int], list[int]]:
+    first, second = answer_token_ids(tokenizer, fmt.first), answer_token_ids(tokenizer, fmt.second)
+    shared = set(first) & set(second)
+    if shared:
+        raise ValueError(f"format {fmt.name!r}: answers {fmt.first!r} and {fmt.second!r} share token ids {shared}")
+    return first, second
+
+
+def choice_logratio(logprobs: torch.Tensor, first_ids: Sequence[int],
+                    second_ids: Sequence[int]) -> tuple[torch.Tensor, torch.Tensor]:
+    """From next-token log-probs [B, V]: (log p(first) - log p(second), pmass = p(first) + p(second)), each [B]."""
+    first = torch.logsumexp(logprobs[:, list(first_ids)], dim=-1)
+    second = torch.logsumexp(logprobs[:, list(second_ids)], dim=-1)
+    return first - second, torch.logaddexp(first, second).exp()
+
+
+def signed_scores(logratio: torch.Tensor, rows: Sequence[ChoiceRow]) -> torch.Tensor:
+    """Flip each row's log-ratio by its label so that positive means more of the target behaviour."""
+    signs = torch.tensor([row.sign for row in rows], dtype=logratio.dtype, device=logratio.device)
+    if signs.shape != logratio.shape:
+        raise ValueError(f"{len(rows)} rows for {logratio.shape[0]} log-ratios")
+    return logratio * signs
+
+
+def render_rows(tokenizer: Any, rows: Sequence[ChoiceRow], fmt: AnswerFormat, system: str | None = None,
+                chat: bool = True) -> list[str]:
+    """The text each row's next token is read after: chat prompt (with `system`, if any) plus the prefill."""
+    if not chat and system:
+        raise ValueError("a system prompt needs chat=True")
+    return [render_chat(tokenizer, row.prompt + fmt.suffix, system=system, chat=chat) + fmt.prefill for row in rows]
+
+
+@torch.no_grad()
+def score_rows(
+    model: nn.Module,
+    tokenizer: Any,
+    rows: Sequence[ChoiceRow],
+    fmt: AnswerFormat,
+    *,
+    system: str | None = None,
+    steering: Steering | None = None,
+    coefficients: Sequence[float] | None = None,
+    batch_size: int = 16,
+    chat: bool = True,
+    progress: bool = True,
+) -> dict[str, torch.Tensor]:
+    """Per row: `score` (signed log-ratio), `logratio` (first minus second answer) and `pmass`, each [N].
+
+    With `steering` and per-row `coefficients`, a sweep over K coefficients is one batched job of N*K rows
+    (repeat the rows K times); a weight delta is applied around this call instead (`lib.weights.apply_delta`).
+    """
+    if not rows:
+        raise ValueError("rows is empty: nothing to score")
+    check_coefficients(coefficients, len(rows))
+    first_ids, second_ids = answer_ids(tokenizer, fmt)
+    encoded = encode(tokenizer, render_rows(tokenizer, rows, fmt, system, chat), chat)
+    device = next(model.parameters()).device
+    logratios, pmasses = [], []
+    for part in batches(len(rows), batch_size, f"score {fmt.name}", progress):
+        batch = {k: v.to(device) for k, v in pad_batch(encoded[part], tokenizer.pad_token_id).items()}
+        with steering_context(model, steering, _chunk(coefficients, part)):
+            logits = _last_logits(model, batch, 1)[:, -1]
+        logratio, pmass = choice_logratio(torch.log_softmax(logits, dim=-1), first_ids, second_ids)
+        logratios.append(logratio.cpu())
+        pmasses.append(pmass.cpu())
+    logratio = torch.cat(logratios)
+    return {"score": signed_scores(logratio, rows), "logratio": logratio, "pmass": torch.cat(pmasses)}
+
+
+def summarize(scored: dict[str, torch.Tensor], low_pmass: float = LOW_PMASS) -> dict[str, float]:
+    """Mean score with its standard error, mean pmass, the fraction of rows whose pmass is under `low_pmass`, and
+    `first_bias`, the mean unsigned log-ratio: a preference for the first answer ("Yes", "(A)") whatever the row,
+    which an intervention can move without moving the signed score."""
+    score, pmass = scored["score"].double(), scored["pmass"].double()
+    n = len(score)
+    summary = {"score": float(score.mean()), "score_se": float(score.std() / n**0.5) if n > 1 else float("nan"),
+               "pmass": float(pmass.mean()), "frac_low_pmass": float((pmass < low_pmass).double().mean()), "n": n}
+    if "logratio" in scored:
+        summary["first_bias"] = float(scored["logratio"].double().mean())
+    return summary
+
+
+def choose_format(model: nn.Module, tokenizer: Any, rows_by_format: dict[str, tuple[AnswerFormat, list[ChoiceRow]]],
+                  batch_size: int = 16, progress: bool = True) -> tuple[str, dict[str, dict[str, float]]]:
+    """The format with the highest mean pmass on (validation) rows, and every format's summary: a format the model
+    does not answer in cannot measure a change of mind."""
+    if not rows_by_format:
+        raise ValueError("rows_by_format is empty: give at least one candidate format")
+    summaries = {name: summarize(score_rows(model, tokenizer, rows, fmt, batch_size=batch_size, progress=progress))
+                 for name, (fmt, rows) in rows_by_format.items()}
+    best = max(summaries, key=lambda name: summaries[name]["pmass"])
+    return best, summaries

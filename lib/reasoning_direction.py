@@ -1,0 +1,302 @@
+"""The reasoning-direction experiment's steps (notebook `reasoning_direction`).
+
+After the seed report "GPT-2 Activation Steering Experiment" (GPT-2 CODI on GSM8K, 86 test problems:
+best amplification +2.3 points at alpha +1, suppression -12.8 points at alpha -3, random directions
+-6.7 points on average): the model answers a problem set; solved and failed problems are balanced
+and split 80/20; `direction = mean(acts | solved) - mean(acts | failed)` per layer; the test problems
+are re-run with `alpha * direction` added, and the same is done with norm-matched random directions.
+
+Two modes. "token": activations of ordinary tokens (the last prompt token, or the mean over the model's
+own completion) and steering at token positions. "latent": the continuous-thought loop of
+`lib.latent`, activations and steering per latent step (`[k, hidden]` per layer).
+
+Every evaluation is one (direction, alpha) pair saved as it finishes, so an interrupted run resumes
+without redoing any.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+import torch
+from torch import nn
+from tqdm.auto import tqdm
+
+from lib.configs import ReasoningDirectionConfig, repo_path
+from lib.data import NEUTRAL_TEXTS
+from lib.evals import next_token_kl
+from lib.extract import extract, prompt_and_completion
+from lib.generation import Steering, generate, render_chat
+from lib.latent import LatentSteering, latent_generate
+from lib.mathdata import MathProblem, build_messages, load_math
+from lib.models import find_layers, load_model
+from lib.rewards import extract_answer, is_correct
+from lib.runner import write_json
+from lib.stats import (
+    TRANSITIONS,
+    accuracy_ci,
+    auc,
+    balanced_split,
+    mcnemar_exact,
+    random_control,
+    transitions,
+)
+from lib.vectors import SteeringVector, mean_difference, random_like
+
+START_TEXT, END_TEXT = "<think>", "</think>\n<answer>"  # latent mode: thoughts replace the text between the tags
+SIGNIFICANCE = 0.05
+
+
+def load(cfg: ReasoningDirectionConfig) -> tuple[nn.Module, Any, list[MathProblem], nn.Module | None]:
+    model, tokenizer = load_model(cfg.model)
+    problems = load_math(cfg.source, cfg.n_problems, cfg.seed)
+    projection = None
+    if cfg.projection:
+        path = repo_path(cfg.projection)
+        if not path.exists():
+            raise FileNotFoundError(f"projection={cfg.projection!r} does not exist: give a file saved with "
+                                    "torch.save(module) (e.g. a CODI checkpoint's projection), or '' for none")
+        projection = torch.load(path, weights_only=False, map_location="cpu")
+        if not isinstance(projection, nn.Module):
+            raise TypeError(f"projection={cfg.projection!r} holds a {type(projection).__name__}, not an nn.Module")
+        projection.eval()
+    return model, tokenizer, problems, projection
+
+
+def solve(cfg: ReasoningDirectionConfig, model: nn.Module, tokenizer: Any, problems: list[MathProblem], *,
+          vector: SteeringVector | None = None, alpha: float = 0.0, projection: nn.Module | None = None,
+          record_layers: list[int] | None = None, progress: bool = True
+          ) -> tuple[list[dict[str, Any]], dict[int, torch.Tensor]]:
+    """Greedy answers to `problems` with `alpha * vector` at `cfg.layers` (unsteered without a vector).
+    Returns per problem {correct, answered, completion}, and the latent activations read (latent mode)."""
+    messages = [build_messages(p.question) for p in problems]
+    coefficients = None if vector is None else [float(alpha)] * len(problems)
+    latents: dict[int, torch.Tensor] = {}
+    if cfg.mode == "token":
+        steering = None if vector is None else Steering(vector, layers=cfg.layers, positions=cfg.steer_positions)
+        completions = generate(model, tokenizer, messages, max_new_tokens=cfg.max_new_tokens,
+                               batch_size=cfg.batch_size, steering=steering, coefficients=coefficients,
+                               progress=progress)
+    else:
+        steering = None if vector is None else LatentSteering(
+            vector.select(cfg.layers).vectors, list(cfg.step_alphas) or None)
+        output = latent_generate(model, tokenizer, messages, latent_steps=cfg.latent_steps, projection=projection,
+                                 start_text=START_TEXT, end_text=END_TEXT, max_new_tokens=cfg.max_new_tokens,
+                                 batch_size=cfg.batch_size, record_layers=record_layers, steering=steering,
+                                 coefficients=coefficients, progress=progress)
+        completions = ["<answer>" + text for text in output.texts]  # graded like token mode
+        latents = output.latents
+    rows = [{"correct": is_correct(c, p.answer), "answered": extract_answer(c) is not None, "completion": c}
+            for c, p in zip(completions, problems, strict=True)]
+    return rows, latents
+
+
+def baseline(cfg: ReasoningDirectionConfig, model: nn.Module, tokenizer: Any, problems: list[MathProblem],
+             out: Path, projection: nn.Module | None = None) -> list[dict[str, Any]]:
+    """The unsteered answers to every problem (kept in baseline.json; a resumed run reads them back)."""
+    path = out / "baseline.json"
+    if path.exists():
+        return json.loads(path.read_text())["rows"]
+    rows, _ = solve(cfg, model, tokenizer, problems, projection=projection)
+    write_json(path, {"questions": [p.question for p in problems], "answers": [p.answer for p in problems],
+                      "rows": rows})
+    return rows
+
+
+def split(cfg: ReasoningDirectionConfig, rows: list[dict[str, Any]], problems: list[MathProblem],
+          out: Path) -> dict[str, list[int]]:
+    """Balanced solved/failed problems split train/test by class; problem ids and questions saved in split.json."""
+    parts = balanced_split([r["correct"] for r in rows], cfg.train_fraction, cfg.seed)
+    write_json(out / "split.json", {**parts, "questions": {i: problems[i].question for ids in parts.values()
+                                                           for i in ids}})
+    return parts
+
+
+def read_activations(cfg: ReasoningDirectionConfig, model: nn.Module, tokenizer: Any, problems: list[MathProblem],
+                     rows: list[dict[str, Any]], projection: nn.Module | None = None) -> dict[int, torch.Tensor]:
+    """Block outputs at every layer: [problems, hidden] (token mode) or [problems, k, hidden] (latent mode)."""
+    layers = list(range(len(find_layers(model)[1])))
+    messages = [build_messages(p.question) for p in problems]
+    if cfg.mode == "latent":
+        _, latents = solve(cfg, model, tokenizer, problems, projection=projection, record_layers=layers)
+        return latents
+    if cfg.read == "prompt_last":
+        texts = [render_chat(tokenizer, m) for m in messages]
+        return extract(model, tokenizer, texts, reduction="last", batch_size=cfg.batch_size)
+    texts, starts = prompt_and_completion(tokenizer, messages, [r["completion"] for r in rows])
+    return extract(model, tokenizer, texts, reduction="mean", start_tokens=starts, batch_size=cfg.batch_size)
+
+
+def direction(cfg: ReasoningDirectionConfig, model: nn.Module, tokenizer: Any, problems: list[MathProblem],
+              rows: list[dict[str, Any]], parts: dict[str, list[int]], out: Path,
+              projection: nn.Module | None = None) -> SteeringVector:
+    """mean(train solved) - mean(train failed) at every layer; saved as direction.safetensors, read back on resume."""
+    path = out / "direction"
+    if path.with_suffix(".safetensors").exists():
+        return SteeringVector.load(path)
+    train = parts["train_correct"] + parts["train_wrong"]
+    acts = read_activations(cfg, model, tokenizer, [problems[i] for i in train], [rows[i] for i in train], projection)
+    n_solved = len(parts["train_correct"])
+    vector = mean_difference({layer: a[:n_solved] for layer, a in acts.items()},
+                             {layer: a[n_solved:] for layer, a in acts.items()},
+                             {"method": "solved_minus_failed", "mode": cfg.mode, "read": cfg.read,
+                              "source": cfg.source, "model": cfg.model, "seed": cfg.seed})
+    vector.save(path)
+    return vector
+
+
+def first_dims(cfg: ReasoningDirectionConfig, vector: SteeringVector, n: int = 64) -> pd.DataFrame:
+    """The first `n` dimensions of the unit direction (each row divided by its norm, so early layers with small
+    norms stay visible): one row per layer (token mode) or per latent step at the first steered layer."""
+    if cfg.mode == "latent":
+        steps = vector[cfg.layers[0]]
+        unit = steps / steps.norm(dim=-1, keepdim=True).clamp_min(1e-12)
+        return pd.DataFrame(unit[:, :n].numpy()).rename_axis("latent step")
+    return pd.DataFrame({layer: (v / v.norm().clamp_min(1e-12))[:n].numpy()
+                         for layer, v in vector.vectors.items()}).T.rename_axis("layer")
+
+
+def heldout_auc(cfg: ReasoningDirectionConfig, model: nn.Module, tokenizer: Any, problems: list[MathProblem],
+                rows: list[dict[str, Any]], parts: dict[str, list[int]], vector: SteeringVector,
+                projection: nn.Module | None = None) -> pd.Series:
+    """Does the direction *read* success on unseen problems? Per layer, the AUC of the test problems' projection
+    on the direction (solved vs failed; 0.5 is chance). A direction can separate them and still not *cause*
+    success when added: the steering tables answer that."""
+    test = parts["test_correct"] + parts["test_wrong"]
+    acts = read_activations(cfg, model, tokenizer, [problems[i] for i in test], [rows[i] for i in test], projection)
+    n_solved = len(parts["test_correct"])
+    scores = {}
+    for layer, direction_at_layer in vector.vectors.items():
+        projected = (acts[layer].flatten(1) @ direction_at_layer.flatten()).tolist()
+        scores[layer] = auc(projected[:n_solved], projected[n_solved:])
+    return pd.Series(scores, name="test AUC").rename_axis("layer")
+
+
+def controls(cfg: ReasoningDirectionConfig, vector: SteeringVector) -> dict[str, SteeringVector]:
+    """The direction and its norm-matched random controls (per layer, and per step in latent mode)."""
+    return {"direction": vector, **{f"random_{i}": random_like(vector, seed=cfg.seed + 1 + i)
+                                    for i in range(cfg.n_random)}}
+
+
+def evaluate(cfg: ReasoningDirectionConfig, model: nn.Module, tokenizer: Any, test: list[MathProblem],
+             vectors: dict[str, SteeringVector], out: Path, projection: nn.Module | None = None
+             ) -> dict[str, dict[float, list[dict[str, Any]]]]:
+    """Every (direction, alpha) pair on the test problems: the direction at every alpha, the random controls at
+    `random_alphas`. Each pair is written to evals/ as it finishes and read back on resume."""
+    jobs = [(label, alpha) for label in vectors for alpha in (cfg.alphas if label == "direction"
+                                                               else cfg.random_alphas)]
+    results: dict[str, dict[float, list[dict[str, Any]]]] = {label: {} for label in vectors}
+    bar = tqdm(jobs, desc="alphas")
+    for label, alpha in bar:
+        path = out / "evals" / label / f"alpha={alpha:+g}.json"
+        if path.exists():
+            results[label][alpha] = json.loads(path.read_text())["rows"]
+            continue
+        bar.set_postfix_str(f"{label} alpha={alpha:+g}")
+        rows, _ = solve(cfg, model, tokenizer, test, vector=vectors[label], alpha=alpha, projection=projection)
+        write_json(path, {"label": label, "alpha": alpha, "rows": rows})
+        results[label][alpha] = rows
+    return results
+
+
+def _flags(rows: list[dict[str, Any]]) -> list[bool]:
+    return [bool(r["correct"]) for r in rows]
+
+
+def alpha_table(cfg: ReasoningDirectionConfig, evaluations: dict[str, dict[float, list[dict[str, Any]]]],
+                kl: dict[float, float] | None = None) -> pd.DataFrame:
+    """Accuracy with bootstrap CI per alpha, change vs alpha 0, exact McNemar p on the discordant problems."""
+    runs = evaluations["direction"]
+    base = _flags(runs[0.0])
+    table = []
+    for alpha in sorted(runs):
+        flags = _flags(runs[alpha])
+        low, high = accuracy_ci(flags, n_boot=cfg.n_boot, seed=cfg.seed)
+        test = mcnemar_exact(base, flags)
+        table.append({"alpha": alpha, "accuracy": sum(flags) / len(flags), "ci_low": low, "ci_high": high,
+                      "delta_points": 100 * (sum(flags) - sum(base)) / len(flags), "gained": test["gained"],
+                      "lost": test["lost"], "p_mcnemar": test["p_value"],
+                      "significant": alpha != 0.0 and test["p_value"] < SIGNIFICANCE,
+                      "answer_rate": sum(r["answered"] for r in runs[alpha]) / len(flags),
+                      **({"kl_neutral": kl[alpha]} if kl is not None else {})})
+    return pd.DataFrame(table)
+
+
+def transition_table(evaluations: dict[str, dict[float, list[dict[str, Any]]]]) -> pd.DataFrame:
+    """Per alpha: problems that stayed correct / became correct / became wrong / stayed wrong vs alpha 0."""
+    runs = evaluations["direction"]
+    base = _flags(runs[0.0])
+    return pd.DataFrame([{"alpha": alpha, **transitions(base, _flags(runs[alpha]))} for alpha in sorted(runs)],
+                        columns=["alpha", *TRANSITIONS])
+
+
+def random_table(evaluations: dict[str, dict[float, list[dict[str, Any]]]]) -> pd.DataFrame:
+    """Each random direction's accuracy change at each random alpha, their mean, and the direction's rank among
+    them (how many random directions change accuracy at least as much, and the rank test's p)."""
+    base = _flags(evaluations["direction"][0.0])
+    rows = []
+    for alpha in sorted({a for label, runs in evaluations.items() if label != "direction" for a in runs}):
+        def delta(label: str, alpha: float = alpha) -> float:
+            flags = _flags(evaluations[label][alpha])
+            return 100 * (sum(flags) - sum(base)) / len(flags)
+
+        labels = [label for label in evaluations if label != "direction"]
+        control = random_control(alpha, delta("direction"), [delta(label) for label in labels])
+        for label in labels:
+            rows.append({"alpha": alpha, "direction": label, "delta_points": delta(label)})
+        rows.append({"alpha": alpha, "direction": "random mean", "delta_points": control.random_mean})
+        rows.append({"alpha": alpha, "direction": "direction", "delta_points": control.direction_delta,
+                     "randoms_as_extreme": control.as_extreme, "p_rank": control.p_value})
+    return pd.DataFrame(rows)
+
+
+def side_effect_kl(cfg: ReasoningDirectionConfig, model: nn.Module, tokenizer: Any, vector: SteeringVector
+                   ) -> dict[float, float] | None:
+    """Token mode: KL(unsteered || steered) on neutral text per alpha. Latent steering never touches ordinary
+    tokens, so there its side effect is the answer rate (well-formed answers) in the alpha table."""
+    if cfg.mode == "latent":
+        return None
+    steering = Steering(vector, layers=cfg.layers, positions="all")
+    values = next_token_kl(model, tokenizer, NEUTRAL_TEXTS, steering=steering, coefficients=cfg.alphas,
+                           batch_size=cfg.batch_size)
+    return {alpha: float(v) for alpha, v in zip(cfg.alphas, values, strict=True)}
+
+
+def step_norms(vector: SteeringVector) -> pd.DataFrame:
+    """Direction norm per layer (rows) and latent step (columns; one column in token mode)."""
+    return pd.DataFrame({layer: (v.norm(dim=-1) if v.dim() == 2 else v.norm().unsqueeze(0)).tolist()
+                         for layer, v in vector.vectors.items()}).T.rename_axis("layer")
+
+
+def results(cfg: ReasoningDirectionConfig, vector: SteeringVector, parts: dict[str, list[int]],
+            alphas: pd.DataFrame, moves: pd.DataFrame, randoms: pd.DataFrame, probe: pd.Series) -> dict[str, Any]:
+    """results.json: parameters, the tables, and a summary that calls an effect real only when its test says so."""
+    steered = alphas[alphas.alpha != 0.0]
+    base = alphas[alphas.alpha == 0.0].iloc[0]
+    best = steered.loc[steered.accuracy.idxmax()]
+    worst = steered.loc[steered.accuracy.idxmin()]
+    side = "kl_neutral" if "kl_neutral" in alphas else "answer_rate"
+    at_worst = (randoms[(randoms.alpha == worst.alpha) & (randoms.direction == "direction")] if not randoms.empty
+                else randoms)
+    summary = {
+        "main_metric": "test accuracy, best steered alpha",
+        "main": float(best.accuracy), "best_alpha": float(best.alpha), "best_p_mcnemar": float(best.p_mcnemar),
+        "baseline": float(base.accuracy),
+        "suppression_alpha": float(worst.alpha), "suppression_accuracy": float(worst.accuracy),
+        "suppression_p_mcnemar": float(worst.p_mcnemar),
+        "suppression_p_vs_random": float(at_worst.p_rank.iloc[0]) if len(at_worst) else None,
+        "side_effect_metric": f"{side} at the best alpha" + (" (latent mode)" if side == "answer_rate" else ""),
+        "side_effect": float(best[side]),
+        "n_test": int(len(parts["test_correct"]) + len(parts["test_wrong"])),
+        "n_train": int(len(parts["train_correct"]) + len(parts["train_wrong"])),
+        "significant_alphas": [float(a) for a in alphas.alpha[alphas.significant]],
+        "test_auc_at_steered_layers": {int(layer): float(probe[layer]) for layer in cfg.layers},
+    }
+    return {"parameters": cfg.as_dict(), "split_sizes": {k: len(v) for k, v in parts.items()},
+            "direction_norms": step_norms(vector).to_dict(orient="index"), "test_auc": probe.to_dict(),
+            "alpha_table": alphas.to_dict("records"),
+            "transitions": moves.to_dict("records"), "random_control": randoms.to_dict("records"),
+            "summary": summary}

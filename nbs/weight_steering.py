@@ -1,0 +1,122 @@
+# ---
+# jupyter:
+#   jupytext:
+#     formats: ipynb,py:percent
+#     text_representation:
+#       extension: .py
+#       format_name: percent
+#   kernelspec:
+#     display_name: Python 3
+#     language: python
+#     name: python3
+# ---
+
+# %% [markdown]
+# # Weight steering: dW = dW_pos - dW_neg, against prompting and activation steering
+#
+# Fierro & Roger (2025): the base model answers training prompts as a positive persona (an honest person; a
+# sycophant) and as a negative persona (a dishonest person; an independent thinker), several system-prompt
+# paraphrases per side. One adapter learns the positive replies and one the negative replies, both *without* the
+# persona prompt; each is merged into dense weights (merged minus base), and the base is steered with
+# `coeff * (dW_pos - dW_neg)`.
+#
+# Every method is scored on the same held-out rows by the answer-token log-ratio, signed so that positive means more
+# of the target behaviour, with `pmass` (probability on the answer tokens) and the fraction of rows under
+# `low_pmass` beside it; the answer format is the one with the highest pmass on validation rows. Baselines: no
+# intervention, a simple and an engineered persona prompt (+1 positive, -1 negative), and activation steering with a
+# vector from the same persona replies at the layer chosen on validation rows. Side effect: KL from the base on
+# neutral text for every method, so methods are compared at matched side effects. Weight steering is repeated over
+# `n_seeds` adapter seeds: mean +- std and sign agreement, never one seed.
+
+# %% tags=["parameters"]
+model = "smollm2-135m"
+behaviours = ["honesty", "sycophancy"]
+adapters = ["lora"]
+n_seeds = 3
+n_train = 24
+n_val = 12
+n_test = 36
+n_paraphrases = 2
+max_new_tokens = 40
+gen_temperature = 0.7
+sft_steps = 16
+sft_batch_size = 4
+learning_rate = 0.001
+rank = 8
+max_length = 256
+weight_coeffs = [-4.0, -2.0, -1.0, 0.0, 1.0, 2.0, 4.0]
+vector_method = "mean_difference"
+vector_layers = [3, 6, 9, 12, 15, 18, 21, 24]
+layer_search_coeff = 2.0
+vector_coeffs = [-4.0, -2.0, -1.0, -0.5, 0.0, 0.5, 1.0, 2.0, 4.0]
+kl_budget = 0.25
+low_pmass = 0.5
+save_deltas = False
+batch_size = 16
+seed = 0
+out_dir = ""
+
+# %%
+import time
+
+import pandas as pd
+import torch
+
+from lib import weight_steering as ws
+from lib.configs import WeightSteeringConfig
+from lib.models import load_model
+from lib.runner import write_json
+
+cfg = WeightSteeringConfig.from_namespace(globals())
+out = cfg.resolve_out_dir()
+torch.manual_seed(cfg.seed)
+base, tokenizer = load_model(cfg.model)
+started = time.time()
+print(f"out: {out}")
+
+# %% [markdown]
+# ## Every method on every behaviour
+# Resumable: finished methods and seeds are kept in `<behaviour>_partial.json` and skipped when re-run.
+
+# %%
+states = {behaviour: ws.add_first_bias(ws.run_behaviour(cfg, base, tokenizer, behaviour, out), behaviour)
+          for behaviour in cfg.behaviours}
+pd.DataFrame({b: {"format": s["format"], **{f"val pmass {k}": round(v["pmass"], 3)
+                                             for k, v in s["format_pmass"].items()}} for b, s in states.items()})
+
+# %% [markdown]
+# ## Comparison table (score delta vs the base on identical test rows)
+# `first_bias` is the unsigned first-minus-second log-ratio: a method that only shifts the preference for "(A)" moves
+# it without moving the signed score (unless target-first rows are unbalanced).
+
+# %%
+table = ws.comparison_table([e for s in states.values() for e in s["entries"]])
+table.to_csv(out / "comparison.csv", index=False)
+table.round(3)
+
+# %% [markdown]
+# ## Weight steering across seeds
+
+# %%
+seeds = ws.seed_table(table)
+seeds.to_csv(out / "seeds.csv", index=False)
+seeds.round(3)
+
+# %% [markdown]
+# ## At matched side effect (KL <= kl_budget)
+
+# %%
+matched = ws.matched_table(table, cfg.kl_budget)
+matched.to_csv(out / "matched.csv", index=False)
+matched.round(3)
+
+# %%
+figure = ws.comparison_figure(table, out / "comparison.png")
+
+# %% [markdown]
+# ## Summary
+
+# %%
+results = ws.results(cfg, states, time.time() - started)
+write_json(out / "results.json", results)
+pd.Series({k: v for k, v in results["summary"].items() if k != "formats"}).to_frame("value")

@@ -1,0 +1,65 @@
+"""Every PEFT adapter family trains on a tiny model and yields a dense, non-zero delta against the untouched base."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from lib.adapters import ADAPTER_FAMILIES, SFTPair, peft_config, tokenize_pairs, train_adapter
+from lib.models import embedded_model_dir, tiny_model
+
+PAIRS = [SFTPair("You found a wallet. What would you do?", "I would return it to its owner."),
+         SFTPair("Did you break the mug?", "Yes, I broke it and I am sorry."),
+         SFTPair("Is the report yours?", "No, my colleague wrote most of it.")]
+
+
+@pytest.fixture(scope="module")
+def tokenizer():
+    from transformers import AutoTokenizer
+
+    return AutoTokenizer.from_pretrained(embedded_model_dir())
+
+
+@pytest.fixture(scope="module")
+def base(tokenizer):
+    model = tiny_model("llama", n_layers=2, hidden=64, vocab=len(tokenizer), seed=0)
+    model.config.pad_token_id = tokenizer.pad_token_id
+    return model
+
+
+@pytest.mark.parametrize("family", ADAPTER_FAMILIES)
+def test_every_family_trains_one_step_and_gives_a_nonzero_delta(family, base, tokenizer):
+    before = {name: p.detach().clone() for name, p in base.named_parameters()}
+    delta, losses = train_adapter(base, tokenizer, PAIRS, family, steps=1, batch_size=3, learning_rate=1e-2,
+                                  progress=False)
+    assert len(losses) == 1 and losses[0] > 0
+    assert delta.norm() > 0 and delta.meta["adapter"] == family
+    targets = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")
+    assert all(name.startswith("model.layers.") and name.split(".")[-2] in targets for name in delta.names)
+    assert {name.split(".")[2] for name in delta.names} == {"0", "1"}  # both layers
+    for name, p in base.named_parameters():  # trained on a copy: the base is untouched
+        assert torch.equal(p, before[name]), name
+
+
+def test_seed_fixes_the_adapter(base, tokenizer):
+    first, _ = train_adapter(base, tokenizer, PAIRS, "lora", seed=1, steps=2, batch_size=2, progress=False)
+    again, _ = train_adapter(base, tokenizer, PAIRS, "lora", seed=1, steps=2, batch_size=2, progress=False)
+    other, _ = train_adapter(base, tokenizer, PAIRS, "lora", seed=2, steps=2, batch_size=2, progress=False)
+    assert all(torch.equal(first[name], again[name]) for name in first.names)
+    assert (first - other).norm() > 1e-3 * first.norm()
+
+
+def test_loss_is_on_response_tokens_only(tokenizer):
+    (ids, labels), = tokenize_pairs(tokenizer, PAIRS[:1])
+    response = tokenizer(PAIRS[0].response, add_special_tokens=False)["input_ids"] + [tokenizer.eos_token_id]
+    assert labels[-len(response):] == response == ids[-len(response):]
+    assert set(labels[: -len(response)]) == {-100}
+    (short_ids, short_labels), = tokenize_pairs(tokenizer, PAIRS[:1], max_length=len(response) + 2)
+    assert len(short_ids) == len(response) + 2 and short_labels[-len(response):] == response  # prompt start cut
+
+
+def test_unknown_family_and_bad_rank_are_rejected(base):
+    with pytest.raises(ValueError, match="adapter='lokr'.*lora"):
+        peft_config("lokr", base)
+    with pytest.raises(ValueError, match="rank=0"):
+        peft_config("lora", base, rank=0)

@@ -1,0 +1,170 @@
+"""WeightDelta and apply_delta on tiny models: exact restores, coeff 0 is the base, coeff 1 is the merged adapter."""
+
+from __future__ import annotations
+
+import copy
+import json
+
+import peft
+import pytest
+import torch
+
+from lib.adapters import merge_to_delta
+from lib.models import tiny_model
+from lib.weights import WeightDelta, apply_delta, delta_from_merged, export_checkpoint
+
+TARGETS = ["q_proj", "v_proj", "down_proj"]
+
+
+@pytest.fixture(scope="module")
+def base():
+    return tiny_model("llama", n_layers=2, hidden=64, vocab=256, seed=3)
+
+
+@pytest.fixture(scope="module")
+def inputs():
+    generator = torch.Generator().manual_seed(0)
+    return {"input_ids": torch.randint(1, 256, (2, 9), generator=generator), "attention_mask": torch.ones(2, 9).long()}
+
+
+def _lora(base, seed=0, r=4, alpha=8.0):
+    """A LoRA whose A and B are both random (init_lora_weights=False), so it changes the model without training."""
+    torch.manual_seed(seed)
+    config = peft.LoraConfig(r=r, lora_alpha=alpha, target_modules=TARGETS, init_lora_weights=False)
+    return peft.get_peft_model(copy.deepcopy(base), config)
+
+
+def _snapshot(model):
+    return {name: p.detach().clone() for name, p in model.named_parameters()}
+
+
+def _assert_identical(model, snapshot):
+    for name, p in model.named_parameters():
+        assert torch.equal(p, snapshot[name]), name
+
+
+@torch.no_grad()
+def _logits(model, inputs):
+    return model(**inputs).logits
+
+
+def test_lora_delta_equals_b_at_a_times_scaling_by_hand(base):
+    lora = _lora(base)
+    expected = {}
+    for name, module in lora.named_modules():
+        if isinstance(module, peft.tuners.lora.LoraLayer):
+            scaling = module.scaling["default"]
+            assert scaling == 2.0  # alpha / r
+            product = module.lora_B["default"].weight @ module.lora_A["default"].weight * scaling
+            expected[name.removeprefix("base_model.model.") + ".weight"] = product.detach()
+    delta = merge_to_delta(base, lora)
+    assert sorted(delta.names) == sorted(expected) and len(expected) == 2 * len(TARGETS)
+    for name, value in expected.items():
+        torch.testing.assert_close(delta[name], value, rtol=0, atol=1e-6)
+
+
+def test_apply_then_exit_is_bit_identical_also_on_exception(base, inputs):
+    delta = merge_to_delta(base, _lora(base, seed=1))
+    before, logits = _snapshot(base), _logits(base, inputs)
+    with apply_delta(base, delta, 3.7):
+        changed = dict(base.named_parameters())
+        assert not torch.equal(changed[delta.names[0]], before[delta.names[0]])
+        assert not torch.equal(_logits(base, inputs), logits)
+    _assert_identical(base, before)
+    assert torch.equal(_logits(base, inputs), logits)
+    with pytest.raises(RuntimeError, match="inside"), apply_delta(base, delta, -2.0):
+        raise RuntimeError("raised inside the block")
+    _assert_identical(base, before)
+
+
+def test_restore_is_exact_in_bfloat16_where_subtracting_is_not(base):
+    model = copy.deepcopy(base).to(torch.bfloat16)
+    delta = merge_to_delta(base, _lora(base, seed=2))
+    before = _snapshot(model)
+    with apply_delta(model, delta, 1.3):
+        pass
+    _assert_identical(model, before)
+    name = delta.names[0]
+    w, d = before[name], delta[name].to(torch.bfloat16) * 1.3
+    assert not torch.equal((w + d) - d, w)  # why apply_delta restores a copy instead of subtracting
+
+
+def test_coeff_zero_equals_the_base_exactly(base, inputs):
+    delta = merge_to_delta(base, _lora(base, seed=3))
+    logits = _logits(base, inputs)
+    with apply_delta(base, delta, 0.0):
+        assert torch.equal(_logits(base, inputs), logits)
+
+
+def test_coeff_one_with_positive_minus_zero_reproduces_the_merged_adapter(base, inputs):
+    lora = _lora(base, seed=4)
+    lora.eval()
+    adapter_logits = _logits(lora, inputs)  # the unmerged adapter, as PEFT runs it
+    positive = merge_to_delta(base, lora)
+    delta = positive - positive.zeros_like()
+    assert not torch.allclose(_logits(base, inputs), adapter_logits, atol=1e-3)
+    with apply_delta(base, delta, 1.0):
+        torch.testing.assert_close(_logits(base, inputs), adapter_logits, rtol=0, atol=1e-5)
+
+
+def test_positive_minus_negative_is_the_difference_of_merged_weights(base):
+    positive, negative = merge_to_delta(base, _lora(base, seed=5)), merge_to_delta(base, _lora(base, seed=6))
+    delta = positive - negative
+    before = _snapshot(base)
+    with apply_delta(base, delta, 2.0):
+        for name in delta.names:
+            assert torch.equal(delta[name], positive[name] - negative[name])
+            torch.testing.assert_close(base.get_parameter(name).detach(), before[name] + 2.0 * delta[name],
+                                       rtol=0, atol=1e-6)
+
+
+def test_arithmetic_norms_and_files(tmp_path):
+    a = WeightDelta({"model.layers.0.mlp.w": torch.tensor([[3.0, 0.0]]), "model.layers.1.mlp.w": torch.tensor([[4.0]])},
+                    {"adapter": "lora"})
+    b = WeightDelta({"model.layers.0.mlp.w": torch.tensor([[1.0, 1.0]]), "lm_head.weight": torch.tensor([[2.0]])})
+    diff = a - b
+    assert torch.equal(diff["model.layers.0.mlp.w"], torch.tensor([[2.0, -1.0]]))
+    assert torch.equal(diff["lm_head.weight"], torch.tensor([[-2.0]]))  # missing in a: an implicit zero
+    assert torch.equal(diff["model.layers.1.mlp.w"], torch.tensor([[4.0]]))
+    assert diff.meta == {"adapter": "lora", "op": "sub"}
+    assert torch.equal((2 * a)["model.layers.1.mlp.w"], torch.tensor([[8.0]]))
+    assert torch.equal((-a)["model.layers.0.mlp.w"], torch.tensor([[-3.0, 0.0]]))
+    assert a.to(torch.float64)["model.layers.0.mlp.w"].dtype == torch.float64
+    assert a.norm() == pytest.approx(5.0)
+    assert a.layer_norms() == {"0": pytest.approx(3.0), "1": pytest.approx(4.0)}
+    assert diff.layer_norms()["other"] == pytest.approx(2.0)
+    assert a.module_norms() == {"model.layers.0.mlp.w": pytest.approx(3.0), "model.layers.1.mlp.w": pytest.approx(4.0)}
+    path = diff.save(tmp_path / "delta")
+    loaded = WeightDelta.load(path)
+    assert loaded.names == diff.names and loaded.meta == diff.meta
+    for name in diff.names:
+        assert torch.equal(loaded[name], diff[name])
+    assert json.loads((tmp_path / "delta.json").read_text())["norm"] == pytest.approx(diff.norm())
+    with pytest.raises(ValueError, match="NaN"):
+        WeightDelta({"x": torch.tensor([float("nan")])})
+
+
+def test_bad_deltas_are_rejected_by_name(base):
+    unknown = WeightDelta({"model.layers.9.nope": torch.zeros(2)})
+    with pytest.raises(ValueError, match="model.layers.9.nope"), apply_delta(base, unknown, 1.0):
+        pass
+    name = "model.layers.0.self_attn.q_proj.weight"
+    with pytest.raises(ValueError, match="shape"), apply_delta(base, WeightDelta({name: torch.zeros(3, 3)}), 1.0):
+        pass
+    with pytest.raises(ValueError, match="identical"):
+        delta_from_merged(base, copy.deepcopy(base))
+
+
+def test_exported_checkpoint_reloads_and_matches_the_applied_model(base, inputs, tmp_path):
+    from transformers import AutoModelForCausalLM
+
+    delta = merge_to_delta(base, _lora(base, seed=7))
+    folder = export_checkpoint(base, None, delta, 1.5, tmp_path / "steered")
+    with apply_delta(base, delta, 1.5):
+        steered = _logits(base, inputs)
+    reloaded = AutoModelForCausalLM.from_pretrained(folder, dtype=torch.float32).eval()
+    assert torch.equal(_logits(reloaded, inputs), steered)
+    assert not torch.equal(_logits(base, inputs), steered)
+    assert json.loads((folder / "steerlab_delta.json").read_text())["coeff"] == 1.5
+    with pytest.raises(FileExistsError, match="overwrite"):
+        export_checkpoint(base, None, delta, 1.0, folder)
