@@ -29,7 +29,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from lib.hooks import check_layers
+from lib.hooks import check_layers, layer_weights
 from lib.models import find_layers, hidden_size
 from lib.vectors import SteeringVector
 
@@ -50,18 +50,8 @@ def _scaled_vectors(vector: SteeringVector | Mapping[int, torch.Tensor], weight:
                     layers: Sequence[int] | None) -> dict[int, torch.Tensor]:
     """{layer: weight[layer] * vector[layer]} for the chosen layers, with the same checks as `steer`."""
     layer_vectors: Mapping[int, torch.Tensor] = getattr(vector, "vectors", vector)
-    chosen = sorted(layer_vectors) if layers is None else list(layers)
-    missing = [layer for layer in chosen if layer not in layer_vectors]
-    if missing:
-        raise ValueError(f"layers={missing} have no vector; the vector has layers {sorted(layer_vectors)}")
-    if isinstance(weight, Mapping):
-        unknown = sorted(set(weight) - set(layer_vectors))
-        if unknown:
-            raise ValueError(f"weight has layers {unknown} that the vector lacks ({sorted(layer_vectors)})")
-        chosen = [layer for layer in chosen if layer in weight]
-        weights = {layer: float(weight[layer]) for layer in chosen}
-    else:
-        weights = {layer: float(weight) for layer in chosen}
+    weights = layer_weights(layer_vectors, weight, layers)
+    chosen = list(weights)
     if not chosen:
         raise ValueError("no layers left to export: check layers= and weight=")
     scaled = {}

@@ -251,6 +251,28 @@ def _validate_scope(scope: Any) -> None:
         raise ValueError(f"positions={scope!r} must be 'all', 'prompt', 'generated' or a slice")
 
 
+def layer_weights(layer_vectors: Mapping[int, torch.Tensor], weight: float | Mapping[int, float],
+                  layers: Sequence[int] | None) -> dict[int, float]:
+    """{layer: weight} for the layers to act on (all the vector's, or `layers`; with a weight mapping, only its
+    layers). Refuses layers without a vector and non-finite weights, for `steer` and the exporters alike."""
+    chosen = sorted(layer_vectors) if layers is None else list(layers)
+    missing = [layer for layer in chosen if layer not in layer_vectors]
+    if missing:
+        raise ValueError(f"layers={missing} have no vector; the vector has layers {sorted(layer_vectors)}")
+    if isinstance(weight, Mapping):
+        unknown = sorted(set(weight) - set(layer_vectors))
+        if unknown:
+            raise ValueError(f"weight has layers {unknown} that the vector lacks ({sorted(layer_vectors)})")
+        chosen = [layer for layer in chosen if layer in weight]
+        weights = {layer: float(weight[layer]) for layer in chosen}
+    else:
+        weights = {layer: float(weight) for layer in chosen}
+    for layer, value in weights.items():
+        if not torch.isfinite(torch.tensor(value)):
+            raise ValueError(f"weight for layer {layer} is {value}; it must be finite")
+    return weights
+
+
 @contextmanager
 def steer(
     model: nn.Module,
@@ -273,21 +295,8 @@ def steer(
         (repeat the prompts K times). Omitted, every row gets 1.
     """
     layer_vectors: Mapping[int, torch.Tensor] = getattr(vectors, "vectors", vectors)
-    chosen = sorted(layer_vectors) if layers is None else list(layers)
-    missing = [layer for layer in chosen if layer not in layer_vectors]
-    if missing:
-        raise ValueError(f"layers={missing} have no vector; the vector has layers {sorted(layer_vectors)}")
-    if isinstance(weight, Mapping):
-        unknown = sorted(set(weight) - set(layer_vectors))
-        if unknown:
-            raise ValueError(f"weight has layers {unknown} that the vector lacks ({sorted(layer_vectors)})")
-        chosen = [layer for layer in chosen if layer in weight]
-        weights = {layer: float(weight[layer]) for layer in chosen}
-    else:
-        weights = {layer: float(weight) for layer in chosen}
-    for layer, value in weights.items():
-        if not torch.isfinite(torch.tensor(value)):
-            raise ValueError(f"weight for layer {layer} is {value}; it must be finite")
+    weights = layer_weights(layer_vectors, weight, layers)
+    chosen = list(weights)
     blocks = check_layers(model, chosen, layers_path)
     size = hidden_size(model)
     for layer in chosen:
