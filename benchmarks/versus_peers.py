@@ -17,7 +17,6 @@ import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Callable
 from pathlib import Path
 
 import torch
@@ -34,6 +33,7 @@ from lib.hooks import steer  # noqa: E402
 from lib.models import embedded_gguf, load_model  # noqa: E402
 from lib.vectors import mean_difference  # noqa: E402
 from peers import client, serve_check  # noqa: E402
+from peers.timing import timed  # noqa: E402
 
 REPEATS = int(os.environ.get("BENCH_REPEATS", "4"))
 THREADS = int(os.environ.get("BENCH_THREADS", "2"))
@@ -43,16 +43,6 @@ QUICK = os.environ.get("BENCH_QUICK") == "1"  # a smoke run of the script: tiny 
 if QUICK:
     N_PAIRS, BATCH, N_PROMPTS, NEW_TOKENS, REPEATS = 4, 4, 4, 4, 1
 COEFFICIENTS = [1.0, 2.0, 3.0, 4.0]
-
-
-def timed(arm: Callable[[], object], repeats: int) -> list[float]:
-    arm()  # warm-up
-    times = []
-    for _ in range(repeats):
-        start = time.perf_counter()
-        arm()
-        times.append(time.perf_counter() - start)
-    return times
 
 
 def main() -> None:

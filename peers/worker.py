@@ -22,6 +22,7 @@ import numpy as np
 import torch
 import transformers
 from safetensors.torch import load_file, save_file
+from timing import timed  # peers/timing.py: this script's folder is on sys.path
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
 
@@ -163,16 +164,6 @@ def task_steer_logits(model, tokenizer, task, out):
     return {}
 
 
-def _timed(arm, repeats):
-    arm()  # warm-up
-    times = []
-    for _ in range(repeats):
-        start = time.perf_counter()
-        arm()
-        times.append(time.perf_counter() - start)
-    return times
-
-
 def task_bench(model, tokenizer, task, out):
     """Seconds per repeat for extraction, steered generation and a K-coefficient sweep, done each peer's way."""
     from repeng import ControlVector
@@ -183,8 +174,8 @@ def task_bench(model, tokenizer, task, out):
     vectors = _vector(task["vector"])
     prompts = encode(tokenizer, task["prompts"], "left")
     times: dict[str, list[float]] = {}
-    times["extract.steering-vectors"] = _timed(lambda: sv_extract(model, tokenizer, pairs, layers, batch_size), repeats)
-    times["extract.repeng"] = _timed(lambda: repeng_extract(model, tokenizer, pairs, layers, batch_size), repeats)
+    times["extract.steering-vectors"] = timed(lambda: sv_extract(model, tokenizer, pairs, layers, batch_size), repeats)
+    times["extract.repeng"] = timed(lambda: repeng_extract(model, tokenizer, pairs, layers, batch_size), repeats)
 
     def generate(target, **extra):
         with torch.no_grad():
@@ -192,14 +183,14 @@ def task_bench(model, tokenizer, task, out):
                                    pad_token_id=tokenizer.pad_token_id, **extra)
 
     sv = SteeringVector(vectors, "decoder_block")
-    times["generate.unsteered"] = _timed(lambda: generate(model), repeats)  # this stack's own baseline
+    times["generate.unsteered"] = timed(lambda: generate(model), repeats)  # this stack's own baseline
 
     def sv_generate(coefficient):
         with sv.apply(model, multiplier=coefficient):
             return generate(model)
 
-    times["generate.steering-vectors"] = _timed(lambda: sv_generate(coefficients[-1]), repeats)
-    times["sweep.steering-vectors"] = _timed(lambda: [sv_generate(c) for c in coefficients], max(1, repeats // 2))
+    times["generate.steering-vectors"] = timed(lambda: sv_generate(coefficients[-1]), repeats)
+    times["sweep.steering-vectors"] = timed(lambda: [sv_generate(c) for c in coefficients], max(1, repeats // 2))
     wrapped = control_model(model, list(vectors))
     try:
         control = ControlVector(model.config.model_type, {k: v.numpy() for k, v in vectors.items()})
@@ -211,8 +202,8 @@ def task_bench(model, tokenizer, task, out):
             finally:
                 wrapped.reset()
 
-        times["generate.repeng"] = _timed(lambda: repeng_generate(coefficients[-1]), repeats)
-        times["sweep.repeng"] = _timed(lambda: [repeng_generate(c) for c in coefficients], max(1, repeats // 2))
+        times["generate.repeng"] = timed(lambda: repeng_generate(coefficients[-1]), repeats)
+        times["sweep.repeng"] = timed(lambda: [repeng_generate(c) for c in coefficients], max(1, repeats // 2))
         wrapped.set_control(control, coefficients[-1])
         out["repeng_tokens"] = generate(wrapped).to(torch.float32)
     finally:
