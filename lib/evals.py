@@ -48,6 +48,8 @@ def continuation_logprobs(
     """[N] mean log-probability per continuation token (the continuation is cut to max_continuation_tokens)."""
     if len(prompts) != len(continuations):
         raise ValueError(f"{len(prompts)} prompts but {len(continuations)} continuations")
+    if not prompts:
+        raise ValueError("prompts is empty: give at least one prompt with its continuation")
     check_coefficients(coefficients, len(prompts))
     prompt_ids = encode(tokenizer, [render_chat(tokenizer, p, chat=chat) for p in prompts], chat)
     cont_ids = [tokenizer(c, add_special_tokens=False)["input_ids"][:max_continuation_tokens] for c in continuations]
@@ -92,6 +94,10 @@ def next_token_kl(
 ) -> torch.Tensor:
     """[len(coefficients)] mean KL(unsteered || steered) over real tokens of `texts`, one value per
     coefficient; the texts are repeated once per coefficient so all of them run batched."""
+    if not texts:
+        raise ValueError("texts is empty: the KL is averaged over the tokens of at least one neutral text")
+    if len(coefficients) == 0:
+        raise ValueError("coefficients is empty: give the coefficients to measure the KL at, e.g. [1.0]")
     encoded = encode(tokenizer, texts, chat=False)
     device = next(model.parameters()).device
     base = real_token_logprobs(model, tokenizer, texts, batch_size, progress)
@@ -128,6 +134,8 @@ def real_token_logprobs(model: nn.Module, tokenizer: Any, texts: Sequence[str], 
 def model_kl(reference: nn.Module, other: nn.Module, tokenizer: Any, texts: Sequence[str], batch_size: int = 16,
              progress: bool = True) -> float:
     """Mean KL(reference || other) per real token of `texts`: e.g. how far finetuning moved the model."""
+    if not texts:
+        raise ValueError("texts is empty: the KL is averaged over the tokens of at least one text")
     ref = real_token_logprobs(reference, tokenizer, texts, batch_size, progress)
     new = real_token_logprobs(other, tokenizer, texts, batch_size, progress)
     total = sum(float((r.exp() * (r - o)).sum()) for r, o in zip(ref, new, strict=True))

@@ -29,7 +29,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from lib.hooks import check_layers, layer_weights
+from lib.hooks import active_interventions, check_layers, layer_weights
 from lib.models import find_layers, hidden_size
 from lib.vectors import SteeringVector
 
@@ -172,11 +172,12 @@ def check_foldable(model: nn.Module, positions: Any = "all") -> None:
     if model_type not in FOLDABLE_MODEL_TYPES or not hasattr(config, "mlp_bias"):
         raise ValueError(f"model_type={model_type!r} has no MLP output bias switch (`mlp_bias`) that adds to the "
                          f"residual stream unchanged (supported: {', '.join(FOLDABLE_MODEL_TYPES)}); {_ALTERNATIVES}")
+    active = active_interventions(model)
+    if active:  # a copy made inside `steer` would carry its hooks and steer twice
+        raise RuntimeError(f"the model has active forward hooks or weight edits ({'; '.join(active)}): inside a "
+                           "`steer` or `apply_delta` block? Export outside them")
     _, blocks = find_layers(model)
     for index, block in enumerate(blocks):
-        if block._forward_hooks:  # a copy made inside `steer` would carry its hooks and steer twice
-            raise RuntimeError(f"block {index} has active forward hooks (inside a `steer`/`record` block?); "
-                               "export outside them")
         down = getattr(getattr(block, "mlp", None), "down_proj", None)
         if not isinstance(down, nn.Linear):
             raise ValueError(f"block {index} has no mlp.down_proj Linear to fold a bias into; {_ALTERNATIVES}")

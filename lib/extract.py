@@ -1,9 +1,15 @@
 """Batched activation extraction with an on-disk cache.
 
-The cache key is (model fingerprint, hash of the rendered texts, reduction, n). Every layer
-is captured on a miss (a 30-layer x 576 float vector per example is small), so asking again
-for another layer or using another scale never repeats a forward pass. Each cache file has a
-sidecar with its sha256; a truncated or altered file is detected, reported and rebuilt.
+The cache key is (model fingerprint, hash of the token ids the model sees, reduction, reduction starts, n).
+Hashing the token ids rather than the texts covers the tokenizer, the chat template, special tokens and
+separators at once; the fingerprint covers every byte of the weights (`lib.models.model_fingerprint`). While
+any intervention is active on the model (a `steer` block, another library's forward hooks, `apply_delta`),
+the cache is neither read nor written: those activations are computed fresh (journal, 2026-12-01: a cache
+keyed on texts alone served unsteered activations inside `steer`, and steered ones after it).
+
+Every layer is captured on a miss (a 30-layer x 576 float vector per example is small), so asking again
+for another layer or using another scale never repeats a forward pass. Each cache file has a sidecar with
+its sha256; a truncated or altered file is detected, reported and rebuilt.
 """
 
 from __future__ import annotations
@@ -17,12 +23,13 @@ from contextlib import contextmanager, suppress
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
 from safetensors.torch import load_file, save_file
 from torch import nn
 
 from lib.generation import batches, encode, pad_batch, render_chat
-from lib.hooks import REDUCTIONS, Activations, check_layers, record
+from lib.hooks import REDUCTIONS, Activations, active_interventions, check_layers, record
 from lib.models import cache_dir, find_layers, model_fingerprint
 
 
@@ -30,10 +37,15 @@ def _file_sha(path: Path) -> str:
     return hashlib.sha256(path.read_bytes()).hexdigest()
 
 
-def cache_key(model: nn.Module, texts: Sequence[str], reduction: str, start_tokens: Sequence[int] | None = None) -> str:
-    joined = "\x00".join(texts) + ("" if start_tokens is None else "\x01" + ",".join(map(str, start_tokens)))
-    data = hashlib.sha256(joined.encode()).hexdigest()[:16]
-    return f"{model_fingerprint(model)}-{data}-{reduction}-n{len(texts)}"
+def cache_key(model: nn.Module, token_ids: Sequence[Sequence[int]], reduction: str,
+              start_tokens: Sequence[int] | None = None) -> str:
+    """Name of the cache entry for these token rows: each row is hashed with its length, so no two different
+    batches of rows share a key (texts joined by a separator could)."""
+    digest = hashlib.sha256()
+    for row in token_ids:
+        digest.update(np.asarray([len(row), *row], dtype=np.int64).tobytes())
+    digest.update(b"starts" + (b"-" if start_tokens is None else np.asarray(start_tokens, dtype=np.int64).tobytes()))
+    return f"{model_fingerprint(model)}-{digest.hexdigest()[:24]}-{reduction}-n{len(token_ids)}"
 
 
 def _load_cached(path: Path) -> dict[int, torch.Tensor] | None:
@@ -91,12 +103,13 @@ def _stop_after(model: nn.Module, layer: int) -> Iterator[None]:
 @torch.no_grad()
 def forward_batches(model: nn.Module, tokenizer: Any, texts: Sequence[str], batch_size: int, chat: bool = True,
                     desc: str = "forward", progress: bool = True, acts: Activations | None = None,
-                    start_tokens: Sequence[int] | None = None) -> None:
-    """Run texts through the model in left-padded batches (the work `record` observes). With
-    `start_tokens`, each row's tokens before that index are left out of `acts`' reduction."""
-    encoded = encode(tokenizer, texts, chat)
+                    start_tokens: Sequence[int] | None = None,
+                    token_ids: Sequence[Sequence[int]] | None = None) -> None:
+    """Run texts (or already encoded `token_ids`) through the model in left-padded batches (the work `record`
+    observes). With `start_tokens`, each row's tokens before that index are left out of `acts`' reduction."""
+    encoded = list(token_ids) if token_ids is not None else encode(tokenizer, texts, chat)
     device = next(model.parameters()).device
-    for part in batches(len(texts), batch_size, desc, progress):
+    for part in batches(len(encoded), batch_size, desc, progress):
         batch = pad_batch(encoded[part], tokenizer.pad_token_id)
         if start_tokens is not None and acts is not None:
             content = batch["attention_mask"].cumsum(dim=1) - 1
@@ -134,16 +147,22 @@ def extract(
     n_layers = len(find_layers(model)[1])
     wanted = list(range(n_layers)) if layers is None else list(layers)
     check_layers(model, wanted)
-    path = cache_dir() / "activations" / f"{cache_key(model, texts, reduction, start_tokens)}.safetensors"
-    acts = _load_cached(path) if use_cache else None
+    token_ids = encode(tokenizer, texts, chat)
+    # Inside `steer`, `apply_delta` or another library's hooks the activations are not the plain model's:
+    # computed fresh, never read from or written to the cache.
+    use_cache = use_cache and not active_interventions(model)
+    path = cache_dir() / "activations" / f"{cache_key(model, token_ids, reduction, start_tokens)}.safetensors" \
+        if use_cache else None
+    acts = _load_cached(path) if path is not None else None
     if acts is None:
         # A cached extraction keeps every layer; an uncached one reads only `wanted` and computes nothing after
         # the deepest of them (no later blocks, final norm or unembedding).
         read = range(n_layers) if use_cache or not wanted else sorted(set(wanted))
         with record(model, read, reduction) as recorded, _stop_after(model, max(read)):
-            forward_batches(model, tokenizer, texts, batch_size, chat, "extract", progress, recorded, start_tokens)
+            forward_batches(model, tokenizer, texts, batch_size, chat, "extract", progress, recorded, start_tokens,
+                            token_ids)
         acts = {layer: recorded[layer] for layer in recorded}
-        if use_cache:
+        if path is not None:
             meta = {"model": getattr(model, "steerlab_name", type(model).__name__), "n": len(texts),
                     "reduction": reduction}
             _store(path, acts, meta)

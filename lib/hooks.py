@@ -13,6 +13,9 @@ forward call and every block hook reuses it.
 
 from __future__ import annotations
 
+import inspect
+import operator
+import weakref
 from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
@@ -28,6 +31,17 @@ PositionScope = Literal["all", "prompt", "generated"] | slice
 REDUCTIONS = ("all", "last", "mean")
 
 
+READ_ONLY = "steerlab_reads_only"  # attribute set on hook functions that never change what the model computes
+_EDITS: weakref.WeakKeyDictionary[nn.Module, list[str]] = weakref.WeakKeyDictionary()
+
+
+def read_only(hook: Any) -> Any:
+    """Mark a hook function as one that only reads (`record`, position tracking): it does not make the model's
+    activations different from an unhooked model's, so `active_interventions` ignores it."""
+    setattr(hook, READ_ONLY, True)
+    return hook
+
+
 @dataclass
 class _Positions:
     """Per-forward-call position facts for the tokens being processed now, shape [batch, tokens]."""
@@ -35,49 +49,122 @@ class _Positions:
     real: torch.Tensor  # True where the token is not padding
     content_index: torch.Tensor  # index of the token in its unpadded sequence
     absolute: torch.Tensor  # index in the padded sequence, counting cached tokens
-    prompt_length: int  # padded length of the prompt (first call without cache)
+    prompt_length: int | None  # padded length of the prompt; None when the prompt ran outside this context
 
 
 @dataclass
 class _PositionTracker:
-    """Reads the attention mask at the top of the decoder stack on every forward call."""
+    """Reads each forward call's inputs at the top of the decoder stack and tracks prompt vs decode calls.
+
+    A call whose past length (tokens already in the KV cache, see `past_length`) is 0 is a prompt and sets the
+    prompt length; later calls are decode steps after it. A context entered with tokens already cached has no
+    prompt of its own: scopes that need one then raise instead of guessing.
+    """
 
     current: _Positions | None = None
-    prompt_length: int = 0
+    prompt_length: int | None = None
     mask_is_2d: bool = True
 
+    @read_only
     def pre_hook(self, module: nn.Module, args: tuple, kwargs: dict) -> None:
-        input_ids = kwargs.get("input_ids", args[0] if args else None)
-        embeds = kwargs.get("inputs_embeds")
-        reference = input_ids if input_ids is not None else embeds
-        if reference is None:
-            raise TypeError(f"{type(module).__name__} was called with neither input_ids nor inputs_embeds")
+        where = type(module).__name__
+        inputs = call_arguments(module, args, kwargs)
+        reference = inputs.get("input_ids")
+        if not isinstance(reference, torch.Tensor):
+            reference = inputs.get("inputs_embeds")
+        if not isinstance(reference, torch.Tensor):
+            raise TypeError(f"{where} was called with neither input_ids nor inputs_embeds")
         batch, tokens = reference.shape[0], reference.shape[1]
-        mask = kwargs.get("attention_mask", args[1] if len(args) > 1 else None)
+        past = past_length(inputs, tokens, where)
+        mask = inputs.get("attention_mask")
+        self.mask_is_2d = not isinstance(mask, torch.Tensor) or mask.dim() == 2
         device = reference.device
         if isinstance(mask, torch.Tensor) and mask.dim() == 2:
-            self.mask_is_2d = True
-            past = mask.shape[1] - tokens
-            full = mask.to(torch.long)
-        else:
-            self.mask_is_2d = mask is None
-            past = _past_length(kwargs)
+            full = mask.to(device=device, dtype=torch.long)
+        else:  # no mask (transformers drops an all-ones one) or a 4-D one: every token is real
             full = torch.ones(batch, past + tokens, dtype=torch.long, device=device)
         if past == 0:
             self.prompt_length = tokens
+        elif self.prompt_length is not None and past < self.prompt_length:
+            self.prompt_length = None  # the cache was cut back into the prompt: which tokens are prompt is unknown
         content = (full.cumsum(dim=1) - 1)[:, past:]
         absolute = torch.arange(past, past + tokens, device=device).expand(batch, tokens)
         self.current = _Positions(full[:, past:].bool(), content, absolute, self.prompt_length)
 
 
-def _past_length(kwargs: dict) -> int:
-    cache = kwargs.get("past_key_values")
-    if cache is not None and hasattr(cache, "get_seq_length"):
-        return int(cache.get_seq_length())
-    cache_position = kwargs.get("cache_position")
+_SIGNATURES: dict[Any, inspect.Signature | None] = {}
+
+
+def call_arguments(module: nn.Module, args: tuple, kwargs: dict) -> dict[str, Any]:
+    """A forward call's arguments by parameter name (positional ones bound to `module.forward`'s signature),
+    with extra keyword arguments (`**kwargs`) merged in."""
+    forward = getattr(module.forward, "__func__", module.forward)  # an instance-level wrapper (accelerate) counts
+    if forward not in _SIGNATURES:
+        try:
+            _SIGNATURES[forward] = inspect.signature(module.forward)
+        except (TypeError, ValueError):
+            _SIGNATURES[forward] = None
+    signature = _SIGNATURES[forward]
+    if signature is None:
+        if args:
+            raise TypeError(f"{type(module).__name__}.forward has no readable signature and was called with "
+                            "positional arguments; steerlab cannot tell which is the cache")
+        return dict(kwargs)
+    try:
+        bound = signature.bind_partial(*args, **kwargs)
+    except TypeError:
+        if args:
+            raise
+        return dict(kwargs)
+    found: dict[str, Any] = {}
+    for name, value in bound.arguments.items():
+        kind = signature.parameters[name].kind
+        if kind is inspect.Parameter.VAR_KEYWORD:
+            found.update(value)
+        elif kind is inspect.Parameter.VAR_POSITIONAL:
+            found.update({f"{name}[{i}]": item for i, item in enumerate(value)})
+        else:
+            found[name] = value
+    return found
+
+
+def _is_cache(value: Any) -> bool:
+    return callable(getattr(value, "get_seq_length", None))
+
+
+def past_length(inputs: Mapping[str, Any], tokens: int, where: str = "the decoder stack") -> int:
+    """Tokens already in the KV cache when a forward call with `tokens` new tokens starts.
+
+    Read from every source the call carries: a 2-D attention mask (its width minus the new tokens), any cache
+    object however it is passed (`cache=`, `past_key_values=`, positionally: found by type, not by name) and
+    `cache_position`. Sources that disagree raise, and so does a cache-named argument that is not a readable
+    cache; a call with none of them has no cache, so its past is 0. This does not depend on the names
+    transformers gives these kwargs: 5.24 renamed `past_key_values` to `cache`, dropped `cache_position` and the
+    all-ones mask, and "generated" silently stopped steering unpadded generation (journal, 2026-12-01).
+    """
+    sources: dict[str, int] = {}
+    mask = inputs.get("attention_mask")
+    if isinstance(mask, torch.Tensor) and mask.dim() == 2:
+        sources["attention_mask width"] = mask.shape[1] - tokens
+    caches = {id(value): name for name, value in inputs.items() if _is_cache(value)}
+    if len(caches) > 1:
+        raise ValueError(f"{where} received {len(caches)} cache objects ({sorted(caches.values())}); "
+                         "cannot tell which holds the past tokens")
+    for name, value in inputs.items():
+        if _is_cache(value):
+            sources[f"{name}.get_seq_length()"] = int(value.get_seq_length())
+        elif (("past" in name or "cache" in name) and name not in ("use_cache", "cache_position")
+              and value is not None and not isinstance(value, bool)):
+            raise TypeError(f"{where} received {name}={type(value).__name__}, a cache steerlab cannot read (it has "
+                            "no get_seq_length()), so steering positions cannot be known; pass a transformers Cache")
+    cache_position = inputs.get("cache_position")
     if isinstance(cache_position, torch.Tensor) and cache_position.numel():
-        return int(cache_position[0])
-    return 0
+        sources["cache_position[0]"] = int(cache_position.reshape(-1)[0])
+    values = set(sources.values())
+    if len(values) > 1 or any(value < 0 for value in values):
+        raise ValueError(f"{where}: cannot determine how many tokens are cached, the sources disagree: {sources}. "
+                         "Steering positions would be wrong; please report this with your transformers version")
+    return values.pop() if values else 0
 
 
 def split_block_output(output: Any, layer: int) -> tuple[torch.Tensor, tuple | None]:
@@ -94,10 +181,49 @@ def join_block_output(hidden: torch.Tensor, rest: tuple | None) -> Any:
     return hidden if rest is None else (hidden, *rest)
 
 
-def check_layers(model: nn.Module, layers: Sequence[int], layers_path: str | None = None) -> nn.ModuleList:
+@contextmanager
+def editing_weights(model: nn.Module, what: str) -> Iterator[None]:
+    """Declare a weight edit (e.g. `apply_delta`) for the duration of the block, for `active_interventions`."""
+    _EDITS.setdefault(model, []).append(what)
+    try:
+        yield
+    finally:
+        _EDITS[model].remove(what)
+
+
+def active_interventions(model: nn.Module) -> list[str]:
+    """What may make `model` compute something other than its plain weights would now: declared weight edits, and
+    every forward hook or pre-hook (on any submodule, or global) that is not marked `read_only` (a `steer`
+    block, or any other library's hooks). Activation caches must not read or write while this is non-empty.
+
+    Reads torch's hook dictionaries (`_forward_hooks`, `_forward_pre_hooks` and the global ones): private names,
+    guarded by tests/test_extract.py, which fails if they move."""
+    found = list(_EDITS.get(model, []))
+    hook_dicts = [("global", torch.nn.modules.module._global_forward_hooks),
+                  ("global", torch.nn.modules.module._global_forward_pre_hooks)]
+    for name, module in model.named_modules():
+        hook_dicts += [(name or "model", module._forward_hooks), (name or "model", module._forward_pre_hooks)]
+    for where, hooks in hook_dicts:
+        writers = [hook for hook in hooks.values() if not getattr(hook, READ_ONLY, False)]
+        found += [f"forward hook {getattr(hook, '__qualname__', type(hook).__name__)} on {where}" for hook in writers]
+    return found
+
+
+def layer_index(layer: Any) -> int:
+    """A layer as a plain int: any integer type (int, numpy.int64, a 0-d integer tensor) is accepted; bool and
+    float are refused by type, not reported as out of range."""
+    if isinstance(layer, bool | float | str) or (isinstance(layer, torch.Tensor) and layer.dtype == torch.bool):
+        raise TypeError(f"layer {layer!r} is a {type(layer).__name__}; layers are integer indices (e.g. 3)")
+    try:
+        return operator.index(layer)
+    except TypeError as error:
+        raise TypeError(f"layer {layer!r} is a {type(layer).__name__}; layers are integer indices (e.g. 3)") from error
+
+
+def check_layers(model: nn.Module, layers: Sequence[Any], layers_path: str | None = None) -> nn.ModuleList:
     _, blocks = find_layers(model, layers_path)
     for layer in layers:
-        if not isinstance(layer, int) or not 0 <= layer < len(blocks):
+        if not 0 <= layer_index(layer) < len(blocks):
             raise ValueError(f"layer {layer!r} is out of range: the model has layers 0..{len(blocks) - 1}")
     return blocks
 
@@ -188,7 +314,9 @@ def record(
     if reduction not in REDUCTIONS:
         raise ValueError(f"reduction={reduction!r} is not one of {REDUCTIONS}")
     blocks = find_layers(model, layers_path)[1]
-    layers = list(range(len(blocks))) if layers is None else list(layers)
+    layers = list(range(len(blocks))) if layers is None else [layer_index(layer) for layer in layers]
+    if not layers:
+        raise ValueError("layers=[] records nothing: omit layers to record every block")
     check_layers(model, layers, layers_path)
     acts = Activations(reduction, {layer: [] for layer in layers})
     handles = []
@@ -209,7 +337,7 @@ def record(
                 if layer == layers[0]:
                     acts.mask_chunks.append(real.cpu())
 
-            return hook
+            return read_only(hook)
 
         try:
             for layer in layers:
@@ -231,10 +359,13 @@ def _scope_mask(positions: _Positions, scope: PositionScope) -> torch.Tensor:
         in_scope = (index >= start) & (index < stop)
     elif scope == "all":
         in_scope = torch.ones_like(positions.real)
-    elif scope == "prompt":
-        in_scope = positions.absolute < positions.prompt_length
-    elif scope == "generated":
-        in_scope = positions.absolute >= positions.prompt_length
+    elif scope in ("prompt", "generated"):
+        if positions.prompt_length is None:
+            raise ValueError(f"positions={scope!r} needs the prompt's forward call inside the steer block, but this "
+                             "call's KV cache already held tokens when the block was entered (or was cut back into "
+                             "the prompt); use positions='all' or a slice of content positions")
+        prompt = positions.absolute < positions.prompt_length
+        in_scope = prompt if scope == "prompt" else ~prompt
     else:
         raise ValueError(f"positions={scope!r} must be 'all', 'prompt', 'generated' or a slice")
     return in_scope & positions.real
@@ -255,15 +386,27 @@ def layer_weights(layer_vectors: Mapping[int, torch.Tensor], weight: float | Map
                   layers: Sequence[int] | None) -> dict[int, float]:
     """{layer: weight} for the layers to act on (all the vector's, or `layers`; with a weight mapping, only its
     layers). Refuses layers without a vector and non-finite weights, for `steer` and the exporters alike."""
-    chosen = sorted(layer_vectors) if layers is None else list(layers)
+    if not layer_vectors:
+        raise ValueError("vectors is empty: give {layer: Tensor[hidden]} for at least one layer")
+    layer_vectors = {layer_index(layer): vector for layer, vector in layer_vectors.items()}
+    if layers is not None and not list(layers):
+        raise ValueError("layers=[] selects no layer: omit layers to use all of the vector's layers "
+                         f"({sorted(layer_vectors)})")
+    chosen = sorted(layer_vectors) if layers is None else [layer_index(layer) for layer in layers]
     missing = [layer for layer in chosen if layer not in layer_vectors]
     if missing:
         raise ValueError(f"layers={missing} have no vector; the vector has layers {sorted(layer_vectors)}")
     if isinstance(weight, Mapping):
+        weight = {layer_index(layer): value for layer, value in weight.items()}
+        if not weight:
+            raise ValueError("weight={} steers no layer: give {layer: weight} for at least one layer, or one number")
         unknown = sorted(set(weight) - set(layer_vectors))
         if unknown:
             raise ValueError(f"weight has layers {unknown} that the vector lacks ({sorted(layer_vectors)})")
         chosen = [layer for layer in chosen if layer in weight]
+        if not chosen:
+            raise ValueError(f"weight has layers {sorted(weight)} but layers={list(layers or [])} selects none of "
+                             "them: nothing would be steered")
         weights = {layer: float(weight[layer]) for layer in chosen}
     else:
         weights = {layer: float(weight) for layer in chosen}
@@ -294,8 +437,9 @@ def steer(
     coefficients: one value per batch row, so a sweep over K coefficients runs as one batch
         (repeat the prompts K times). Omitted, every row gets 1.
     """
-    layer_vectors: Mapping[int, torch.Tensor] = getattr(vectors, "vectors", vectors)
+    layer_vectors: Mapping[Any, torch.Tensor] = getattr(vectors, "vectors", vectors)
     weights = layer_weights(layer_vectors, weight, layers)
+    layer_vectors = {layer_index(layer): vector for layer, vector in layer_vectors.items()}
     chosen = list(weights)
     blocks = check_layers(model, chosen, layers_path)
     size = hidden_size(model)

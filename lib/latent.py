@@ -27,7 +27,7 @@ from transformers import DynamicCache
 
 from lib.generation import Prompt, batches, check_coefficients, encode, pad_batch, render_chat
 from lib.hooks import check_layers, record, steer
-from lib.models import hidden_size
+from lib.models import cache_argument, hidden_size
 
 
 @dataclass
@@ -69,7 +69,7 @@ def _forward(model: nn.Module, state: dict[str, torch.Tensor], cache: DynamicCac
     positions = state["positions"][:, -1:] + torch.arange(1, new + 1, device=ones.device)
     state["positions"] = positions
     out = model(input_ids=input_ids, inputs_embeds=embeds, attention_mask=state["mask"], position_ids=positions,
-                past_key_values=cache, use_cache=True, output_hidden_states=True, logits_to_keep=1)
+                **{cache_argument(model): cache}, use_cache=True, output_hidden_states=True, logits_to_keep=1)
     state["logits"] = out.logits[:, -1]
     return out.hidden_states[-1][:, -1]
 
@@ -126,7 +126,7 @@ def latent_generate(
         cache = DynamicCache()
         # the prompt goes in whole, with positions counted over its real tokens
         # logits_to_keep=1: full-vocabulary logits at every prompt position would cost more than the forward pass
-        out = model(**{k: v.to(device) for k, v in batch.items()}, past_key_values=cache, use_cache=True,
+        out = model(**{k: v.to(device) for k, v in batch.items()}, **{cache_argument(model): cache}, use_cache=True,
                     output_hidden_states=True, logits_to_keep=1)
         state = {"mask": batch["attention_mask"].to(device), "positions": batch["position_ids"][:, -1:].to(device)}
         thought = out.hidden_states[-1][:, -1]

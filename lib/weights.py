@@ -26,6 +26,7 @@ import torch
 from safetensors.torch import load_file, save_file
 from torch import nn
 
+from lib.hooks import editing_weights
 from lib.vectors import _atomic
 
 _LAYER_INDEX = re.compile(r"\.(\d+)\.")
@@ -174,7 +175,8 @@ def apply_delta(model: nn.Module, delta: WeightDelta, coeff: float = 1.0) -> Ite
         with torch.no_grad():
             for name, param in touched.items():
                 param.add_(delta.deltas[name].to(device=param.device, dtype=param.dtype), alpha=coeff)
-        yield model
+        with editing_weights(model, f"apply_delta(coeff={coeff})"):
+            yield model
     finally:
         with torch.no_grad():
             for name, param in touched.items():

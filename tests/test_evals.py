@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import pytest
 import torch
 from test_extract import _Tokenizer
 
@@ -68,3 +69,47 @@ def test_next_token_kl_is_zero_unsteered_and_grows_with_scale():
         total += float((base.exp() * (base - steered)).sum())
         count += ids.shape[1]
     assert abs(float(kl[2]) - total / count) < 1e-4
+
+
+def _own_steer_hook(model, layer: int, delta: torch.Tensor):
+    """Independent of lib.hooks: add `delta` at every position of block `layer`'s output (unpadded rows only)."""
+    from lib.models import find_layers
+
+    def hook(module, args, output):
+        return (output[0] + delta, *output[1:]) if isinstance(output, tuple) else output + delta
+
+    return find_layers(model)[1][layer].register_forward_hook(hook)
+
+
+@pytest.mark.parametrize("batch_size", [1, 2, 4])
+def test_row_coefficients_follow_their_rows_across_batches(batch_size):
+    """Per-row coefficients over several batches: each row equals an unbatched, unpadded forward steered by our
+    own hook with that row's coefficient (a batch given another batch's coefficients would not)."""
+    model, tokenizer = tiny_model("llama", seed=5), _Tokenizer()
+    steering = _steering(model)
+    prompts = PROMPTS + ["fourth prompt", "the fifth"]
+    replies = REPLIES + ["four", "five five"]
+    coefficients = [0.5, -2.0, 3.0, 1.0, -1.0]
+    scores = continuation_logprobs(model, tokenizer, prompts, replies, steering=steering, coefficients=coefficients,
+                                   batch_size=batch_size, chat=False)
+    for i, coefficient in enumerate(coefficients):
+        handle = _own_steer_hook(model, 1, coefficient * steering.vector[1])
+        try:
+            expected = _manual_logprob(model, tokenizer(prompts[i])["input_ids"], tokenizer(replies[i])["input_ids"])
+        finally:
+            handle.remove()
+        assert abs(float(scores[i]) - expected) < 1e-4, (i, float(scores[i]), expected)
+
+
+def test_empty_inputs_raise_named_errors():
+    model, tokenizer = tiny_model("llama", seed=5), _Tokenizer()
+    with pytest.raises(ValueError, match="prompts is empty"):
+        continuation_logprobs(model, tokenizer, [], [], chat=False)
+    with pytest.raises(ValueError, match="texts is empty"):
+        next_token_kl(model, tokenizer, [], steering=_steering(model), coefficients=[1.0])
+    with pytest.raises(ValueError, match="coefficients is empty"):
+        next_token_kl(model, tokenizer, ["text"], steering=_steering(model), coefficients=[])
+    from lib.evals import model_kl
+
+    with pytest.raises(ValueError, match="texts is empty"):
+        model_kl(model, model, tokenizer, [])

@@ -6,6 +6,7 @@ import pytest
 import torch
 
 from lib.extract import extract
+from lib.hooks import read_only
 from lib.models import tiny_model
 
 
@@ -27,7 +28,8 @@ def _counting(model):
     def hook(module, args, kwargs):
         calls["n"] += 1
 
-    handle = model.register_forward_pre_hook(hook, with_kwargs=True)
+    # marked read-only: an unmarked hook would count as an intervention and switch the cache off
+    handle = model.register_forward_pre_hook(read_only(hook), with_kwargs=True)
     return calls, handle
 
 

@@ -7,7 +7,7 @@ import torch
 from conftest import HOOK_ARCHS, padded_batch
 
 from lib.hooks import group_weights, layer_groups, record, steer
-from lib.models import find_layers, hidden_size, tiny_model
+from lib.models import cache_argument, find_layers, hidden_size, tiny_model
 
 STEER_LAYER = 1
 WEIGHT = 0.75
@@ -65,8 +65,8 @@ def test_generated_scope_steers_only_tokens_after_the_prompt(tiny_models, arch):
     def two_calls(context):
         cache = DynamicCache()
         with torch.no_grad(), context, record(model, [STEER_LAYER]) as acts:
-            model(**batch, past_key_values=cache, use_cache=True)
-            model(input_ids=step, attention_mask=step_mask, past_key_values=cache, use_cache=True)
+            model(**batch, **{cache_argument(model): cache}, use_cache=True)
+            model(input_ids=step, attention_mask=step_mask, **{cache_argument(model): cache}, use_cache=True)
         return acts.chunks[STEER_LAYER]
 
     import contextlib
@@ -212,3 +212,41 @@ def test_unexpected_block_output_type_raises(tiny_models):
             model(**padded_batch([3], "left"))
     finally:
         handle.remove()
+
+
+def test_steering_nothing_is_an_error_not_a_no_op(tiny_models):
+    """`{}` vectors, `weight={}`, `layers=[]` and a weight map that misses every chosen layer would run unsteered."""
+    model = tiny_models["llama"]
+    vector = {1: torch.ones(hidden_size(model))}
+    cases = [({}, 1.0, None, "vectors is empty"), (vector, {}, None, r"weight=\{\} steers no layer"),
+             (vector, 1.0, [], r"layers=\[\] selects no layer"),
+             ({0: vector[1], 1: vector[1]}, {1: 2.0}, [0], "selects none of them")]
+    for vectors, weight, layers, message in cases:
+        with pytest.raises(ValueError, match=message), steer(model, vectors, weight, layers=layers):
+            pass
+    with pytest.raises(ValueError, match="records nothing"), record(model, []):
+        pass
+
+
+def test_layers_accept_integer_types_and_refuse_bool_and_float(tiny_models):
+    import numpy as np
+
+    model = tiny_models["llama"]
+    batch = padded_batch([4], "left")
+    vector = _vector(model)[STEER_LAYER]
+    with torch.no_grad():
+        with steer(model, {STEER_LAYER: vector}):
+            expected = model(**batch).logits
+        for layer in (np.int64(STEER_LAYER), np.int32(STEER_LAYER), torch.tensor(STEER_LAYER)):
+            with steer(model, {layer: vector}):
+                assert torch.equal(model(**batch).logits, expected)
+            with steer(model, {STEER_LAYER: vector}, layers=[layer]):
+                assert torch.equal(model(**batch).logits, expected)
+            with record(model, [layer]) as acts:
+                model(**batch)
+            assert list(acts) == [STEER_LAYER] and type(next(iter(acts))) is int
+    for bad in (True, 1.0, "1"):
+        with pytest.raises(TypeError, match="integer indices"), steer(model, {bad: vector}):
+            pass
+        with pytest.raises(TypeError, match="integer indices"), record(model, [bad]):
+            pass
