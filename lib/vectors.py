@@ -4,19 +4,28 @@ The coefficient is never stored: it is passed when applying (`lib.hooks.steer`),
 steering-vectors and repeng. Files are safetensors (tensors) plus a JSON sidecar (metadata),
 and the plain `{layer: [floats]}` JSON that existing steering scripts write
 (`steering_vectors.json`) imports and exports losslessly for float32.
+
+Files are checked on the way in: the sidecar records the sha256 of the safetensors bytes, so a flipped
+byte (which safetensors parses happily, with a different norm) is an error, and every load error names
+the file. Plain-JSON keys must be layer indices written as digits; anything else is rejected rather
+than guessed at.
 """
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
-from collections.abc import Mapping
+import re
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import torch
-from safetensors.torch import load_file, save_file
+from safetensors import SafetensorError
+from safetensors.torch import load as load_safetensors
+from safetensors.torch import save as save_safetensors
 
 
 @dataclass
@@ -80,38 +89,139 @@ class SteeringVector:
 
     # -- files
     def save(self, path: str | Path) -> Path:
-        """Write `<path>.safetensors` and `<path>.json`; returns the safetensors path."""
+        """Write `<path>.safetensors` and `<path>.json`; returns the safetensors path.
+
+        The sidecar holds the meta plus "norms", "layers" and the "sha256" of the safetensors bytes (these
+        three keys are always recomputed here, so a stale value in `meta` never reaches the file).
+        """
         base = Path(path).with_suffix("")
         base.parent.mkdir(parents=True, exist_ok=True)
         tensors = {str(layer): v.detach().cpu().contiguous() for layer, v in self.vectors.items()}
-        meta = {**self.meta, "norms": self.norms(), "layers": self.layers}
-        _atomic(base.with_suffix(".safetensors"), lambda tmp: save_file(tensors, tmp))
+        data = save_safetensors(tensors)
+        meta = {**self.meta, "norms": self.norms(), "layers": self.layers, "sha256": hashlib.sha256(data).hexdigest()}
+        _atomic(base.with_suffix(".safetensors"), lambda tmp: Path(tmp).write_bytes(data))
         _atomic(base.with_suffix(".json"), lambda tmp: Path(tmp).write_text(json.dumps(meta, indent=2, default=str)))
         return base.with_suffix(".safetensors")
 
     @classmethod
     def load(cls, path: str | Path) -> SteeringVector:
+        """Read `<path>.safetensors` and its `<path>.json` sidecar, verifying the bytes before parsing them.
+
+        What is verified: a sidecar with "sha256" must match the file, else ValueError (a crash between the two
+        writes of `save` also lands here). A sidecar without "sha256" (written by this project before checksums)
+        and a bare safetensors file with no sidecar (written by another tool) load unverified: there is nothing
+        to check against, and refusing would strand legitimate data. "sha256" is dropped from `meta` so that it
+        is never mistaken for the checksum of a later save. Every error names the file.
+        """
         base = Path(path).with_suffix("")
-        tensors = load_file(base.with_suffix(".safetensors"))
-        meta_path = base.with_suffix(".json")
-        meta = json.loads(meta_path.read_text()) if meta_path.exists() else {}
-        return cls({int(layer): v for layer, v in tensors.items()}, meta)
+        file, sidecar = base.with_suffix(".safetensors"), base.with_suffix(".json")
+        if not file.is_file():
+            raise FileNotFoundError(f"path={str(path)!r}: no steering-vector file {file}; "
+                                    "pass the base path (or .safetensors path) that SteeringVector.save wrote")
+        data = file.read_bytes()
+        meta: dict[str, Any] = {}
+        if sidecar.exists():
+            try:
+                meta = json.loads(sidecar.read_text())
+            except ValueError as error:  # JSONDecodeError, or bytes that are not text
+                raise ValueError(f"{sidecar}: unreadable metadata sidecar of {file} ({error}); re-create both with "
+                                 "SteeringVector.save, or delete the sidecar to load the tensors unverified") from error
+            if not isinstance(meta, dict):
+                raise ValueError(f"{sidecar}: metadata sidecar must be a JSON object, got {type(meta).__name__}")
+            if "sha256" in meta:
+                expected, actual = meta.pop("sha256"), hashlib.sha256(data).hexdigest()
+                if expected != actual:
+                    raise ValueError(f"{file}: sha256 {actual} does not match {expected!r} recorded in {sidecar}: "
+                                     "the file is corrupt or was changed after saving; re-create it with "
+                                     "SteeringVector.save (rerun what built it), or if the change was intended, "
+                                     f"delete \"sha256\" from {sidecar} to load it unverified")
+        try:
+            tensors = load_safetensors(data)
+        except (SafetensorError, KeyError, RuntimeError, ValueError) as error:
+            raise ValueError(f"{file}: not a readable safetensors file ({error}); it may be truncated or not a "
+                             "safetensors file at all: re-create it with SteeringVector.save") from error
+        layers = _layer_keys(sorted(tensors), file)  # safetensors' order varies between runs; errors should not
+        try:
+            return cls({layers[key]: v for key, v in tensors.items()}, meta)
+        except ValueError as error:
+            raise ValueError(f"{file}: {error}") from error
 
     def to_plain_json(self, path: str | Path) -> None:
-        """Export `{"layer": [floats]}`, the format of existing `steering_vectors.json` files."""
+        """Export `{"layer": [floats]}`, the format of existing `steering_vectors.json` files.
+
+        Only [hidden] vectors: that format has one flat list per layer, and `from_plain_json` rejects nested ones.
+        """
+        if next(iter(self.vectors.values())).dim() != 1:
+            raise ValueError(f"path={str(path)!r}: plain JSON holds one [hidden] vector per layer, these are "
+                             f"{tuple(next(iter(self.vectors.values())).shape)}; use save() for latent vectors")
         plain = {str(layer): v.float().cpu().tolist() for layer, v in self.vectors.items()}
         _atomic(Path(path), lambda tmp: Path(tmp).write_text(json.dumps(plain)))
 
     @classmethod
     def from_plain_json(cls, path: str | Path, **meta: Any) -> SteeringVector:
-        raw = json.loads(Path(path).read_text())
+        """Import `{"layer": [floats]}`. Keys are layer indices as digits ("3"; "03" is layer 3); a sign, a
+        space, a decimal point, a prefix such as "layer_3", or two keys for one layer are errors naming the key,
+        because guessing could steer the wrong layer. Repeated keys in the text are errors too."""
+        path = Path(path)
+        try:
+            raw = json.loads(path.read_text(), object_pairs_hook=_unique_keys)
+        except json.JSONDecodeError as error:
+            raise ValueError(f"{path}: not valid JSON ({error})") from error
+        except ValueError as error:  # a repeated key, or bytes that are not text
+            raise ValueError(f"{path}: {error}") from error
         if not isinstance(raw, dict) or not raw:
             raise ValueError(f"{path}: expected a non-empty object {{layer: [floats]}}")
+        layers = _layer_keys(raw, path)
+        vectors = {layers[key]: _plain_vector(key, values, path) for key, values in raw.items()}
         try:
-            vectors = {int(layer): torch.tensor(values, dtype=torch.float32) for layer, values in raw.items()}
-        except (TypeError, ValueError) as error:
-            raise ValueError(f"{path}: expected {{layer: [floats]}}: {error}") from error
-        return cls(vectors, {"source": str(path), **meta})
+            return cls(vectors, {"source": str(path), **meta})
+        except ValueError as error:
+            raise ValueError(f"{path}: {error}") from error
+
+
+_LAYER_KEY = re.compile(r"[0-9]+")
+_NAMED_LAYER_KEY = re.compile(r"(?:layer_|model\.layers\.)([0-9]+)")
+
+
+def _layer_keys(keys: Iterable[str], file: Path) -> dict[str, int]:
+    """Map each key of a vector file to its layer: ASCII digits only, one key per layer, so nothing is guessed."""
+    seen: dict[int, str] = {}
+    for key in keys:
+        if not _LAYER_KEY.fullmatch(key):
+            named = _NAMED_LAYER_KEY.fullmatch(key)
+            fix = f"write it as \"{int(named[1])}\"" if named else "remove any sign, space, decimal point or prefix"
+            raise ValueError(f"{file}: key {key!r} is not a layer index; keys must be non-negative integers "
+                             f"written as digits, like \"3\": {fix}")
+        layer = int(key)
+        if layer in seen:
+            first, second = sorted((seen[layer], key))
+            raise ValueError(f"{file}: keys {first!r} and {second!r} both mean layer {layer}; keep one of them")
+        seen[layer] = key
+    return {key: layer for layer, key in seen.items()}
+
+
+def _unique_keys(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
+    """`object_pairs_hook` that refuses a repeated key, which `json.loads` would silently resolve to the last."""
+    out: dict[str, Any] = {}
+    for key, value in pairs:
+        if key in out:
+            raise ValueError(f"key {key!r} appears twice; json would silently keep the last one, keep one yourself")
+        out[key] = value
+    return out
+
+
+def _plain_vector(key: str, values: Any, file: Path) -> torch.Tensor:
+    """One layer of a plain-JSON file as float32 [hidden]; empty, nested or non-number lists are errors."""
+    if not isinstance(values, list) or not values:
+        got = "an empty list" if values == [] else f"{type(values).__name__}"
+        raise ValueError(f"{file}: key {key!r}: expected a non-empty list of floats [hidden], got {got}")
+    if any(isinstance(x, list) for x in values):
+        raise ValueError(f"{file}: key {key!r}: expected a flat list of floats [hidden], got a nested (2-D) list; "
+                         "plain JSON holds one [hidden] vector per layer (latent [k, hidden] vectors use save/load)")
+    bad = next((i for i, x in enumerate(values) if isinstance(x, bool) or not isinstance(x, int | float)), None)
+    if bad is not None:
+        raise ValueError(f"{file}: key {key!r}: expected numbers, found {values[bad]!r} at index {bad}")
+    return torch.tensor(values, dtype=torch.float32)
 
 
 def _atomic(path: Path, write: Any) -> None:
