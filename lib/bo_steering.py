@@ -116,8 +116,10 @@ def history_path(cfg: BOSteeringConfig, out: Path, method: str) -> Path:
     return path
 
 
-def final_results(cfg: BOSteeringConfig, names: list[str], groups: list[list[int]], bo: Any, random: Any | None,
-                  baseline_score: float, finetuned_score: float | None, confirmation: dict[str, Any]) -> dict[str, Any]:
+def bo_results(cfg: BOSteeringConfig, names: list[str], groups: list[list[int]], bo: Any, random: Any | None,
+               baseline_score: float, finetuned_score: float | None, confirmation: dict[str, Any]) -> dict[str, Any]:
+    """The run's results.json: both searches' histories, the confirmation, and the `summary` a sweep's
+    summary.csv takes its metric columns from."""
     return {
         "best_weights": bo.best_point,
         "best_score": bo.best_score,
@@ -139,7 +141,7 @@ def final_results(cfg: BOSteeringConfig, names: list[str], groups: list[list[int
 
 
 def draw_figures(results: dict[str, Any], out: Path, every: int = 1) -> dict[str, Path]:
-    """All figures from final_results.json alone: 1-D GP frames and GIF, 2-D grid frames and GIF,
+    """All figures from results.json alone: 1-D GP frames and GIF, 2-D grid frames and GIF,
     parallel coordinates, and BO against random search."""
     from lib.optimize import SearchSpace as Space
     from lib.optimize_plots import animate, bo_vs_random_figure, gp_1d_frames, gp_2d_grid, parallel_coordinates

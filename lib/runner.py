@@ -5,7 +5,9 @@
     python -m lib.runner sweep contrastive_steering layer=6,10,14 scale=1,2,4 --executor ray   # on a Ray cluster
 
 Parameter names are checked against the notebook's `parameters` cell and values against its
-config dataclass before anything launches (papermill itself only warns). Each run lands in
+config dataclass before anything launches (papermill itself only warns), including what the values name
+outside the config: layer indices against the model's config (no weights loaded), data-set keys, and
+input folders of earlier runs. Each run lands in
 `out/<notebook>/<run-slug>/` with the executed notebook and `run.json` (resolved parameters,
 git commit, timing, library versions, status). A finished run is never re-run or overwritten
 silently: `run` and `sweep` skip it (so a sweep resumes) unless `run --force`. An interrupted run
@@ -36,6 +38,7 @@ from typing import Any
 from lib.configs import CONFIGS, REPO_ROOT, NotebookConfig, run_slug
 
 NOTEBOOK_DIR = REPO_ROOT / "nbs"
+RESULTS_FILE = "results.json"  # every notebook writes its results here; its "summary" becomes sweep table columns
 VERSIONED = ("torch", "transformers", "peft", "trl", "papermill", "jupytext", "numpy")
 
 
@@ -108,7 +111,8 @@ def parse_assignments(items: list[str], grid: bool) -> dict[str, list[Any]]:
 
 
 def validate(name: str, overrides: dict[str, Any]) -> tuple[dict[str, Any], NotebookConfig | None]:
-    """Reject unknown names (listing the valid ones) and values the config refuses, before launching."""
+    """Reject unknown names (listing the valid ones), values the config refuses, and values that do not fit
+    the model, the data registries or the input folders (`NotebookConfig.check_inputs`), before launching."""
     path = notebook_path(name)
     defaults = parameters_cell(path)
     unknown = sorted(set(overrides) - set(defaults))
@@ -117,6 +121,8 @@ def validate(name: str, overrides: dict[str, Any]) -> tuple[dict[str, Any], Note
     resolved = {**defaults, **overrides}
     config_cls = CONFIGS.get(path.stem)
     config = config_cls(**resolved) if config_cls else None  # raises on a bad value, naming the parameter
+    if config is not None:
+        config.check_inputs()  # model config (cached per process), subset keys, input folders; no weights
     return resolved, config
 
 
@@ -371,7 +377,7 @@ def _book(engine: str, run_dir: Path, combo: dict[str, Any], ok: bool, value: An
 
 
 def _summary_row(combo: dict[str, Any], run_dir: Path, status: str, error: str) -> dict[str, Any]:
-    results_path = run_dir / "results.json"
+    results_path = run_dir / RESULTS_FILE
     results = json.loads(results_path.read_text()) if status == "ok" and results_path.exists() else {}
     row = {**combo, **results.get("summary", {}), "run_dir": str(run_dir), "status": status}
     if error:

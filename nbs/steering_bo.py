@@ -126,11 +126,11 @@ else:
 pd.Series(confirmation).to_frame("value")
 
 # %% [markdown]
-# ## Results and figures (redrawable from final_results.json alone)
+# ## Results and figures (redrawable from results.json alone)
 
 # %%
-results = bo_steering.final_results(cfg, names, groups, bo, rs, baseline_score, finetuned_score, confirmation)
-write_json(out / "final_results.json", results)
+results = bo_steering.bo_results(cfg, names, groups, bo, rs, baseline_score, finetuned_score, confirmation)
+write_json(out / "results.json", results)
 figures = bo_steering.draw_figures(results, out, every=cfg.frame_every)
 for key in ("gp_1d_last", "gp_2d", "parallel", "bo_vs_random"):
     if key in figures:

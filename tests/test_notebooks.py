@@ -67,7 +67,7 @@ def test_math_chain_grpo_then_steering_then_bo(tmp_path):
 
     bo_dir = run_notebook("steering_bo", {"finetuned": str(grpo_dir / "final_model"),
                                           "vector": str(steering_dir / "vector")}, out_root=tmp_path)
-    final = json.loads((bo_dir / "final_results.json").read_text())
+    final = json.loads((bo_dir / "results.json").read_text())
     assert set(final["best_weights"]) == {"early", "mid_early", "mid_late", "late"}
     assert len(final["optimization_history"]) == 5 and len(final["random_search"]["history"]) == 5
     assert {"score", "ci", "base", "finetuned", "kl"} <= set(final["confirmed"])
@@ -82,7 +82,7 @@ def test_bo_notebook_optimises_the_contrastive_objective(tmp_path):
     bo_dir = run_notebook("steering_bo", {"objective": "contrastive_gap", "vector": str(contrastive_dir / "vector"),
                                           "eval_size": 4, "n_initial_points": 2, "n_iterations": 3,
                                           "random_search": False}, out_root=tmp_path)
-    final = json.loads((bo_dir / "final_results.json").read_text())
+    final = json.loads((bo_dir / "results.json").read_text())
     assert final["finetuned_score"] is None and final["random_search"] is None
     assert len(final["optimization_history"]) == 3
     assert final["confirmed"]["score"] == pytest.approx(final["best_score"], abs=1e-4)  # deterministic objective

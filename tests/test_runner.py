@@ -71,3 +71,45 @@ def test_run_slug_and_out_dir(tmp_path):
     config = ContrastiveConfig(layer=12, scale=4.0)
     assert config.resolve_out_dir().parts[-3:] == ("out", "contrastive_steering", "layer=12_scale=4.0")
     assert ContrastiveConfig(out_dir=str(tmp_path / "x")).resolve_out_dir() == tmp_path / "x"
+
+
+def _results_files_written(path) -> list[str]:
+    """File names a notebook passes to write_json as `<folder> / "<name>"`."""
+    import ast
+
+    names = []
+    for node in ast.walk(ast.parse(path.read_text())):
+        if isinstance(node, ast.Call) and getattr(node.func, "id", None) == "write_json" and node.args:
+            target = node.args[0]
+            if isinstance(target, ast.BinOp) and isinstance(target.right, ast.Constant):
+                names.append(target.right.value)
+    return names
+
+
+@pytest.mark.parametrize("name", sorted(CONFIGS))
+def test_every_notebook_writes_the_results_file_the_sweep_summary_reads(name):
+    from lib.runner import RESULTS_FILE
+
+    assert RESULTS_FILE in _results_files_written(notebook_path(name)), \
+        f"{name} must write its results (with a 'summary') to {RESULTS_FILE}, which summary.csv reads"
+
+
+def test_bo_summary_reaches_the_sweep_table(tmp_path):
+    """steering_bo's results, as the notebook writes them, give summary.csv its metric columns."""
+    import csv
+
+    from lib.bo_steering import bo_results
+    from lib.configs import BOSteeringConfig
+    from lib.runner import RESULTS_FILE, _summary_row, _write_summary, write_json
+
+    class Search:
+        best_point, best_score, history, settings = {"early": 0.5, "late": 1.0}, 0.75, [], {}
+
+    results = bo_results(BOSteeringConfig(), ["early", "late"], [[0, 1], [2, 3]], Search(), None, 0.25, 0.5,
+                         {"score": 0.7, "kl": 0.01})
+    run_dir = tmp_path / "steering_bo" / "seed=1"
+    write_json(run_dir / RESULTS_FILE, results)
+    _write_summary(tmp_path / "sweep", [_summary_row({"seed": 1}, run_dir, "ok", "")], ["seed"], {"seed": [1]})
+    with open(tmp_path / "sweep" / "summary.csv") as handle:
+        (row,) = list(csv.DictReader(handle))
+    assert (row["main"], row["baseline"], row["confirmed"], row["side_effect"]) == ("0.75", "0.25", "0.7", "0.01")
