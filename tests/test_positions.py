@@ -16,7 +16,7 @@ import torch
 
 from lib.generation import generate, pad_batch, render_chat
 from lib.hooks import past_length, steer
-from lib.models import find_layers, hidden_size, tiny_model
+from lib.models import cache_argument, find_layers, hidden_size, tiny_model
 
 LAYER = 1
 WEIGHT = 0.75
@@ -147,7 +147,7 @@ def test_past_length_reads_every_source_and_refuses_disagreement():
     model = tiny_model("llama", n_layers=1)
     cache = DynamicCache()
     with torch.no_grad():
-        model(input_ids=torch.tensor([[5, 6, 7, 8]]), cache=cache, use_cache=True)
+        model(input_ids=torch.tensor([[5, 6, 7, 8]]), **{cache_argument(model): cache}, use_cache=True)
     assert cache.get_seq_length() == 4
     for name in ("cache", "past_key_values", "my_new_name"):
         assert past_length({name: cache}, 1) == 4  # found by type, not by name
@@ -162,21 +162,24 @@ def test_past_length_reads_every_source_and_refuses_disagreement():
         past_length({"cache": cache, "other_cache": DynamicCache()}, 1)
 
 
-@pytest.mark.parametrize("how", ["cache", "past_key_values", "positional"])
+@pytest.mark.parametrize("how", ["keyword", "past_key_values", "positional"])
 def test_decode_step_is_recognised_however_the_cache_is_passed(models, how):
-    """A prompt call then a one-token call without attention mask: "generated" steers the second call only."""
+    """A prompt call then a one-token call without attention mask: "generated" steers the second call only.
+    The cache goes in under the installed transformers' own name (`cache` from 5.24), under the older
+    `past_key_values`, or positionally."""
     from transformers import DynamicCache
 
     model = models["gpt2"]  # GPT2Model takes the cache as its second positional argument
     vector = _vector(model)
     prompt, step = torch.tensor([[5, 6, 7, 8]]), torch.tensor([[9]])
+    stack = model.transformer
+    name = cache_argument(stack) if how == "keyword" else how
 
     def run(context) -> torch.Tensor:
         cache = DynamicCache()
-        stack = model.transformer
         with torch.no_grad(), context:
-            stack(prompt, cache, use_cache=True) if how == "positional" else stack(prompt, **{how: cache})
-            out = stack(step, cache) if how == "positional" else stack(step, **{how: cache})
+            stack(prompt, cache, use_cache=True) if how == "positional" else stack(prompt, **{name: cache})
+            out = stack(step, cache) if how == "positional" else stack(step, **{name: cache})
         return out.last_hidden_state
 
     plain = run(contextlib.nullcontext())
@@ -193,12 +196,12 @@ def test_prompt_scopes_refuse_a_context_entered_after_the_prompt(models):
     from transformers import DynamicCache
 
     model = models["llama"]
-    cache = DynamicCache()
+    cache = {cache_argument(model): DynamicCache()}
     with torch.no_grad():
-        model(input_ids=torch.tensor([[5, 6, 7]]), cache=cache, use_cache=True)
+        model(input_ids=torch.tensor([[5, 6, 7]]), **cache, use_cache=True)
         for scope in ("generated", "prompt"):
             with pytest.raises(ValueError, match="needs the prompt's forward call inside the steer block"), \
                     steer(model, {LAYER: _vector(model)}, positions=scope):
-                model(input_ids=torch.tensor([[9]]), cache=cache, use_cache=True)
+                model(input_ids=torch.tensor([[9]]), **cache, use_cache=True)
         with steer(model, {LAYER: _vector(model)}, positions="all"):  # needs no prompt: allowed
-            model(input_ids=torch.tensor([[9]]), cache=cache, use_cache=True)
+            model(input_ids=torch.tensor([[9]]), **cache, use_cache=True)
