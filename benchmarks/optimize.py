@@ -18,8 +18,8 @@ import tempfile
 import time
 from pathlib import Path
 
-from lib.configs import REPO_ROOT
-from lib.optimize import SearchSpace, evaluations_to_reach, gaussian_bump, run_search
+from lib.io import REPO_ROOT
+from lib.kits.optimize import SearchSpace, evaluations_to_reach, gaussian_bump, run_search
 
 SEEDS = int(os.environ.get("BENCH_SEEDS", "8"))
 TOLERANCE = 0.05

@@ -25,9 +25,9 @@ import ray
 from ray.cluster_utils import Cluster
 from threadpoolctl import threadpool_limits
 
-from lib.configs import REPO_ROOT
-from lib.executors import LocalExecutor, RayExecutor, TaskPool
-from lib.runner import _git_commit, execute_shipped, notebook_path, run_notebook, sweep, validate, write_shipped
+from lib.io import REPO_ROOT
+from lib.kits.executors import LocalExecutor, RayExecutor, TaskPool
+from lib.runner import execute_shipped, git_commit, notebook_path, run_notebook, sweep, validate, write_shipped
 
 RUNS = int(os.environ.get("BENCH_RUNS", "8"))
 WORK_SECONDS = float(os.environ.get("BENCH_WORK_SECONDS", "8"))
@@ -65,7 +65,7 @@ def notebook_overheads(executor: RayExecutor, tmp: Path) -> tuple[list[float], l
     """Seconds per toy run (no work) here, and on a worker with its files shipped back and written."""
     here, remote = [], []
     path = notebook_path("toy_sweep")
-    source, commit = path.read_text(), _git_commit()
+    source, commit = path.read_text(), git_commit()
     for i in range(NOTEBOOK_RUNS):
         overrides = {"seed": i}
         start = time.perf_counter()

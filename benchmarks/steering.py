@@ -18,10 +18,11 @@ from pathlib import Path
 
 import torch
 
-from lib.configs import REPO_ROOT
-from lib.data import DEFAULT_PROMPTS, load_subset
 from lib.extract import extract, forward_batches
-from lib.generation import Steering, encode, generate, pad_batch, render_chat
+from lib.generation import encode, generate, pad_batch, render_chat
+from lib.hooks import Steering
+from lib.io import REPO_ROOT
+from lib.kits.data import DEFAULT_PROMPTS, load_subset
 from lib.models import hidden_size, load_model
 from lib.vectors import SteeringVector, random_like
 

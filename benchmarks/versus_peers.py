@@ -25,11 +25,11 @@ from safetensors.torch import save_file
 REPO_ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO_ROOT))
 
-from lib.data import DEFAULT_PROMPTS, NEUTRAL_TEXTS  # noqa: E402
 from lib.export import export_llamacpp  # noqa: E402
 from lib.extract import extract  # noqa: E402
 from lib.generation import encode, pad_batch, render_chat  # noqa: E402
 from lib.hooks import steer  # noqa: E402
+from lib.kits.data import DEFAULT_PROMPTS, NEUTRAL_TEXTS  # noqa: E402
 from lib.models import embedded_gguf, load_model  # noqa: E402
 from lib.vectors import mean_difference  # noqa: E402
 from peers import client, serve_check  # noqa: E402

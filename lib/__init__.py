@@ -1,14 +1,28 @@
 """steerlab: find directions that carry a behaviour and add them back, at chosen layers and strengths.
 
-Core: models (loading, layer locator) -> hooks (record, steer) -> vectors (dataclass, builders)
--> extract (cached activations) -> generation / evals. Around it: data sets (data, mathdata), rewards
-and pass@k, training (grpo), optimisation (optimize), one module of steps per experiment (contrastive,
-math_steering, bo_steering), configs, plots and the papermill runner.
+The map of the house (docs/architecture.md has the rules and a worked example):
+
+- Core, at the bottom; knows no experiment:
+  io (paths, atomic writes) -> models (loading, the one layer locator, fingerprints) -> hooks (`record`,
+  `steer`, `Steering`, position tracking) -> vectors (`SteeringVector`, builders) -> generation (chat rendering,
+  the one batched-forward loop `run_batches`, `generate`) -> extract (cached activations), evals (log-probs,
+  KL), choice_evals, latent (continuous-thought loop), weights (`WeightDelta`, `apply_delta`), export
+  (llama.cpp control vectors, folded checkpoints), model_diff.
+- Kits, importable on their own: data and choice_data (offline data sets), mathdata, matheval, rewards, passk,
+  stats, optimize and optimize_plots (Bayesian optimisation), adapters (PEFT), plots (shared figure parts).
+- Running: config (the base of every experiment config and the checks before launch), runner (papermill runs
+  and sweeps), executors (local processes, Ray).
+- Experiments, at the top: `lib/experiments/<notebook>.py` for each `nbs/<notebook>.py`: its config, steps and
+  figures.
+
+The strength of an intervention is called `coefficient` everywhere in lib and is passed when applying.
 """
 
+from lib.evals import continuation_logprobs, effect_curve, model_kl, next_token_kl
 from lib.export import export_folded_checkpoint, export_llamacpp, import_llamacpp
-from lib.generation import Steering, generate, render_chat
-from lib.hooks import group_weights, layer_groups, record, steer
+from lib.extract import extract
+from lib.generation import generate, render_chat
+from lib.hooks import Steering, group_weights, layer_groups, record, steer
 from lib.models import EMBEDDED_DEFAULT, find_layers, load_model, tiny_model
 from lib.vectors import SteeringVector, mean_difference, pca_direction, random_like
 from lib.weights import WeightDelta, apply_delta, delta_from_merged, export_checkpoint
@@ -19,10 +33,13 @@ __all__ = [
     "SteeringVector",
     "WeightDelta",
     "apply_delta",
+    "continuation_logprobs",
     "delta_from_merged",
+    "effect_curve",
     "export_checkpoint",
     "export_folded_checkpoint",
     "export_llamacpp",
+    "extract",
     "find_layers",
     "generate",
     "group_weights",
@@ -30,6 +47,8 @@ __all__ = [
     "layer_groups",
     "load_model",
     "mean_difference",
+    "model_kl",
+    "next_token_kl",
     "pca_direction",
     "random_like",
     "record",

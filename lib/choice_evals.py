@@ -7,8 +7,8 @@ phrased (the convention of CAA, Rimsky et al. 2024, and of weight steering, Fier
 
 `pmass`, the probability mass on all answer tokens, is reported beside every score: a steered model that stops
 answering moves the log-ratio without having changed its mind. On the embedded default the prompt format decides
-pmass (0.85 for (A)/(B) with the assistant turn prefilled with "(", 0.46 for Yes/No without prefill, see
-/work/shared/OFFLINE.md), so the format is chosen on validation rows (`choose_format`).
+pmass (0.94 for (A)/(B) with the assistant turn prefilled with "(", 0.57 for Yes/No; journal, 2026-11-24,
+weight steering), so the format is chosen on validation rows (`choose_format`).
 """
 
 from __future__ import annotations
@@ -20,17 +20,9 @@ from typing import Any
 import torch
 from torch import nn
 
-from lib.evals import _last_logits
-from lib.generation import (
-    Steering,
-    _chunk,
-    batches,
-    check_coefficients,
-    encode,
-    pad_batch,
-    render_chat,
-    steering_context,
-)
+from lib.evals import last_logits
+from lib.generation import encode, render_chat, run_batches
+from lib.hooks import Steering
 
 LOW_PMASS = 0.5
 
@@ -129,20 +121,18 @@ def score_rows(
     """
     if not rows:
         raise ValueError("rows is empty: nothing to score")
-    check_coefficients(coefficients, len(rows))
     first_ids, second_ids = answer_ids(tokenizer, fmt)
     encoded = encode(tokenizer, render_rows(tokenizer, rows, fmt, system, chat), chat)
-    device = next(model.parameters()).device
-    logratios, pmasses = [], []
-    for part in batches(len(rows), batch_size, f"score {fmt.name}", progress):
-        batch = {k: v.to(device) for k, v in pad_batch(encoded[part], tokenizer.pad_token_id).items()}
-        with steering_context(model, steering, _chunk(coefficients, part)):
-            logits = _last_logits(model, batch, 1)[:, -1]
+
+    def forward(part: slice, batch: dict[str, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
+        logits = last_logits(model, batch, 1)[:, -1]
         logratio, pmass = choice_logratio(torch.log_softmax(logits, dim=-1), first_ids, second_ids)
-        logratios.append(logratio.cpu())
-        pmasses.append(pmass.cpu())
-    logratio = torch.cat(logratios)
-    return {"score": signed_scores(logratio, rows), "logratio": logratio, "pmass": torch.cat(pmasses)}
+        return logratio.cpu(), pmass.cpu()
+
+    scored = run_batches(model, encoded, batch_size, tokenizer.pad_token_id, forward, steering=steering,
+                         coefficients=coefficients, desc=f"score {fmt.name}", progress=progress)
+    logratio = torch.cat([logratio for logratio, _ in scored])
+    return {"score": signed_scores(logratio, rows), "logratio": logratio, "pmass": torch.cat([p for _, p in scored])}
 
 
 def summarize(scored: dict[str, torch.Tensor], low_pmass: float = LOW_PMASS) -> dict[str, float]:

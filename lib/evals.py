@@ -19,16 +19,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from lib.generation import (
-    Steering,
-    _chunk,
-    batches,
-    check_coefficients,
-    encode,
-    pad_batch,
-    render_chat,
-    steering_context,
-)
+from lib.generation import encode, render_chat, run_batches
+from lib.hooks import Steering
 
 
 @torch.no_grad()
@@ -50,29 +42,26 @@ def continuation_logprobs(
         raise ValueError(f"{len(prompts)} prompts but {len(continuations)} continuations")
     if not prompts:
         raise ValueError("prompts is empty: give at least one prompt with its continuation")
-    check_coefficients(coefficients, len(prompts))
     prompt_ids = encode(tokenizer, [render_chat(tokenizer, p, chat=chat) for p in prompts], chat)
     cont_ids = [tokenizer(c, add_special_tokens=False)["input_ids"][:max_continuation_tokens] for c in continuations]
     if any(len(c) == 0 for c in cont_ids):
         raise ValueError("a continuation is empty: every row needs at least one continuation token")
-    device = next(model.parameters()).device
-    scores = []
-    for part in batches(len(prompts), batch_size, "logprob", progress):
-        rows = [p + c for p, c in zip(prompt_ids[part], cont_ids[part], strict=True)]
-        batch = {k: v.to(device) for k, v in pad_batch(rows, tokenizer.pad_token_id).items()}
+    rows = [p + c for p, c in zip(prompt_ids, cont_ids, strict=True)]
+
+    def forward(part: slice, batch: dict[str, torch.Tensor]) -> list[torch.Tensor]:
         # Left padding puts every continuation at the end: only the last `keep` logits are needed.
         keep = max(len(c) for c in cont_ids[part]) + 1
-        with steering_context(model, steering, _chunk(coefficients, part)):
-            logits = _last_logits(model, batch, keep)
-        logprobs = torch.log_softmax(logits[:, :-1], dim=-1)
+        logprobs = torch.log_softmax(last_logits(model, batch, keep)[:, :-1], dim=-1)
         targets = batch["input_ids"][:, -(keep - 1):]
         token_lp = logprobs.gather(-1, targets.unsqueeze(-1)).squeeze(-1)
-        for row, cont in enumerate(cont_ids[part]):
-            scores.append(token_lp[row, token_lp.shape[1] - len(cont):].mean().cpu())
-    return torch.stack(scores)
+        return [token_lp[row, token_lp.shape[1] - len(cont):].mean().cpu() for row, cont in enumerate(cont_ids[part])]
+
+    scores = run_batches(model, rows, batch_size, tokenizer.pad_token_id, forward, steering=steering,
+                         coefficients=coefficients, desc="logprob", progress=progress)
+    return torch.stack([score for batch_scores in scores for score in batch_scores])
 
 
-def _last_logits(model: nn.Module, batch: dict, keep: int) -> torch.Tensor:
+def last_logits(model: nn.Module, batch: dict, keep: int) -> torch.Tensor:
     """Logits of the last `keep` positions; models without `logits_to_keep` compute all and are cut."""
     try:
         logits = model(**batch, logits_to_keep=keep).logits
@@ -99,21 +88,20 @@ def next_token_kl(
     if len(coefficients) == 0:
         raise ValueError("coefficients is empty: give the coefficients to measure the KL at, e.g. [1.0]")
     encoded = encode(tokenizer, texts, chat=False)
-    device = next(model.parameters()).device
     base = real_token_logprobs(model, tokenizer, texts, batch_size, progress)
     k, n = len(coefficients), len(texts)
     row_coefficients = [float(c) for c in coefficients for _ in range(n)]
     totals, counts = torch.zeros(k), torch.zeros(k)
-    for part in batches(k * n, batch_size, "kl", progress):
-        rows = [encoded[row % n] for row in range(part.start, part.stop)]
-        batch = {key: v.to(device) for key, v in pad_batch(rows, tokenizer.pad_token_id).items()}
-        with steering.apply(model, row_coefficients[part]):
-            steered = F.log_softmax(model(**batch).logits.float(), dim=-1)
+
+    def forward(part: slice, batch: dict[str, torch.Tensor]) -> None:
+        steered = F.log_softmax(model(**batch).logits.float(), dim=-1)
         for i, row in enumerate(range(part.start, part.stop)):
             reference = base[row % n]
-            current = steered[i][batch["attention_mask"][i].bool()].cpu()
-            totals[row // n] += (reference.exp() * (reference - current)).sum().cpu()
+            totals[row // n] += kl_sum(reference, steered[i][batch["attention_mask"][i].bool()].cpu())
             counts[row // n] += len(reference)
+
+    run_batches(model, [encoded[row % n] for row in range(k * n)], batch_size, tokenizer.pad_token_id, forward,
+                steering=steering, coefficients=row_coefficients, desc="kl", progress=progress)
     return totals / counts
 
 
@@ -121,14 +109,25 @@ def next_token_kl(
 def real_token_logprobs(model: nn.Module, tokenizer: Any, texts: Sequence[str], batch_size: int = 16,
                         progress: bool = True) -> list[torch.Tensor]:
     """Per text, [real tokens, vocab] next-token log-probs of the (unsteered) model."""
-    encoded = encode(tokenizer, texts, chat=False)
-    device = next(model.parameters()).device
-    out: list[torch.Tensor] = []
-    for part in batches(len(texts), batch_size, "logprobs", progress):
-        batch = {key: v.to(device) for key, v in pad_batch(encoded[part], tokenizer.pad_token_id).items()}
+    def forward(part: slice, batch: dict[str, torch.Tensor]) -> list[torch.Tensor]:
         logprobs = F.log_softmax(model(**batch).logits.float(), dim=-1)
-        out.extend(lp[m.bool()].cpu() for lp, m in zip(logprobs, batch["attention_mask"], strict=True))
-    return out
+        return [lp[m.bool()].cpu() for lp, m in zip(logprobs, batch["attention_mask"], strict=True)]
+
+    out = run_batches(model, encode(tokenizer, texts, chat=False), batch_size, tokenizer.pad_token_id, forward,
+                      desc="logprobs", progress=progress)
+    return [logprobs for batch_logprobs in out for logprobs in batch_logprobs]
+
+
+def kl_sum(reference: torch.Tensor, current: torch.Tensor) -> torch.Tensor:
+    """KL(reference || current) summed over the rows of two [tokens, vocab] log-prob tensors (nats): the one KL
+    every side-effect measure here uses."""
+    return (reference.exp() * (reference - current)).sum()
+
+
+def mean_kl(reference: Sequence[torch.Tensor], current: Sequence[torch.Tensor]) -> float:
+    """Mean KL(reference || current) per token over texts, each given as [tokens, vocab] log-probs (nats)."""
+    total = sum(float(kl_sum(r, c)) for r, c in zip(reference, current, strict=True))
+    return total / sum(len(r) for r in reference)
 
 
 def model_kl(reference: nn.Module, other: nn.Module, tokenizer: Any, texts: Sequence[str], batch_size: int = 16,
@@ -136,10 +135,8 @@ def model_kl(reference: nn.Module, other: nn.Module, tokenizer: Any, texts: Sequ
     """Mean KL(reference || other) per real token of `texts`: e.g. how far finetuning moved the model."""
     if not texts:
         raise ValueError("texts is empty: the KL is averaged over the tokens of at least one text")
-    ref = real_token_logprobs(reference, tokenizer, texts, batch_size, progress)
-    new = real_token_logprobs(other, tokenizer, texts, batch_size, progress)
-    total = sum(float((r.exp() * (r - o)).sum()) for r, o in zip(ref, new, strict=True))
-    return total / sum(len(r) for r in ref)
+    return mean_kl(real_token_logprobs(reference, tokenizer, texts, batch_size, progress),
+                   real_token_logprobs(other, tokenizer, texts, batch_size, progress))
 
 
 def effect_curve(

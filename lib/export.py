@@ -18,7 +18,6 @@ Two exports, each exact where it claims to be:
 from __future__ import annotations
 
 import copy
-import json
 import re
 import shutil
 from collections.abc import Mapping, Sequence
@@ -30,6 +29,7 @@ import torch
 from torch import nn
 
 from lib.hooks import active_interventions, check_layers, layer_weights
+from lib.io import write_json
 from lib.models import find_layers, hidden_size
 from lib.vectors import SteeringVector
 
@@ -250,11 +250,11 @@ def export_folded_checkpoint(
     if tokenizer is not None:
         tokenizer.save_pretrained(partial)
     meta = getattr(vector, "meta", {})
-    (partial / "steerlab_steering.json").write_text(json.dumps({
+    write_json(partial / "steerlab_steering.json", {
         "coefficient": float(coefficient), "layers": sorted(_scaled_vectors(vector, weight, layers)),
         "weight": weight if not isinstance(weight, Mapping) else {str(k): v for k, v in weight.items()},
         "positions": "all", "vector_meta": meta, "base_model": getattr(model, "steerlab_name", None),
-    }, indent=2, default=str))
+    })
     if out_dir.exists():
         shutil.rmtree(out_dir)
     partial.replace(out_dir)

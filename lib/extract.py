@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
 import warnings
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager, suppress
@@ -25,11 +24,12 @@ from typing import Any
 
 import numpy as np
 import torch
-from safetensors.torch import load_file, save_file
+from safetensors.torch import load_file, save
 from torch import nn
 
-from lib.generation import batches, encode, pad_batch, render_chat
+from lib.generation import encode, render_chat, run_batches
 from lib.hooks import REDUCTIONS, Activations, active_interventions, check_layers, record
+from lib.io import atomic_write, write_json
 from lib.models import cache_dir, find_layers, model_fingerprint
 
 
@@ -63,14 +63,9 @@ def _load_cached(path: Path) -> dict[int, torch.Tensor] | None:
 
 
 def _store(path: Path, acts: dict[int, torch.Tensor], meta: dict[str, Any]) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
-    save_file({str(k): v.contiguous() for k, v in acts.items()}, str(tmp))
-    sha = _file_sha(tmp)
-    os.replace(tmp, path)
-    sidecar_tmp = path.with_name(f".{path.stem}.json.tmp{os.getpid()}")
-    sidecar_tmp.write_text(json.dumps({**meta, "sha256": sha}, indent=2))
-    os.replace(sidecar_tmp, path.with_suffix(".json"))
+    data = save({str(k): v.contiguous() for k, v in acts.items()})
+    atomic_write(path, data)
+    write_json(path.with_suffix(".json"), {**meta, "sha256": hashlib.sha256(data).hexdigest()})
 
 
 def prompt_and_completion(tokenizer: Any, prompts: Sequence[Any], completions: Sequence[str]
@@ -87,13 +82,13 @@ class _StopForward(Exception):
 
 
 @contextmanager
-def _stop_after(model: nn.Module, layer: int) -> Iterator[None]:
-    """End every forward pass after block `layer` (hooks registered earlier on that block still run)."""
+def _stop_after(block: nn.Module) -> Iterator[None]:
+    """End every forward pass after `block` (hooks registered earlier on that block still run)."""
 
     def hook(module: nn.Module, args: tuple, output: Any) -> None:
         raise _StopForward
 
-    handle = find_layers(model)[1][layer].register_forward_hook(hook)
+    handle = block.register_forward_hook(hook)
     try:
         yield
     finally:
@@ -108,15 +103,15 @@ def forward_batches(model: nn.Module, tokenizer: Any, texts: Sequence[str], batc
     """Run texts (or already encoded `token_ids`) through the model in left-padded batches (the work `record`
     observes). With `start_tokens`, each row's tokens before that index are left out of `acts`' reduction."""
     encoded = list(token_ids) if token_ids is not None else encode(tokenizer, texts, chat)
-    device = next(model.parameters()).device
-    for part in batches(len(encoded), batch_size, desc, progress):
-        batch = pad_batch(encoded[part], tokenizer.pad_token_id)
+
+    def forward(part: slice, batch: dict[str, torch.Tensor]) -> None:
         if start_tokens is not None and acts is not None:
             content = batch["attention_mask"].cumsum(dim=1) - 1
-            starts = torch.tensor(list(start_tokens[part])).unsqueeze(1)
-            acts.token_mask = content >= starts
+            acts.token_mask = content >= torch.tensor(list(start_tokens[part]), device=content.device).unsqueeze(1)
         with suppress(_StopForward):  # `_stop_after` ended the pass after the deepest layer read
-            model(**{k: v.to(device) for k, v in batch.items()})
+            model(**batch)
+
+    run_batches(model, encoded, batch_size, tokenizer.pad_token_id, forward, desc=desc, progress=progress)
 
 
 def extract(
@@ -144,9 +139,12 @@ def extract(
                          f"(record() gives {REDUCTIONS})")
     if not texts:
         raise ValueError("texts is empty: nothing to extract")
-    n_layers = len(find_layers(model)[1])
+    if layers is not None and not list(layers):
+        raise ValueError("layers=[] extracts nothing: omit layers for every block, or name the ones to read")
+    blocks = find_layers(model)[1]
+    n_layers = len(blocks)
     wanted = list(range(n_layers)) if layers is None else list(layers)
-    check_layers(model, wanted)
+    check_layers(model, wanted, blocks=blocks)
     token_ids = encode(tokenizer, texts, chat)
     # Inside `steer`, `apply_delta` or another library's hooks the activations are not the plain model's:
     # computed fresh, never read from or written to the cache.
@@ -158,7 +156,7 @@ def extract(
         # A cached extraction keeps every layer; an uncached one reads only `wanted` and computes nothing after
         # the deepest of them (no later blocks, final norm or unembedding).
         read = range(n_layers) if use_cache or not wanted else sorted(set(wanted))
-        with record(model, read, reduction) as recorded, _stop_after(model, max(read)):
+        with record(model, read, reduction) as recorded, _stop_after(blocks[max(read)]):
             forward_batches(model, tokenizer, texts, batch_size, chat, "extract", progress, recorded, start_tokens,
                             token_ids)
         acts = {layer: recorded[layer] for layer in recorded}

@@ -1,44 +1,23 @@
-"""Chat rendering, batching, and batched generation with or without steering.
+"""Chat rendering, token batches, the one batched-forward loop, and batched generation.
 
-A `Steering` bundles what to add (vector, per-layer weight, layers, position scope); the
-coefficient comes per row at call time, so K coefficients for N prompts run as one batched
-job of N*K rows instead of K sequential runs.
+`run_batches` is the loop every batched computation in lib goes through (evals, choice evals, extraction,
+generation, the latent loop): token rows -> batches -> left padding -> the model's device -> the batch's
+steering -> the caller's forward. Per-row coefficients travel with their rows, so K coefficients for N prompts
+run as one batched job of N*K rows instead of K sequential runs.
 """
 
 from __future__ import annotations
 
-import contextlib
-from collections.abc import Iterator, Mapping, Sequence
-from dataclasses import dataclass
-from typing import Any
+from collections.abc import Callable, Iterator, Sequence
+from typing import Any, TypeVar
 
 import torch
 from torch import nn
 from tqdm.auto import tqdm
 
-from lib.hooks import PositionScope, steer
-from lib.vectors import SteeringVector
+from lib.hooks import Steering, steering_context
 
-
-@dataclass
-class Steering:
-    vector: SteeringVector
-    weight: float | Mapping[int, float] = 1.0
-    layers: Sequence[int] | None = None
-    positions: PositionScope = "all"
-
-    def apply(self, model: nn.Module, coefficients: Sequence[float] | torch.Tensor | None = None) -> Any:
-        return steer(model, self.vector, self.weight, layers=self.layers, positions=self.positions,
-                     coefficients=coefficients)
-
-
-def steering_context(model: nn.Module, steering: Steering | None, coefficients: Sequence[float] | None) -> Any:
-    """The steer context for one batch, or a no-op when unsteered (a coefficient without a vector is an error)."""
-    if steering is None:
-        if coefficients is not None:
-            raise ValueError("coefficients were given without steering: pass steering=Steering(vector, ...)")
-        return contextlib.nullcontext()
-    return steering.apply(model, coefficients)
+T = TypeVar("T")
 
 
 Prompt = str | list[dict[str, str]]
@@ -92,13 +71,38 @@ def batches(n: int, batch_size: int, desc: str | None = None, progress: bool = T
         yield slice(start, min(start + batch_size, n))
 
 
-def _chunk(values: Sequence[float] | None, part: slice) -> list[float] | None:
-    return None if values is None else list(values[part])
-
-
 def check_coefficients(coefficients: Sequence[float] | None, n: int) -> None:
     if coefficients is not None and len(coefficients) != n:
         raise ValueError(f"coefficients has {len(coefficients)} values for {n} rows; give one per row")
+
+
+def run_batches(
+    model: nn.Module,
+    rows: Sequence[Sequence[int]],
+    batch_size: int,
+    pad_id: int,
+    forward: Callable[[slice, dict[str, torch.Tensor]], T],
+    *,
+    steering: Steering | None = None,
+    coefficients: Sequence[float] | None = None,
+    positions: bool = True,
+    desc: str | None = None,
+    progress: bool = True,
+) -> list[T]:
+    """The one batched-forward loop: token `rows` in batches of `batch_size`, left-padded (with `position_ids`
+    unless `positions=False`, see `pad_batch`), moved to the model's device, and `forward(part, batch)` called for
+    each with that batch's steering active (its rows' `coefficients`). Returns the forward results in order.
+    `part` is the slice of `rows` in the batch."""
+    check_coefficients(coefficients, len(rows))
+    if coefficients is not None and steering is None:
+        raise ValueError("coefficients were given without steering: pass steering=Steering(vector, ...)")
+    device = next(model.parameters()).device
+    results = []
+    for part in batches(len(rows), batch_size, desc, progress):
+        batch = {k: v.to(device) for k, v in pad_batch(rows[part], pad_id, positions=positions).items()}
+        with steering_context(model, steering, None if coefficients is None else list(coefficients[part])):
+            results.append(forward(part, batch))
+    return results
 
 
 @torch.no_grad()
@@ -120,20 +124,18 @@ def generate(
     """Batched generation; greedy at temperature 0, else sampled with a per-batch seed."""
     if temperature < 0:
         raise ValueError(f"temperature={temperature} must be >= 0")
-    check_coefficients(coefficients, len(prompts))
-    texts = [render_chat(tokenizer, p, system, chat) for p in prompts]
-    encoded = encode(tokenizer, texts, chat)
-    device = next(model.parameters()).device
-    outputs: list[str] = []
-    for part in batches(len(prompts), batch_size, "generate", progress):
-        batch = {k: v.to(device) for k, v in pad_batch(encoded[part], tokenizer.pad_token_id, positions=False).items()}
+    encoded = encode(tokenizer, [render_chat(tokenizer, p, system, chat) for p in prompts], chat)
+
+    def forward(part: slice, batch: dict[str, torch.Tensor]) -> list[str]:
         sampling: dict[str, Any] = {"do_sample": False}
         if temperature > 0:
             torch.manual_seed(seed + part.start)
             sampling = {"do_sample": True, "temperature": temperature, "top_p": 1.0, "top_k": 0}
-        with steering_context(model, steering, _chunk(coefficients, part)):
-            tokens = model.generate(**batch, max_new_tokens=max_new_tokens, pad_token_id=tokenizer.pad_token_id,
-                                    **sampling)
-        new = tokens[:, batch["input_ids"].shape[1]:]
-        outputs.extend(tokenizer.batch_decode(new, skip_special_tokens=True))
-    return outputs
+        tokens = model.generate(**batch, max_new_tokens=max_new_tokens, pad_token_id=tokenizer.pad_token_id,
+                                **sampling)
+        return tokenizer.batch_decode(tokens[:, batch["input_ids"].shape[1]:], skip_special_tokens=True)
+
+    # `generate` computes its own positions from the mask: positions=False
+    texts = run_batches(model, encoded, batch_size, tokenizer.pad_token_id, forward, steering=steering,
+                        coefficients=coefficients, positions=False, desc="generate", progress=progress)
+    return [text for batch_texts in texts for text in batch_texts]

@@ -13,6 +13,7 @@ forward call and every block hook reuses it.
 
 from __future__ import annotations
 
+import contextlib
 import inspect
 import operator
 import weakref
@@ -220,8 +221,11 @@ def layer_index(layer: Any) -> int:
         raise TypeError(f"layer {layer!r} is a {type(layer).__name__}; layers are integer indices (e.g. 3)") from error
 
 
-def check_layers(model: nn.Module, layers: Sequence[Any], layers_path: str | None = None) -> nn.ModuleList:
-    _, blocks = find_layers(model, layers_path)
+def check_layers(model: nn.Module, layers: Sequence[Any], layers_path: str | None = None,
+                 blocks: nn.ModuleList | None = None) -> nn.ModuleList:
+    """The decoder blocks, after checking every layer index against them (pass `blocks` already resolved by
+    `find_layers` to skip resolving them again)."""
+    blocks = find_layers(model, layers_path)[1] if blocks is None else blocks
     for layer in layers:
         if not 0 <= layer_index(layer) < len(blocks):
             raise ValueError(f"layer {layer!r} is out of range: the model has layers 0..{len(blocks) - 1}")
@@ -229,8 +233,8 @@ def check_layers(model: nn.Module, layers: Sequence[Any], layers_path: str | Non
 
 
 @contextmanager
-def _tracked(model: nn.Module, layers_path: str | None) -> Iterator[_PositionTracker]:
-    path, _ = find_layers(model, layers_path)
+def _tracked(model: nn.Module, path: str) -> Iterator[_PositionTracker]:
+    """Position tracking on the module that owns the blocks at `path` (as `find_layers` resolved it)."""
     owner = model.get_submodule(path.rsplit(".", 1)[0]) if "." in path else model
     tracker = _PositionTracker()
     handle = owner.register_forward_pre_hook(tracker.pre_hook, with_kwargs=True)
@@ -313,14 +317,14 @@ def record(
     """
     if reduction not in REDUCTIONS:
         raise ValueError(f"reduction={reduction!r} is not one of {REDUCTIONS}")
-    blocks = find_layers(model, layers_path)[1]
+    path, blocks = find_layers(model, layers_path)
     layers = list(range(len(blocks))) if layers is None else [layer_index(layer) for layer in layers]
     if not layers:
         raise ValueError("layers=[] records nothing: omit layers to record every block")
-    check_layers(model, layers, layers_path)
+    check_layers(model, layers, blocks=blocks)
     acts = Activations(reduction, {layer: [] for layer in layers})
     handles = []
-    with _tracked(model, layers_path) as tracker:
+    with _tracked(model, path) as tracker:
 
         def make_hook(layer: int):
             def hook(module: nn.Module, args: tuple, output: Any) -> None:
@@ -441,7 +445,8 @@ def steer(
     weights = layer_weights(layer_vectors, weight, layers)
     layer_vectors = {layer_index(layer): vector for layer, vector in layer_vectors.items()}
     chosen = list(weights)
-    blocks = check_layers(model, chosen, layers_path)
+    path, blocks = find_layers(model, layers_path)
+    check_layers(model, chosen, blocks=blocks)
     size = hidden_size(model)
     for layer in chosen:
         vector = layer_vectors[layer]
@@ -458,7 +463,7 @@ def steer(
             raise ValueError("coefficients contain NaN or inf")
 
     handles = []
-    with _tracked(model, layers_path) as tracker:
+    with _tracked(model, path) as tracker:
 
         def make_hook(layer: int):
             scaled = layer_vectors[layer].detach() * weights[layer]
@@ -488,6 +493,31 @@ def steer(
         finally:
             for handle in handles:
                 handle.remove()
+
+
+@dataclass
+class Steering:
+    """What to add, without its strength: a vector (a SteeringVector or any {layer: Tensor[hidden]}), a weight
+    per layer, the layers and the position scope. The coefficient comes when applying (one per batch row), as
+    in steering-vectors and repeng, so one Steering serves a whole sweep over coefficients."""
+
+    vector: Any
+    weight: float | Mapping[int, float] = 1.0
+    layers: Sequence[int] | None = None
+    positions: PositionScope = "all"
+
+    def apply(self, model: nn.Module, coefficients: Sequence[float] | torch.Tensor | None = None) -> Any:
+        return steer(model, self.vector, self.weight, layers=self.layers, positions=self.positions,
+                     coefficients=coefficients)
+
+
+def steering_context(model: nn.Module, steering: Steering | None, coefficients: Sequence[float] | None) -> Any:
+    """The steer context for one batch, or a no-op when unsteered (a coefficient without a vector is an error)."""
+    if steering is None:
+        if coefficients is not None:
+            raise ValueError("coefficients were given without steering: pass steering=Steering(vector, ...)")
+        return contextlib.nullcontext()
+    return steering.apply(model, coefficients)
 
 
 def layer_groups(n_layers: int, n_groups: int = 4, boundaries: Sequence[int] | None = None) -> list[list[int]]:

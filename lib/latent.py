@@ -25,7 +25,7 @@ import torch
 from torch import nn
 from transformers import DynamicCache
 
-from lib.generation import Prompt, batches, check_coefficients, encode, pad_batch, render_chat
+from lib.generation import Prompt, check_coefficients, encode, render_chat, run_batches
 from lib.hooks import check_layers, record, steer
 from lib.models import cache_argument, hidden_size
 
@@ -118,17 +118,15 @@ def latent_generate(
     encoded = encode(tokenizer, [render_chat(tokenizer, p, chat=chat) + start_text for p in prompts], chat)
     end_ids = torch.tensor(tokenizer(end_text, add_special_tokens=False)["input_ids"], device=device)
     eos = tokenizer.eos_token_id
-    texts: list[str] = []
-    latents: dict[int, list[torch.Tensor]] = {layer: [] for layer in layers}
-    for part in batches(len(prompts), batch_size, "latent generate", progress):
-        batch = pad_batch(encoded[part], tokenizer.pad_token_id)
+
+    def forward(part: slice, batch: dict[str, torch.Tensor]) -> tuple[list[str], list[dict[int, torch.Tensor]]]:
         rows = batch["input_ids"].shape[0]
         cache = DynamicCache()
         # the prompt goes in whole, with positions counted over its real tokens
         # logits_to_keep=1: full-vocabulary logits at every prompt position would cost more than the forward pass
-        out = model(**{k: v.to(device) for k, v in batch.items()}, **{cache_argument(model): cache}, use_cache=True,
-                    output_hidden_states=True, logits_to_keep=1)
-        state = {"mask": batch["attention_mask"].to(device), "positions": batch["position_ids"][:, -1:].to(device)}
+        out = model(**batch, **{cache_argument(model): cache}, use_cache=True, output_hidden_states=True,
+                    logits_to_keep=1)
+        state = {"mask": batch["attention_mask"], "positions": batch["position_ids"][:, -1:]}
         thought = out.hidden_states[-1][:, -1]
         row_coefficients = None if coefficients is None else list(coefficients[part])
         steps: list[dict[int, torch.Tensor]] = []
@@ -153,10 +151,14 @@ def latent_generate(
             if bool(done.all()):
                 break
             _forward(model, state, cache, input_ids=token.unsqueeze(1))
-        texts.extend(_decode(tokenizer, answers, eos))
-        for layer in layers:
-            latents[layer].append(torch.stack([step[layer] for step in steps], dim=1))
-    return LatentOutput(texts, {layer: torch.cat(chunks) for layer, chunks in latents.items()})
+        return _decode(tokenizer, answers, eos), steps
+
+    done_batches = run_batches(model, encoded, batch_size, tokenizer.pad_token_id, forward, desc="latent generate",
+                               progress=progress)
+    texts = [text for batch_texts, _ in done_batches for text in batch_texts]
+    latents = {layer: torch.cat([torch.stack([step[layer] for step in steps], dim=1) for _, steps in done_batches])
+               for layer in layers}
+    return LatentOutput(texts, latents)
 
 
 def _decode(tokenizer: Any, answers: torch.Tensor, eos: int | None) -> list[str]:

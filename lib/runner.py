@@ -12,7 +12,7 @@ input folders of earlier runs. Each run lands in
 git commit, timing, library versions, status). A finished run is never re-run or overwritten
 silently: `run` and `sweep` skip it (so a sweep resumes) unless `run --force`. An interrupted run
 keeps its folder, and re-running it resumes from what the notebook saved there. A sweep's runs go
-through an executor (lib.executors): here, one after another, by default; on a Ray cluster with
+through an executor (lib.kits.executors): here, one after another, by default; on a Ray cluster with
 `--executor ray`, where each run's files come back to this machine into the same folders.
 """
 
@@ -22,9 +22,9 @@ import argparse
 import ast
 import contextlib
 import csv
+import io
 import itertools
 import json
-import os
 import platform
 import shutil
 import subprocess
@@ -35,7 +35,9 @@ from importlib import metadata
 from pathlib import Path
 from typing import Any
 
-from lib.configs import CONFIGS, REPO_ROOT, NotebookConfig, run_slug
+from lib.config import NotebookConfig, run_slug
+from lib.experiments import config_class
+from lib.io import REPO_ROOT, atomic_write, write_json
 
 NOTEBOOK_DIR = REPO_ROOT / "nbs"
 RESULTS_FILE = "results.json"  # every notebook writes its results here; its "summary" becomes sweep table columns
@@ -119,14 +121,14 @@ def validate(name: str, overrides: dict[str, Any]) -> tuple[dict[str, Any], Note
     if unknown:
         raise ValueError(f"unknown parameter(s) {unknown} for {path.stem}; valid: {sorted(defaults)}")
     resolved = {**defaults, **overrides}
-    config_cls = CONFIGS.get(path.stem)
+    config_cls = config_class(path.stem)
     config = config_cls(**resolved) if config_cls else None  # raises on a bad value, naming the parameter
     if config is not None:
         config.check_inputs()  # model config (cached per process), subset keys, input folders; no weights
     return resolved, config
 
 
-def _git_commit() -> str:
+def git_commit() -> str:
     try:
         out = subprocess.run(["git", "rev-parse", "HEAD"], cwd=REPO_ROOT, capture_output=True, text=True, check=True)
         dirty = subprocess.run(["git", "status", "--porcelain"], cwd=REPO_ROOT, capture_output=True, text=True)
@@ -141,14 +143,6 @@ def _versions() -> dict[str, str]:
         with contextlib.suppress(metadata.PackageNotFoundError):
             found[package] = metadata.version(package)
     return found
-
-
-def write_json(path: Path, data: Any) -> None:
-    """Atomic write: a reader never sees half a file, a kill never leaves one."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
-    tmp.write_text(json.dumps(data, indent=2, default=str))
-    os.replace(tmp, path)
 
 
 def run_status(run_dir: Path) -> str | None:
@@ -177,7 +171,7 @@ def run_notebook(name: str, overrides: dict[str, Any], force: bool = False, out_
         # finished evaluations) instead of losing it.
         print(f"[resume] {run_dir} (previous status: {status})")
     run_dir.mkdir(parents=True, exist_ok=True)
-    record = _execute(jupytext.read(path), path.stem, run_dir, overrides, resolved, _git_commit(), progress_bar)
+    record = _execute(jupytext.read(path), path.stem, run_dir, overrides, resolved, git_commit(), progress_bar)
     print(f"[done] {run_dir} in {record['seconds']} s")
     return run_dir
 
@@ -255,13 +249,6 @@ def execute_shipped(stem: str, source: str, overrides: dict[str, Any], resolved:
     return {"files": files, "worker_dir": str(run_dir), "error": error, "worker": identity}
 
 
-def _write_bytes(path: Path, data: bytes) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
-    tmp.write_bytes(data)
-    os.replace(tmp, path)
-
-
 def write_shipped(run_dir: Path, shipped: dict[str, Any]) -> str:
     """Write a shipped run into `run_dir` (each file atomically, run.json last, so the run counts as finished
     only once all its files are in), with the worker's scratch path replaced by `run_dir` in text files so the
@@ -278,7 +265,7 @@ def write_shipped(run_dir: Path, shipped: dict[str, Any]) -> str:
         if relative == "run.json":
             record = json.loads(data)
             continue
-        _write_bytes(target, data)
+        atomic_write(target, data)
     record = record or {"status": "failed"}
     if shipped["error"] and record.get("status") != "failed":  # the worker died between papermill and run.json
         record |= {"status": "failed", "error": shipped["error"]}
@@ -292,9 +279,9 @@ def _run_here(name: str, overrides: dict[str, Any], out_root: Path | None) -> st
 
 def notebook_resources(stem: str, override: dict[str, float] | None = None) -> dict[str, float]:
     """What one run of the notebook asks the executor for: its config's `resources`, then `override`."""
-    from lib.executors import DEFAULT_RESOURCES
+    from lib.kits.executors import DEFAULT_RESOURCES
 
-    config_cls = CONFIGS.get(stem)
+    config_cls = config_class(stem)
     return {**getattr(config_cls, "resources", DEFAULT_RESOURCES), **(override or {})}
 
 
@@ -305,13 +292,13 @@ class SweepFailed(RuntimeError):
 def sweep(name: str, grid: dict[str, list[Any]], fixed: dict[str, Any] | None = None,
           out_root: Path | None = None, executor: Any = None, resources: dict[str, float] | None = None,
           progress: bool = True) -> Path:
-    """Run the grid through an executor (lib.executors: `local` by default, `ray` for a cluster), resuming:
+    """Run the grid through an executor (lib.kits.executors: `local` by default, `ray` for a cluster), resuming:
     finished runs are skipped. Then write summary.csv (every run once, with its status and, if it failed, its
     error) and, for a 2-D grid, heatmaps of the main metric and the side effect. Raises SweepFailed after
     the summary when some runs failed; Ctrl-C cancels the runs in flight and keeps the finished ones."""
     from collections import deque
 
-    from lib.executors import TaskPool, get_executor
+    from lib.kits.executors import TaskPool, get_executor
 
     fixed = fixed or {}
     path = notebook_path(name)
@@ -327,7 +314,7 @@ def sweep(name: str, grid: dict[str, list[Any]], fixed: dict[str, Any] | None = 
         engine.check_fits(need)
     outcome = {i: ("ok", "") for i, run_dir in enumerate(run_dirs) if run_status(run_dir) == "ok"}
     queue = deque(i for i in range(len(combos)) if i not in outcome)
-    source, commit = path.read_text(), _git_commit()
+    source, commit = path.read_text(), git_commit()
     try:
         with TaskPool(engine, need, total=len(combos), initial=len(outcome), desc=f"sweep {path.stem} ({engine.name})",
                       progress=progress) as pool:
@@ -391,15 +378,14 @@ def _write_summary(sweep_dir: Path, rows: list[dict[str, Any]], keys: list[str],
         return
     columns = list(dict.fromkeys(key for row in rows for key in row if key not in ("run_dir", "status", "error")))
     columns += ["run_dir", "status"] + (["error"] if any("error" in row for row in rows) else [])
-    tmp = sweep_dir / ".summary.csv.tmp"
-    with open(tmp, "w", newline="") as handle:
-        writer = csv.DictWriter(handle, columns)
-        writer.writeheader()
-        writer.writerows(rows)
-    os.replace(tmp, sweep_dir / "summary.csv")
+    text = io.StringIO(newline="")
+    writer = csv.DictWriter(text, columns)
+    writer.writeheader()
+    writer.writerows(rows)
+    atomic_write(sweep_dir / "summary.csv", text.getvalue())
     swept = [k for k in keys if len(grid[k]) > 1]
     if len(swept) == 2 and any(row["status"] == "ok" for row in rows):
-        from lib.plots import sweep_heatmaps
+        from lib.kits.plots import sweep_heatmaps
 
         sweep_heatmaps(sweep_dir / "summary.csv", swept[0], swept[1], sweep_dir)
 
@@ -430,7 +416,7 @@ def main(argv: list[str] | None = None) -> int:
             overrides = {k: v[0] for k, v in parse_assignments(args.assignments, grid=False).items()}
             run_notebook(args.notebook, overrides, force=args.force)
         elif args.command == "sweep":
-            from lib.executors import parse_resources
+            from lib.kits.executors import parse_resources
 
             sweep(args.notebook, parse_assignments(args.assignments, grid=True), executor=args.executor,
                   resources=parse_resources(args.resources))

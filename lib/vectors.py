@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
 import re
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
@@ -26,6 +25,8 @@ import torch
 from safetensors import SafetensorError
 from safetensors.torch import load as load_safetensors
 from safetensors.torch import save as save_safetensors
+
+from lib.io import atomic_write, write_json
 
 
 @dataclass
@@ -99,8 +100,8 @@ class SteeringVector:
         tensors = {str(layer): v.detach().cpu().contiguous() for layer, v in self.vectors.items()}
         data = save_safetensors(tensors)
         meta = {**self.meta, "norms": self.norms(), "layers": self.layers, "sha256": hashlib.sha256(data).hexdigest()}
-        _atomic(base.with_suffix(".safetensors"), lambda tmp: Path(tmp).write_bytes(data))
-        _atomic(base.with_suffix(".json"), lambda tmp: Path(tmp).write_text(json.dumps(meta, indent=2, default=str)))
+        atomic_write(base.with_suffix(".safetensors"), data)
+        write_json(base.with_suffix(".json"), meta)
         return base.with_suffix(".safetensors")
 
     @classmethod
@@ -155,7 +156,7 @@ class SteeringVector:
             raise ValueError(f"path={str(path)!r}: plain JSON holds one [hidden] vector per layer, these are "
                              f"{tuple(next(iter(self.vectors.values())).shape)}; use save() for latent vectors")
         plain = {str(layer): v.float().cpu().tolist() for layer, v in self.vectors.items()}
-        _atomic(Path(path), lambda tmp: Path(tmp).write_text(json.dumps(plain)))
+        atomic_write(path, json.dumps(plain))
 
     @classmethod
     def from_plain_json(cls, path: str | Path, **meta: Any) -> SteeringVector:
@@ -222,13 +223,6 @@ def _plain_vector(key: str, values: Any, file: Path) -> torch.Tensor:
     if bad is not None:
         raise ValueError(f"{file}: key {key!r}: expected numbers, found {values[bad]!r} at index {bad}")
     return torch.tensor(values, dtype=torch.float32)
-
-
-def _atomic(path: Path, write: Any) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
-    write(str(tmp))
-    os.replace(tmp, path)
 
 
 # ----------------------------------------------------------------------------- builders

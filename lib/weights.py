@@ -27,7 +27,7 @@ from safetensors.torch import load_file, save_file
 from torch import nn
 
 from lib.hooks import editing_weights
-from lib.vectors import _atomic
+from lib.io import atomic_write, write_json
 
 _LAYER_INDEX = re.compile(r"\.(\d+)\.")
 
@@ -123,8 +123,8 @@ class WeightDelta:
         base = Path(path).with_suffix("")
         tensors = {name: d.detach().cpu().contiguous() for name, d in self.deltas.items()}
         meta = {**self.meta, "norm": self.norm(), "layer_norms": self.layer_norms(), "n_params": len(self)}
-        _atomic(base.with_suffix(".safetensors"), lambda tmp: save_file(tensors, tmp))
-        _atomic(base.with_suffix(".json"), lambda tmp: Path(tmp).write_text(json.dumps(meta, indent=2, default=str)))
+        atomic_write(base.with_suffix(".safetensors"), lambda tmp: save_file(tensors, tmp))
+        write_json(base.with_suffix(".json"), meta)
         return base.with_suffix(".safetensors")
 
     @classmethod
@@ -222,5 +222,5 @@ def export_checkpoint(model: nn.Module, tokenizer: Any, delta: WeightDelta, coef
         tokenizer.save_pretrained(folder)
     record = {"coeff": float(coeff), "delta_meta": delta.meta, "delta_norm": delta.norm(),
               "base_model": getattr(model, "steerlab_name", getattr(model.config, "_name_or_path", ""))}
-    (folder / "steerlab_delta.json").write_text(json.dumps(record, indent=2, default=str))
+    write_json(folder / "steerlab_delta.json", record)
     return folder

@@ -23,7 +23,8 @@
 # the same neutral prompts (does steering make the target *style* more likely anywhere?); with
 # `"own"` each reply follows its own prompt.
 #
-# Subset keys: `lib.data.OFFLINE_SUBSETS` (work offline) and `lib.data.TULU_SUBSETS` ("0".."18", need the hub).
+# Subset keys: `lib.kits.data.OFFLINE_SUBSETS` (work offline) and `lib.kits.data.TULU_SUBSETS` ("0".."18",
+# need the hub).
 
 # %% tags=["parameters"]
 model = "smollm2-135m"
@@ -50,10 +51,9 @@ import pandas as pd
 from IPython.display import display
 
 import lib
-from lib import contrastive
-from lib.configs import ContrastiveConfig
-from lib.plots import effect_curve_figure
-from lib.runner import write_json
+from lib.experiments import contrastive_steering
+from lib.experiments.contrastive_steering import ContrastiveConfig, effect_curve_figure
+from lib.io import write_json
 
 cfg = ContrastiveConfig.from_namespace(globals())
 out = cfg.resolve_out_dir()
@@ -64,8 +64,8 @@ print(f"out: {out}")
 # ## Data and vector
 
 # %%
-data = contrastive.load_data(cfg)
-vector = contrastive.build_vector(llm, tokenizer, cfg, data)
+data = contrastive_steering.load_data(cfg)
+vector = contrastive_steering.build_vector(llm, tokenizer, cfg, data)
 vector.save(out / "vector")
 vector.select([cfg.layer]).to_plain_json(out / "steering_vectors.json")
 pd.Series(vector.norms(), name="norm").to_frame().T.round(1)
@@ -74,7 +74,7 @@ pd.Series(vector.norms(), name="norm").to_frame().T.round(1)
 # ## Generations with and without the vector
 
 # %%
-generations = contrastive.side_by_side(llm, tokenizer, cfg, vector, data.inference_prompts)
+generations = contrastive_steering.side_by_side(llm, tokenizer, cfg, vector, data.inference_prompts)
 with pd.option_context("display.max_colwidth", 300):
     display(pd.DataFrame(generations).set_index("prompt_index"))
 
@@ -82,7 +82,7 @@ with pd.option_context("display.max_colwidth", 300):
 # ## Effect and side effect against scale
 
 # %%
-curves = contrastive.measure_curves(llm, tokenizer, cfg, vector, data)
+curves = contrastive_steering.measure_curves(llm, tokenizer, cfg, vector, data)
 title = f"{cfg.target} vs {cfg.baseline}, layer {cfg.layer}, {cfg.model}"
 effect_curve_figure(curves, title, out / "effect_curve.png")
 pd.DataFrame({name: pd.Series(c).explode() for name, c in curves["steering"].items()}).set_index("scale")
@@ -91,7 +91,7 @@ pd.DataFrame({name: pd.Series(c).explode() for name, c in curves["steering"].ite
 # ## Summary
 
 # %%
-results = contrastive.assemble_results(cfg, vector, generations, curves, len(data.inference_prompts))
+results = contrastive_steering.assemble_results(cfg, vector, generations, curves, len(data.inference_prompts))
 write_json(out / "results.json", results)
 summary = {**{k: results["metadata"][k] for k in ("layer", "scale", "vector_norm", "effective_magnitude")},
            **results["summary"]}

@@ -56,11 +56,9 @@ import json
 
 import pandas as pd
 
-from lib.configs import GRPOMathConfig
-from lib.grpo import grpo_results, train_grpo
-from lib.mathdata import train_eval_split
-from lib.plots import training_curve_figure
-from lib.runner import write_json
+from lib.experiments.grpo_math import GRPOMathConfig, grpo_results, train_grpo, training_curve_figure
+from lib.io import write_json
+from lib.kits.mathdata import train_eval_split
 
 cfg = GRPOMathConfig.from_namespace(globals())
 out = cfg.resolve_out_dir()

@@ -46,10 +46,9 @@ out_dir = ""
 # %%
 import pandas as pd
 
-from lib import math_steering
-from lib.configs import MathSteeringConfig
-from lib.plots import weight_curve_figure
-from lib.runner import write_json
+from lib.experiments import math_steering
+from lib.experiments.math_steering import MathSteeringConfig, weight_curve_figure
+from lib.io import write_json
 
 cfg = MathSteeringConfig.from_namespace(globals())
 out = cfg.resolve_out_dir()

@@ -57,10 +57,14 @@ out_dir = ""
 # %%
 import pandas as pd
 
-from lib import reasoning_direction as rd
-from lib.configs import ReasoningDirectionConfig
-from lib.plots import alpha_accuracy_figure, direction_heatmaps, transition_figure
-from lib.runner import write_json
+from lib.experiments import reasoning_direction as rd
+from lib.experiments.reasoning_direction import (
+                   ReasoningDirectionConfig,
+                   alpha_accuracy_figure,
+                   direction_heatmaps,
+                   transition_figure,
+)
+from lib.io import write_json
 
 cfg = ReasoningDirectionConfig.from_namespace(globals())
 out = cfg.resolve_out_dir()

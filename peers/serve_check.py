@@ -23,10 +23,10 @@ REPO_ROOT = Path(__file__).resolve().parents[1]
 if str(REPO_ROOT) not in sys.path:
     sys.path.insert(0, str(REPO_ROOT))
 
-from lib.data import DEFAULT_PROMPTS, NEUTRAL_TEXTS, load_subset  # noqa: E402
 from lib.export import export_llamacpp  # noqa: E402
 from lib.generation import encode, pad_batch, render_chat  # noqa: E402
 from lib.hooks import steer  # noqa: E402
+from lib.kits.data import DEFAULT_PROMPTS, NEUTRAL_TEXTS, load_subset  # noqa: E402
 from lib.models import cache_dir, embedded_gguf, find_layers, load_model  # noqa: E402
 from lib.vectors import SteeringVector  # noqa: E402
 

@@ -5,9 +5,11 @@ from __future__ import annotations
 import pytest
 import torch
 
+from lib.io import REPO_ROOT
 from lib.models import tiny_model
 
 HOOK_ARCHS = ("llama", "qwen2", "gpt2", "gemma3", "gpt_neox")
+NOTEBOOKS = sorted(p.stem for p in (REPO_ROOT / "nbs").glob("*.py"))  # each pairs with lib/experiments/<stem>.py
 
 
 @pytest.fixture(scope="session")
@@ -37,3 +39,32 @@ def padded_batch(lengths: list[int], side: str, vocab: int = 256, seed: int = 0)
     generator = torch.Generator().manual_seed(seed)
     rows = [torch.randint(1, vocab, (n,), generator=generator).tolist() for n in lengths]
     return pad_batch(rows, 0, side)
+
+
+TEXTS = ["the cat sat", "a much longer sentence here", "hi", "numbers 1 2 3", "steer me"]
+
+
+class ByteTokenizer:
+    """The tests' one stand-in tokenizer: bytes to ids 3..202 (pad 0, eos 2); with `chat=True`, a plain-text
+    chat template ("[role]content" lines, then "[assistant]") for the chat paths."""
+
+    pad_token_id = 0
+    eos_token_id = 2
+
+    def __init__(self, chat: bool = False) -> None:
+        self.chat_template = "[role]content" if chat else None
+
+    def __call__(self, text: str, add_special_tokens: bool = True) -> dict:
+        return {"input_ids": [3 + (b % 200) for b in text.encode()]}
+
+    def decode(self, ids: list[int], skip_special_tokens: bool = True) -> str:
+        return bytes(i - 3 for i in ids if i >= 3).decode(errors="replace")
+
+    def batch_decode(self, rows, skip_special_tokens: bool = True) -> list[str]:
+        return [self.decode([int(i) for i in row if int(i) != self.eos_token_id]) for row in rows]
+
+    def apply_chat_template(self, messages, tokenize=False, add_generation_prompt=True) -> str:
+        if self.chat_template is None:
+            raise ValueError("this ByteTokenizer has no chat template (ByteTokenizer(chat=True) has one)")
+        return "".join(f"[{m['role']}]{m['content']}\n" for m in messages) + "[assistant]"
+

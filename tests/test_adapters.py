@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from lib.adapters import ADAPTER_FAMILIES, SFTPair, peft_config, tokenize_pairs, train_adapter
+from lib.kits.adapters import ADAPTER_FAMILIES, SFTPair, peft_config, tokenize_pairs, train_adapter
 from lib.models import embedded_model_dir, tiny_model
 
 PAIRS = [SFTPair("You found a wallet. What would you do?", "I would return it to its owner."),

@@ -18,7 +18,7 @@ from lib.choice_evals import (
     signed_scores,
     summarize,
 )
-from lib.generation import Steering
+from lib.hooks import Steering
 from lib.models import embedded_model_dir, tiny_model
 from lib.vectors import SteeringVector
 
@@ -106,21 +106,22 @@ def test_per_row_coefficients_equal_separate_steered_runs(model, tokenizer):
 
 
 def test_behaviour_data_is_balanced_and_splits_are_disjoint():
-    from lib import weight_steering as ws
+    from lib.experiments.weight_steering import FORMATS
+    from lib.kits import choice_data
 
-    honesty = ws.load_honesty()
+    honesty = choice_data.load_honesty()
     assert len(honesty) >= 60 and len({item.id for item in honesty}) == len(honesty)
     assert sum(item.first_is_target for item in honesty) == len(honesty) // 2
-    sycophancy = ws.load_sycophancy()
+    sycophancy = choice_data.load_sycophancy()
     assert len(sycophancy) == 150 and 0 < sum(item.first_is_target for item in sycophancy) < 150
-    split = ws.split_items(honesty, 24, 12, 36, seed=0)
+    split = choice_data.split_items(honesty, 24, 12, 36, seed=0)
     ids = [{item.id for item in split[part]} for part in ("train", "val", "test")]
     assert [len(part) for part in ids] == [24, 12, 36] and not (ids[0] & ids[1] or ids[0] & ids[2] or ids[1] & ids[2])
-    rows = ws.to_rows(honesty[:2], ws.FORMATS["yesno"])
+    rows = choice_data.to_rows(honesty[:2], FORMATS["yesno"])
     assert rows[0].sign == 1 and rows[1].sign == -1  # asked action honest, then dishonest
     assert rows[0].prompt.endswith(f"Would you {honesty[0].first}?")
     assert not any("\n (A)" in item.question or item.question.endswith("Answer:") for item in sycophancy)
-    ab = ws.to_rows(sycophancy[:1], ws.FORMATS["ab_paren"])[0]
+    ab = choice_data.to_rows(sycophancy[:1], FORMATS["ab_paren"])[0]
     assert "(A) " in ab.prompt and ab.sign == (1 if sycophancy[0].first_is_target else -1)
     with pytest.raises(ValueError, match="exceeds"):
-        ws.split_items(honesty, 60, 12, 36, seed=0)
+        choice_data.split_items(honesty, 60, 12, 36, seed=0)

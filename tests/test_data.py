@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from lib.data import OFFLINE_SUBSETS, TULU_SUBSETS, load_subset, split_examples, subset_name
+from lib.kits.data import OFFLINE_SUBSETS, TULU_SUBSETS, load_subset, split_examples, subset_name
 
 
 @pytest.mark.parametrize("key", sorted(OFFLINE_SUBSETS))
@@ -36,7 +36,7 @@ def test_split_is_disjoint_and_checked():
 
 
 def test_reply_pairs_after_neutral_or_own_prompts():
-    from lib.data import DEFAULT_PROMPTS, reply_pairs
+    from lib.kits.data import DEFAULT_PROMPTS, reply_pairs
 
     examples = load_subset("math")[: len(DEFAULT_PROMPTS) + 1]
     neutral = reply_pairs(examples)

@@ -4,10 +4,10 @@ from __future__ import annotations
 
 import pytest
 import torch
-from test_extract import _Tokenizer
+from conftest import ByteTokenizer
 
 from lib.evals import continuation_logprobs, next_token_kl
-from lib.generation import Steering
+from lib.hooks import Steering
 from lib.models import tiny_model
 from lib.vectors import SteeringVector
 
@@ -30,7 +30,7 @@ def _manual_logprob(model, prompt_ids, reply_ids, context=None) -> float:
 
 
 def test_continuation_logprobs_match_unbatched_computation():
-    model, tokenizer = tiny_model("llama", seed=5), _Tokenizer()
+    model, tokenizer = tiny_model("llama", seed=5), ByteTokenizer()
     scores = continuation_logprobs(model, tokenizer, PROMPTS, REPLIES, batch_size=2, chat=False)
     for i, (prompt, reply) in enumerate(zip(PROMPTS, REPLIES, strict=True)):
         expected = _manual_logprob(model, tokenizer(prompt)["input_ids"], tokenizer(reply)["input_ids"])
@@ -38,7 +38,7 @@ def test_continuation_logprobs_match_unbatched_computation():
 
 
 def test_steered_logprobs_with_row_coefficients_match_separate_runs():
-    model, tokenizer = tiny_model("qwen2", seed=5), _Tokenizer()
+    model, tokenizer = tiny_model("qwen2", seed=5), ByteTokenizer()
     steering = _steering(model)
     coefficients = [0.0, 3.0, -3.0]
     batched = continuation_logprobs(model, tokenizer, PROMPTS, REPLIES, steering=steering,
@@ -53,7 +53,7 @@ def test_steered_logprobs_with_row_coefficients_match_separate_runs():
 
 
 def test_next_token_kl_is_zero_unsteered_and_grows_with_scale():
-    model, tokenizer = tiny_model("llama", seed=6), _Tokenizer()
+    model, tokenizer = tiny_model("llama", seed=6), ByteTokenizer()
     kl = next_token_kl(model, tokenizer, ["some neutral text", "more of it"], steering=_steering(model),
                        coefficients=[0.0, 1.0, 4.0], batch_size=2)
     assert abs(float(kl[0])) < 1e-6
@@ -85,7 +85,7 @@ def _own_steer_hook(model, layer: int, delta: torch.Tensor):
 def test_row_coefficients_follow_their_rows_across_batches(batch_size):
     """Per-row coefficients over several batches: each row equals an unbatched, unpadded forward steered by our
     own hook with that row's coefficient (a batch given another batch's coefficients would not)."""
-    model, tokenizer = tiny_model("llama", seed=5), _Tokenizer()
+    model, tokenizer = tiny_model("llama", seed=5), ByteTokenizer()
     steering = _steering(model)
     prompts = PROMPTS + ["fourth prompt", "the fifth"]
     replies = REPLIES + ["four", "five five"]
@@ -102,7 +102,7 @@ def test_row_coefficients_follow_their_rows_across_batches(batch_size):
 
 
 def test_empty_inputs_raise_named_errors():
-    model, tokenizer = tiny_model("llama", seed=5), _Tokenizer()
+    model, tokenizer = tiny_model("llama", seed=5), ByteTokenizer()
     with pytest.raises(ValueError, match="prompts is empty"):
         continuation_logprobs(model, tokenizer, [], [], chat=False)
     with pytest.raises(ValueError, match="texts is empty"):

@@ -7,10 +7,11 @@ import builtins
 import json
 
 import pytest
+from conftest import NOTEBOOKS
 
-from lib.configs import CONFIGS
-from lib.executors import LocalExecutor, TaskPool, get_executor, parse_resources, ray_options
-from lib.optimize import SearchSpace, gaussian_bump, run_search
+from lib.experiments import config_class
+from lib.kits.executors import LocalExecutor, TaskPool, get_executor, parse_resources, ray_options
+from lib.kits.optimize import SearchSpace, gaussian_bump, run_search
 from lib.runner import notebook_resources, write_shipped
 
 SPACE = SearchSpace(["early", "late"], [(-1.0, 2.0), (0.0, 4.0)])
@@ -59,11 +60,11 @@ def test_get_executor_and_resource_declarations(monkeypatch):
                                                                       "resources": {"A100": 1}}
     with pytest.raises(ValueError, match="num_gpus"):
         ray_options({"num_gpus": -1})
-    assert all(notebook_resources(name)["num_cpus"] >= 1 for name in CONFIGS)
+    assert all(notebook_resources(name)["num_cpus"] >= 1 for name in NOTEBOOKS)
     with pytest.raises(ValueError, match="n_parallel"):
-        CONFIGS["steering_bo"](n_parallel=0)
+        config_class("steering_bo")(n_parallel=0)
     with pytest.raises(ValueError, match="executor='slurm'"):
-        CONFIGS["steering_bo"](executor="slurm")
+        config_class("steering_bo")(executor="slurm")
     assert notebook_resources("grpo_math", {"num_gpus": 1}) == {"num_cpus": 2, "num_gpus": 1}
 
 
@@ -88,10 +89,10 @@ def test_shipped_run_is_written_into_the_run_folder_with_run_json_last(tmp_path,
         "run.json": json.dumps(record).encode(), "results.json": json.dumps({"path": f"{worker_dir}/a.png"}).encode(),
         "figs/a.png": b"\x89PNG" + worker_dir.encode()}}
     order = []
-    import lib.runner
+    import lib.io
 
-    real = lib.runner.os.replace
-    monkeypatch.setattr(lib.runner.os, "replace", lambda a, b: order.append(b.name) or real(a, b))
+    real = lib.io.os.replace
+    monkeypatch.setattr(lib.io.os, "replace", lambda a, b: order.append(b.name) or real(a, b))
     assert write_shipped(run_dir, shipped) == "ok"
     assert order[-1] == "run.json" and set(order) == {"run.json", "results.json", "a.png"}  # all via os.replace
     assert json.loads((run_dir / "run.json").read_text())["parameters"]["out_dir"] == str(run_dir)

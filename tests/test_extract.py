@@ -4,22 +4,11 @@ from __future__ import annotations
 
 import pytest
 import torch
+from conftest import TEXTS, ByteTokenizer
 
 from lib.extract import extract
 from lib.hooks import read_only
 from lib.models import tiny_model
-
-
-class _Tokenizer:
-    """Byte-level stand-in for a tokenizer: enough for extract's raw-text path (chat=False)."""
-
-    pad_token_id = 0
-
-    def __call__(self, text: str, add_special_tokens: bool = True) -> dict:
-        return {"input_ids": [1 + (b % 200) for b in text.encode()]}
-
-
-TEXTS = ["the cat sat", "a much longer sentence here", "hi", "numbers 1 2 3", "steer me"]
 
 
 def _counting(model):
@@ -37,13 +26,13 @@ def test_second_extraction_and_other_layers_do_no_forward_pass(isolated_cache):
     model = tiny_model("llama", seed=2)
     calls, handle = _counting(model)
     try:
-        first = extract(model, _Tokenizer(), TEXTS, layers=[1], batch_size=2, chat=False)
+        first = extract(model, ByteTokenizer(), TEXTS, layers=[1], batch_size=2, chat=False)
         assert calls["n"] == 3  # 5 texts in batches of 2
-        again = extract(model, _Tokenizer(), TEXTS, layers=[1], batch_size=2, chat=False)
-        other = extract(model, _Tokenizer(), TEXTS, layers=[0, 2], batch_size=2, chat=False)
+        again = extract(model, ByteTokenizer(), TEXTS, layers=[1], batch_size=2, chat=False)
+        other = extract(model, ByteTokenizer(), TEXTS, layers=[0, 2], batch_size=2, chat=False)
         assert calls["n"] == 3
         assert torch.equal(first[1], again[1]) and set(other) == {0, 2}
-        extract(model, _Tokenizer(), TEXTS[:4], layers=[1], batch_size=2, chat=False)  # other data: a miss
+        extract(model, ByteTokenizer(), TEXTS[:4], layers=[1], batch_size=2, chat=False)  # other data: a miss
         assert calls["n"] == 5
     finally:
         handle.remove()
@@ -51,15 +40,15 @@ def test_second_extraction_and_other_layers_do_no_forward_pass(isolated_cache):
 
 def test_other_weights_never_reuse_the_cache(isolated_cache):
     base, tuned = tiny_model("llama", seed=2), tiny_model("llama", seed=3)
-    a = extract(base, _Tokenizer(), TEXTS, layers=[2], chat=False)
-    b = extract(tuned, _Tokenizer(), TEXTS, layers=[2], chat=False)
+    a = extract(base, ByteTokenizer(), TEXTS, layers=[2], chat=False)
+    b = extract(tuned, ByteTokenizer(), TEXTS, layers=[2], chat=False)
     assert not torch.equal(a[2], b[2])
 
 
 @pytest.mark.parametrize("damage", ["truncate", "flip_byte", "drop_sidecar"])
 def test_damaged_cache_is_detected_and_rebuilt(isolated_cache, damage):
     model = tiny_model("qwen2", seed=2)
-    reference = extract(model, _Tokenizer(), TEXTS, layers=[1], chat=False)
+    reference = extract(model, ByteTokenizer(), TEXTS, layers=[1], chat=False)
     (cache_file,) = (isolated_cache / "activations").glob("*.safetensors")
     data = cache_file.read_bytes()
     if damage == "truncate":
@@ -71,18 +60,18 @@ def test_damaged_cache_is_detected_and_rebuilt(isolated_cache, damage):
     calls, handle = _counting(model)
     try:
         with pytest.warns(UserWarning, match="rebuilding"):
-            rebuilt = extract(model, _Tokenizer(), TEXTS, layers=[1], chat=False)
+            rebuilt = extract(model, ByteTokenizer(), TEXTS, layers=[1], chat=False)
     finally:
         handle.remove()
     assert calls["n"] == 1
     assert torch.equal(rebuilt[1], reference[1])
-    assert extract(model, _Tokenizer(), TEXTS, layers=[1], chat=False)[1].equal(reference[1])  # healthy again
+    assert extract(model, ByteTokenizer(), TEXTS, layers=[1], chat=False)[1].equal(reference[1])  # healthy again
 
 
 def test_extract_matches_one_by_one_hidden_states(isolated_cache):
     model = tiny_model("gpt2", seed=2)
-    acts = extract(model, _Tokenizer(), TEXTS, layers=[0, 1], reduction="last", batch_size=3, chat=False)
-    tokenizer = _Tokenizer()
+    acts = extract(model, ByteTokenizer(), TEXTS, layers=[0, 1], reduction="last", batch_size=3, chat=False)
+    tokenizer = ByteTokenizer()
     for i, text in enumerate(TEXTS):
         ids = torch.tensor([tokenizer(text)["input_ids"]])
         with torch.no_grad():
@@ -94,15 +83,15 @@ def test_extract_matches_one_by_one_hidden_states(isolated_cache):
 def test_extract_bad_input(isolated_cache):
     model = tiny_model("llama", seed=2)
     with pytest.raises(ValueError, match="reduction="):
-        extract(model, _Tokenizer(), TEXTS, reduction="all", chat=False)
+        extract(model, ByteTokenizer(), TEXTS, reduction="all", chat=False)
     with pytest.raises(ValueError, match="layer 9 is out of range"):
-        extract(model, _Tokenizer(), TEXTS, layers=[9], chat=False)
+        extract(model, ByteTokenizer(), TEXTS, layers=[9], chat=False)
     with pytest.raises(ValueError, match="texts is empty"):
-        extract(model, _Tokenizer(), [], chat=False)
+        extract(model, ByteTokenizer(), [], chat=False)
 
 
 def test_start_tokens_average_only_the_tail(isolated_cache):
-    model, tokenizer = tiny_model("llama", seed=2), _Tokenizer()
+    model, tokenizer = tiny_model("llama", seed=2), ByteTokenizer()
     starts = [3, 5, 1, 2, 4]
     acts = extract(model, tokenizer, TEXTS, layers=[1], reduction="mean", start_tokens=starts, batch_size=2,
                    chat=False)

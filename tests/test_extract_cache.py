@@ -8,7 +8,7 @@ shows up as a difference. Found on a fresh install (journal, 2026-12-01).
 from __future__ import annotations
 
 import torch
-from test_extract import TEXTS, _Tokenizer
+from conftest import TEXTS, ByteTokenizer
 
 from lib.extract import extract
 from lib.hooks import active_interventions, steer
@@ -16,14 +16,14 @@ from lib.models import find_layers, hidden_size, model_fingerprint, tiny_model
 from lib.weights import WeightDelta, apply_delta
 
 
-class _OtherTokenizer(_Tokenizer):
+class _OtherTokenizer(ByteTokenizer):
     """Same texts, other ids: a second tokenizer."""
 
     def __call__(self, text: str, add_special_tokens: bool = True) -> dict:
         return {"input_ids": [1 + ((b * 7) % 200) for b in text.encode()]}
 
 
-class _BosTokenizer(_Tokenizer):
+class _BosTokenizer(ByteTokenizer):
     """Adds a BOS id for raw text (chat=False) and none when a chat template wrote the special tokens."""
 
     def __call__(self, text: str, add_special_tokens: bool = True) -> dict:
@@ -49,7 +49,7 @@ def _entries(cache) -> int:
 
 
 def test_steering_never_reads_or_writes_the_cache(isolated_cache):
-    model, tokenizer = tiny_model("llama", seed=2), _Tokenizer()
+    model, tokenizer = tiny_model("llama", seed=2), ByteTokenizer()
     vector = {1: torch.randn(hidden_size(model), generator=torch.Generator().manual_seed(0)) * 4}
     plain = _cached(model, tokenizer, TEXTS, layers=[2], chat=False)  # cache now holds the unsteered entry
     with steer(model, vector):
@@ -70,7 +70,7 @@ def test_steering_never_reads_or_writes_the_cache(isolated_cache):
 def test_other_libraries_hooks_and_weight_edits_switch_the_cache_off(isolated_cache):
     """A raw forward hook (any other library's steering) and `apply_delta` count as interventions. This also
     guards the torch-private hook dictionaries `active_interventions` reads: if they moved, it would fail."""
-    model, tokenizer = tiny_model("qwen2", seed=2), _Tokenizer()
+    model, tokenizer = tiny_model("qwen2", seed=2), ByteTokenizer()
     plain = _cached(model, tokenizer, TEXTS, layers=[2], chat=False)
     shift = torch.full((hidden_size(model),), 3.0)
     handle = find_layers(model)[1][1].register_forward_hook(lambda module, args, output: output + shift)
@@ -102,14 +102,14 @@ def test_key_is_what_the_model_sees(isolated_cache):
     each get their own entry: each call equals its own no-cache recompute, in either order."""
     model = tiny_model("llama", seed=2)
     calls = [
-        (_Tokenizer(), TEXTS, {"chat": False}),
+        (ByteTokenizer(), TEXTS, {"chat": False}),
         (_OtherTokenizer(), TEXTS, {"chat": False}),
         (_BosTokenizer(), TEXTS, {"chat": True}),
         (_BosTokenizer(), TEXTS, {"chat": False}),
-        (_Tokenizer(), ["a\0b", "c"], {"chat": False}),
-        (_Tokenizer(), ["a", "b\0c"], {"chat": False}),
-        (_Tokenizer(), ["ab", "c"], {"chat": False}),  # the same ids in all, split differently into rows
-        (_Tokenizer(), ["a", "bc"], {"chat": False}),
+        (ByteTokenizer(), ["a\0b", "c"], {"chat": False}),
+        (ByteTokenizer(), ["a", "b\0c"], {"chat": False}),
+        (ByteTokenizer(), ["ab", "c"], {"chat": False}),  # the same ids in all, split differently into rows
+        (ByteTokenizer(), ["a", "bc"], {"chat": False}),
     ]
     for order in (calls, calls[::-1]):
         for path in isolated_cache.glob("activations/*"):
@@ -117,12 +117,12 @@ def test_key_is_what_the_model_sees(isolated_cache):
         for tokenizer, texts, kwargs in order:
             _assert_same(_cached(model, tokenizer, texts, layers=[1], **kwargs),
                          _fresh(model, tokenizer, texts, layers=[1], **kwargs))
-    # chat=True with _BosTokenizer gives exactly _Tokenizer's ids: the model sees the same, so they share an entry
+    # chat=True with _BosTokenizer gives exactly ByteTokenizer's ids: the model sees the same, so they share an entry
     assert _entries(isolated_cache) == len(calls) - 1
 
 
 def test_reduction_and_starts_are_part_of_the_key(isolated_cache):
-    model, tokenizer = tiny_model("gpt2", seed=2), _Tokenizer()
+    model, tokenizer = tiny_model("gpt2", seed=2), ByteTokenizer()
     variants = [{"reduction": "last"}, {"reduction": "mean"}, {"reduction": "mean", "start_tokens": [1, 2, 0, 3, 1]},
                 {"reduction": "mean", "start_tokens": [2, 2, 0, 3, 1]}]
     for kwargs in variants:  # each after the others: a key missing a field would serve the previous entry

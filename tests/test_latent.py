@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import pytest
 import torch
+from conftest import ByteTokenizer
 
 from lib.latent import LatentSteering, latent_generate
 from lib.models import find_layers, tiny_model
@@ -16,20 +17,9 @@ PROMPTS = ["what is 2+3", "x", "a longer prompt about adding numbers"]
 K = 3
 
 
-class _ByteTokenizer:
-    """Byte-level stand-in: ids 3..202, pad 0, eos 2 (raw-text path, chat=False)."""
-
-    pad_token_id = 0
-    eos_token_id = 2
-
-    def __call__(self, text: str, add_special_tokens: bool = True) -> dict:
-        return {"input_ids": [3 + (b % 200) for b in text.encode()]}
-
-    def decode(self, ids: list[int], skip_special_tokens: bool = True) -> str:
-        return bytes(i - 3 for i in ids if i >= 3).decode(errors="replace")
 
 
-TOKENIZER = _ByteTokenizer()
+TOKENIZER = ByteTokenizer()
 
 
 def _run(model, prompts=PROMPTS, **kwargs):

@@ -7,7 +7,7 @@ import types
 
 import pytest
 
-from lib.mathdata import (
+from lib.kits.mathdata import (
     HUB_SOURCES,
     MATH_SOURCES,
     OFFLINE_SOURCES,
@@ -21,7 +21,7 @@ from lib.mathdata import (
     load_math,
     train_eval_split,
 )
-from lib.rewards import answers_match, parses
+from lib.kits.rewards import answers_match, parses
 
 
 @pytest.mark.parametrize("source", OFFLINE_SOURCES)
@@ -207,7 +207,7 @@ def test_demo_is_never_a_problem():
 
 
 def test_the_one_shot_demo_never_appears_as_a_problem(monkeypatch):
-    import lib.mathdata as mathdata
+    import lib.kits.mathdata as mathdata
 
     def stream(source, seed, split):
         yield mathdata.MathProblem("Calculate ( 7 + 6 ).", "13", source)  # the demo, bracketed

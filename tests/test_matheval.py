@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import pytest
 
-from lib.mathdata import MathProblem
-from lib.matheval import ks_for, score
+from lib.kits.mathdata import MathProblem
+from lib.kits.matheval import ks_for, score
 
 
 def test_score_counts_strict_correctness_and_format():

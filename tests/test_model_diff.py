@@ -6,17 +6,10 @@ import copy
 
 import pytest
 import torch
-from test_extract import _Tokenizer
+from conftest import ByteTokenizer
 
 from lib.model_diff import activation_difference
 from lib.models import tiny_model
-
-
-class _ChatTokenizer(_Tokenizer):
-    chat_template = "stub"
-
-    def apply_chat_template(self, messages, tokenize=False, add_generation_prompt=True):
-        return "".join(f"<{m['role']}>{m['content']}" for m in messages) + "<assistant>"
 
 
 @pytest.fixture
@@ -33,7 +26,7 @@ def pair(isolated_cache):
 def test_known_weight_difference_is_recovered(pair, reduction):
     base, tuned, shift = pair
     prompts = ["what is 2+2", "name a colour", "count to three"]
-    vector, completions = activation_difference(base, tuned, _ChatTokenizer(), prompts, reduction=reduction,
+    vector, completions = activation_difference(base, tuned, ByteTokenizer(chat=True), prompts, reduction=reduction,
                                                 completions=["four", "blue", "one two three"], batch_size=2)
     assert torch.equal(vector[0], torch.zeros(64))  # before the edited block: no difference at all
     torch.testing.assert_close(vector[1], shift, rtol=1e-5, atol=1e-5)  # the edit itself
@@ -44,4 +37,4 @@ def test_known_weight_difference_is_recovered(pair, reduction):
 def test_bad_reduction_is_rejected(pair):
     base, tuned, _ = pair
     with pytest.raises(ValueError, match="reduction='max'"):
-        activation_difference(base, tuned, _ChatTokenizer(), ["x"], reduction="max")
+        activation_difference(base, tuned, ByteTokenizer(chat=True), ["x"], reduction="max")

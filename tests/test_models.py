@@ -8,8 +8,8 @@ import pytest
 import torch
 
 from lib.evals import continuation_logprobs
-from lib.generation import Steering, generate
-from lib.hooks import record
+from lib.generation import generate
+from lib.hooks import Steering, record
 from lib.models import embedded_gguf, find_layers, hidden_size
 from lib.vectors import SteeringVector, random_like
 
@@ -29,7 +29,7 @@ def test_missing_package_error_names_the_install_command(monkeypatch):
 
 def _probe_vector(model) -> SteeringVector:
     base = SteeringVector({10: torch.ones(hidden_size(model))})
-    return random_like(base * (40 / base[10].norm()), seed=0)  # norm 40: visibly changes output (OFFLINE.md)
+    return random_like(base * (40 / base[10].norm()), seed=0)  # norm 40: visibly changes output
 
 
 def test_steering_changes_generation_and_exit_restores_it(embedded):

@@ -13,8 +13,8 @@ import time
 import numpy as np
 import pytest
 
-from lib.configs import REPO_ROOT
-from lib.optimize import (
+from lib.io import REPO_ROOT
+from lib.kits.optimize import (
     SearchResult,
     SearchSpace,
     evaluations_to_reach,
@@ -105,7 +105,7 @@ def test_objective_failure_then_resume_equals_uninterrupted_run(uninterrupted, t
 CHILD = """
 import sys, time
 from pathlib import Path
-from lib.optimize import SearchSpace, gaussian_bump, run_search
+from lib.kits.optimize import SearchSpace, gaussian_bump, run_search
 bump = gaussian_bump({{"early": 0.4, "late": 2.5}}, width=0.8)
 def slow(point):
     time.sleep(0.4)
@@ -214,7 +214,7 @@ def test_gp_surrogate_uses_the_optimisers_transform_and_fits_the_history(uninter
 def test_figures_are_drawn_from_the_history_alone(uninterrupted, tmp_path):
     from PIL import Image
 
-    from lib.optimize_plots import animate, bo_vs_random_figure, gp_1d_frames, gp_2d_grid, parallel_coordinates
+    from lib.kits.optimize_plots import animate, bo_vs_random_figure, gp_1d_frames, gp_2d_grid, parallel_coordinates
 
     frames = gp_1d_frames(uninterrupted, SPACE_2D, tmp_path / "frames", every=3, start=4)
     assert [f.name for f in frames] == ["gp_1d_0004.png", "gp_1d_0007.png", "gp_1d_0009.png"]
@@ -233,7 +233,7 @@ def test_figures_are_drawn_from_the_history_alone(uninterrupted, tmp_path):
 
 
 def test_grid_handles_more_groups(tmp_path):
-    from lib.optimize_plots import gp_2d_grid
+    from lib.kits.optimize_plots import gp_2d_grid
 
     history = run_search(BUMP_3D, SPACE_3D, history_path=tmp_path / "h.json", method="random", n_iterations=8,
                          n_initial_points=1, seed=0, progress=False).history

@@ -8,7 +8,7 @@ from fractions import Fraction
 
 import pytest
 
-from lib.passk import mean_pass_at_k, pass_at_k, pass_at_k_ci, wilson_interval
+from lib.kits.passk import mean_pass_at_k, pass_at_k, pass_at_k_ci, wilson_interval
 
 
 def brute_force(n: int, c: int, k: int) -> Fraction:

@@ -114,7 +114,7 @@ def test_generated_scope_through_lib_generate_on_the_embedded_default(embedded):
     layer, new_tokens = 10, 6
     direction = torch.randn(hidden_size(model), generator=torch.Generator().manual_seed(0))
     vector = direction / direction.norm() * 60.0
-    from lib.generation import Steering
+    from lib.hooks import Steering
     from lib.vectors import SteeringVector
 
     steering = Steering(SteeringVector({layer: vector}), positions="generated")

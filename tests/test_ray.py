@@ -18,8 +18,8 @@ import pytest
 import ray
 from ray.cluster_utils import Cluster
 
-from lib.executors import RayExecutor
-from lib.optimize import SearchSpace, gaussian_bump, run_search
+from lib.kits.executors import RayExecutor
+from lib.kits.optimize import SearchSpace, gaussian_bump, run_search
 from lib.runner import SweepFailed, sweep
 
 # Fast failure detection, so a removed node is noticed in about a second rather than tens of seconds.

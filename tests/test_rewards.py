@@ -7,8 +7,8 @@ import time
 
 import pytest
 
-from lib.mathdata import ONE_SHOT
-from lib.rewards import (
+from lib.kits.mathdata import ONE_SHOT
+from lib.kits.rewards import (
     answers_match,
     completion_text,
     correctness_reward,

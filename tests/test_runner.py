@@ -5,15 +5,18 @@ from __future__ import annotations
 import dataclasses
 
 import pytest
+from conftest import NOTEBOOKS
 
-from lib.configs import CONFIGS, ContrastiveConfig, run_slug
+from lib.config import run_slug
+from lib.experiments import config_class
+from lib.experiments.contrastive_steering import ContrastiveConfig
 from lib.runner import main, notebook_path, parameters_cell, parse_assignments, split_top_level, validate
 
 
-@pytest.mark.parametrize("name", sorted(CONFIGS))
+@pytest.mark.parametrize("name", NOTEBOOKS)
 def test_parameters_cell_mirrors_config_fields_and_defaults(name):
     cell = parameters_cell(notebook_path(name))
-    config_cls = CONFIGS[name]
+    config_cls = config_class(name)
     assert list(cell) == config_cls.field_names()
     defaults = config_cls()
     for field in dataclasses.fields(config_cls):
@@ -23,10 +26,15 @@ def test_parameters_cell_mirrors_config_fields_and_defaults(name):
             (list(expected) if isinstance(expected, tuple | list) else expected), field.name
 
 
-def test_every_notebook_has_a_config():
-    from lib.runner import NOTEBOOK_DIR
+def test_every_notebook_pairs_with_one_experiment_module():
+    from lib.io import REPO_ROOT
 
-    assert sorted(p.stem for p in NOTEBOOK_DIR.glob("*.py")) == sorted(CONFIGS)
+    modules = sorted(p.stem for p in (REPO_ROOT / "lib" / "experiments").glob("*.py") if p.stem != "__init__")
+    assert modules == NOTEBOOKS
+    for name in NOTEBOOKS:
+        assert config_class(name).notebook == name
+    with pytest.raises(ValueError, match="no experiment module lib/experiments/nothing_here.py"):
+        config_class("nothing_here")
 
 
 def test_split_and_parse():
@@ -86,7 +94,7 @@ def _results_files_written(path) -> list[str]:
     return names
 
 
-@pytest.mark.parametrize("name", sorted(CONFIGS))
+@pytest.mark.parametrize("name", NOTEBOOKS)
 def test_every_notebook_writes_the_results_file_the_sweep_summary_reads(name):
     from lib.runner import RESULTS_FILE
 
@@ -98,8 +106,7 @@ def test_bo_summary_reaches_the_sweep_table(tmp_path):
     """steering_bo's results, as the notebook writes them, give summary.csv its metric columns."""
     import csv
 
-    from lib.bo_steering import bo_results
-    from lib.configs import BOSteeringConfig
+    from lib.experiments.steering_bo import BOSteeringConfig, bo_results
     from lib.runner import RESULTS_FILE, _summary_row, _write_summary, write_json
 
     class Search:

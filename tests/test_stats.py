@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 from scipy.stats import binomtest
 
-from lib.stats import accuracy_ci, balanced_split, binomial_two_sided, mcnemar_exact, random_control, transitions
+from lib.kits.stats import accuracy_ci, balanced_split, binomial_two_sided, mcnemar_exact, random_control, transitions
 
 
 def test_transitions_count_each_outcome():
@@ -68,7 +68,7 @@ def test_balanced_split_is_deterministic_disjoint_and_balanced():
 def test_auc_matches_sklearn():
     from sklearn.metrics import roc_auc_score
 
-    from lib.stats import auc
+    from lib.kits.stats import auc
 
     positive, negative = [0.9, 0.4, 0.4, 2.0, -1.0], [0.4, 0.1, -3.0, 0.5]
     expected = roc_auc_score([1] * 5 + [0] * 4, positive + negative)

@@ -7,11 +7,14 @@ import dataclasses
 import json
 
 import pytest
+from conftest import NOTEBOOKS
 
-import lib.configs
+import lib.config
 import lib.models
 import lib.runner
-from lib.configs import CONFIGS, EMBEDDED_N_LAYERS, ReasoningDirectionConfig, hub_unreachable, model_layer_count
+from lib.config import EMBEDDED_N_LAYERS, hub_unreachable, model_layer_count
+from lib.experiments import config_class
+from lib.experiments.reasoning_direction import ReasoningDirectionConfig
 from lib.runner import main, run_notebook, sweep, validate
 
 LAST = EMBEDDED_N_LAYERS - 1
@@ -84,7 +87,7 @@ LAYER_CASES = {
 
 
 def test_every_layer_field_of_every_config_has_a_range_case():
-    fields = {(name, f.name) for name, cls in CONFIGS.items() for f in dataclasses.fields(cls)
+    fields = {(name, f.name) for name, cls in ((n, config_class(n)) for n in NOTEBOOKS) for f in dataclasses.fields(cls)
               if f.name.endswith(("layer", "layers")) or f.name == "boundaries"}
     assert fields == set(LAYER_CASES)
 
@@ -127,7 +130,7 @@ def test_unresolvable_model_id_is_one_line_naming_the_embedded_default(capsys):
 
 
 def test_offline_reason_and_missing_local_folder(capsys, monkeypatch):
-    monkeypatch.setattr(lib.configs, "hub_unreachable", lambda: "HF_HUB_OFFLINE is set")
+    monkeypatch.setattr(lib.config, "hub_unreachable", lambda: "HF_HUB_OFFLINE is set")
     with pytest.raises(ValueError, match=r"hub is unreachable: HF_HUB_OFFLINE is set\); use model=smollm2-135m"):
         validate("weight_steering", {"model": "some/missing-model"})
     assert main(["check", "reasoning_direction", "model=out/no/such/folder"]) == 2
@@ -139,8 +142,8 @@ def test_local_model_folder_is_read_once_per_process(tmp_path, monkeypatch):
     folder.mkdir()
     (folder / "config.json").write_text(json.dumps({"model_type": "llama", "num_hidden_layers": 3}))
     reads = []
-    read = lib.configs._folder_layer_count
-    monkeypatch.setattr(lib.configs, "_folder_layer_count", lambda path, *a: reads.append(path) or read(path, *a))
+    read = lib.config._folder_layer_count
+    monkeypatch.setattr(lib.config, "_folder_layer_count", lambda path, *a: reads.append(path) or read(path, *a))
     for layer in (0, 1, 2):
         validate("contrastive_steering", {"model": str(folder), "layer": layer})
     assert len(reads) == 1
@@ -156,9 +159,9 @@ def test_local_model_folder_is_read_once_per_process(tmp_path, monkeypatch):
 
 
 def test_layer_count_of_multimodal_and_gpt2_configs():
-    assert lib.configs._layer_count({"text_config": {"num_hidden_layers": 34}, "vision_config": {}}) == 34
-    assert lib.configs._layer_count({"n_layer": 12}) == 12
-    assert lib.configs._layer_count({"model_type": "x"}) is None
+    assert lib.config._layer_count({"text_config": {"num_hidden_layers": 34}, "vision_config": {}}) == 34
+    assert lib.config._layer_count({"n_layer": 12}) == 12
+    assert lib.config._layer_count({"model_type": "x"}) is None
 
 
 def test_missing_input_folders_name_the_command_that_makes_them(tmp_path):
@@ -175,7 +178,7 @@ def test_missing_input_folders_name_the_command_that_makes_them(tmp_path):
 
 
 def test_config_without_a_model_reads_no_model_config(monkeypatch):
-    monkeypatch.setattr(lib.configs, "model_layer_count", lambda *a, **k: pytest.fail("toy_sweep has no model"))
+    monkeypatch.setattr(lib.config, "model_layer_count", lambda *a, **k: pytest.fail("toy_sweep has no model"))
     validate("toy_sweep", {"layer": 3})
 
 

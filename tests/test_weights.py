@@ -9,7 +9,7 @@ import peft
 import pytest
 import torch
 
-from lib.adapters import merge_to_delta
+from lib.kits.adapters import merge_to_delta
 from lib.models import tiny_model
 from lib.weights import WeightDelta, apply_delta, delta_from_merged, export_checkpoint
 

@@ -2,7 +2,7 @@
 
 Two runs on the same problems are paired: the exact McNemar test looks only at the discordant
 problems (solved by one run, not the other), which is the sign test on those pairs. Accuracy
-intervals bootstrap over problems (`lib.passk.pass_at_k_ci`). A steering direction is compared
+intervals bootstrap over problems (`lib.kits.passk.pass_at_k_ci`). A steering direction is compared
 with norm-matched random directions by rank: how many random directions do at least as much
 (the seed report's control: "random directions -6.7 points on average").
 """
@@ -15,7 +15,7 @@ from collections.abc import Sequence
 from dataclasses import asdict, dataclass
 from typing import Any
 
-from lib.passk import pass_at_k_ci
+from lib.kits.passk import pass_at_k_ci
 
 TRANSITIONS = ("stayed_correct", "became_correct", "became_wrong", "stayed_wrong")
 

@@ -3,20 +3,70 @@ then pass@k of base, finetuned and base + w * vector on one eval set, with side 
 
 from __future__ import annotations
 
-from typing import Any
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, ClassVar
 
 import pandas as pd
 from torch import nn
 
-from lib.configs import MathSteeringConfig, repo_path
-from lib.data import NEUTRAL_TEXTS
+from lib.config import (
+    NotebookConfig,
+    check_choice,
+    check_finetuned,
+    check_math_source,
+    check_positive,
+    check_sampled,
+    model_layer_count,
+)
 from lib.evals import model_kl, next_token_kl
-from lib.generation import Steering
-from lib.mathdata import MathProblem, build_messages, train_eval_split
-from lib.matheval import evaluate_math
+from lib.hooks import Steering
+from lib.io import repo_path
+from lib.kits.data import NEUTRAL_TEXTS
+from lib.kits.mathdata import MathProblem, build_messages, train_eval_split
+from lib.kits.matheval import evaluate_math
+from lib.kits.plots import finish_figure
 from lib.model_diff import activation_difference
 from lib.models import load_model
 from lib.vectors import SteeringVector, random_like
+
+
+@dataclass
+class MathSteeringConfig(NotebookConfig):
+    """Steering vectors from base vs GRPO-finetuned activations, evaluated on a weight grid (the seed's "Day 4")."""
+
+    notebook: ClassVar[str] = "math_steering"
+    model: str = "smollm2-135m"
+    finetuned: str = "out/grpo_math/default/final_model"
+    source: str = "arithmetic"
+    train_size: int = 16
+    eval_size: int = 8
+    max_examples: int = 16
+    reduction: str = "completion_mean"
+    weights: tuple[float, ...] | list[float] = (0.0, 0.1, 0.15, 0.2, 0.25, 0.3, 0.35)
+    num_completions_eval: int = 1
+    eval_temperature: float = 0.0
+    max_completion_length: int = 32
+    one_shot: bool = True
+    random_control: bool = True
+    batch_size: int = 16
+    seed: int = 0
+    out_dir: str = ""
+
+    def __post_init__(self) -> None:
+        for name in ("train_size", "eval_size", "max_examples", "num_completions_eval", "max_completion_length",
+                     "batch_size"):
+            check_positive(name, getattr(self, name))
+        check_choice("reduction", self.reduction, ("completion_mean", "prompt_last", "all_mean"))
+        if not self.weights or 0.0 not in [float(w) for w in self.weights]:
+            raise ValueError(f"weights={self.weights!r} must include 0.0 (the unsteered base in the same batch)")
+        self.weights = [float(w) for w in self.weights]
+        check_sampled("num_completions_eval", self.num_completions_eval, "eval_temperature", self.eval_temperature)
+
+    def check_inputs(self) -> None:
+        check_math_source("source", self.source)
+        check_finetuned(self.finetuned)
+        model_layer_count(self.model)
 
 
 def finetuned_source(finetuned: str) -> str:
@@ -109,3 +159,31 @@ def results(cfg: MathSteeringConfig, vector: SteeringVector, evaluation: dict[st
     }
     return {"parameters": cfg.as_dict(), "vector_norms": vector.norms(), "weights": cfg.weights, **evaluation,
             "summary": summary}
+
+
+# ----------------------------------------------------------------------------- figures
+
+
+def weight_curve_figure(weights: list[float], steered: list[dict], base: dict, finetuned: dict, title: str,
+                        path: Path | None = None, random: list[dict] | None = None) -> Any:
+    """Steered pass@1 against weight with 95% intervals; base and finetuned as horizontal lines."""
+    import matplotlib.pyplot as plt
+
+    fig, axis = plt.subplots(figsize=(6.5, 4))
+
+    def band(result: dict, color: str, label: str) -> None:
+        value = result["pass_at"]["1"]
+        axis.axhline(value, color=color, ls="--", label=f"{label} {value:.2f}")
+        axis.axhspan(result["pass1_ci"][0], result["pass1_ci"][1], color=color, alpha=0.1)
+
+    band(base, "k", "base")
+    band(finetuned, "C3", "finetuned")
+    for results, label, color in ((steered, "base + w * vector", "C0"), (random or [], "random direction", "0.5")):
+        if not results:
+            continue
+        values = [r["pass_at"]["1"] for r in results]
+        errors = [[v - r["pass1_ci"][0] for v, r in zip(values, results, strict=True)],
+                  [r["pass1_ci"][1] - v for v, r in zip(values, results, strict=True)]]
+        axis.errorbar(weights, values, yerr=errors, marker="o", capsize=3, color=color, label=label)
+    axis.set(xlabel="steering weight (all layers)", ylabel="pass@1", title=title)
+    return finish_figure(fig, (axis,), title, path, suptitle=False)

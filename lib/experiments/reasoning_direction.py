@@ -17,25 +17,35 @@ without redoing any.
 from __future__ import annotations
 
 import json
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 
 import pandas as pd
 import torch
 from torch import nn
 from tqdm.auto import tqdm
 
-from lib.configs import ReasoningDirectionConfig, repo_path
-from lib.data import NEUTRAL_TEXTS
+from lib.config import (
+    NotebookConfig,
+    check_choice,
+    check_file,
+    check_layers,
+    check_math_source,
+    check_positive,
+    layer_list,
+    model_layer_count,
+)
 from lib.evals import next_token_kl
 from lib.extract import extract, prompt_and_completion
-from lib.generation import Steering, generate, render_chat
-from lib.latent import LatentSteering, latent_generate
-from lib.mathdata import MathProblem, build_messages, load_math
-from lib.models import find_layers, load_model
-from lib.rewards import extract_answer, is_correct
-from lib.runner import write_json
-from lib.stats import (
+from lib.generation import generate, render_chat
+from lib.hooks import Steering
+from lib.io import repo_path, write_json
+from lib.kits.data import NEUTRAL_TEXTS
+from lib.kits.mathdata import MathProblem, build_messages, load_math
+from lib.kits.plots import finish_figure
+from lib.kits.rewards import extract_answer, is_correct
+from lib.kits.stats import (
     TRANSITIONS,
     accuracy_ci,
     auc,
@@ -44,7 +54,69 @@ from lib.stats import (
     random_control,
     transitions,
 )
+from lib.latent import LatentSteering, latent_generate
+from lib.models import find_layers, load_model
 from lib.vectors import SteeringVector, mean_difference, random_like
+
+
+@dataclass
+class ReasoningDirectionConfig(NotebookConfig):
+    """A "good reasoning" direction from solved vs failed problems, with random controls (the seed report
+    "GPT-2 Activation Steering Experiment"). Defaults are the quick preset; the journal run overrides sizes."""
+
+    notebook: ClassVar[str] = "reasoning_direction"
+    model: str = "smollm2-135m"
+    mode: str = "token"
+    source: str = "arithmetic"
+    n_problems: int = 24
+    train_fraction: float = 0.8
+    read: str = "prompt_last"
+    layers: tuple[int, ...] | list[int] = (15,)
+    steer_positions: str = "all"
+    latent_steps: int = 4
+    projection: str = ""
+    step_alphas: tuple[float, ...] | list[float] = ()
+    alphas: tuple[float, ...] | list[float] = (-3.0, 0.0, 3.0)
+    n_random: int = 2
+    random_alphas: tuple[float, ...] | list[float] = (-3.0, 3.0)
+    max_new_tokens: int = 24
+    n_boot: int = 2000
+    batch_size: int = 16
+    seed: int = 0
+    out_dir: str = ""
+
+    def __post_init__(self) -> None:
+        check_choice("mode", self.mode, ("token", "latent"))
+        check_choice("read", self.read, ("prompt_last", "completion_mean"))
+        check_choice("steer_positions", self.steer_positions, ("all", "prompt", "generated"))
+        for name in ("n_problems", "latent_steps", "max_new_tokens", "n_boot", "batch_size"):
+            check_positive(name, getattr(self, name))
+        check_positive("n_random", self.n_random, allow_zero=True)
+        if not 0 < self.train_fraction < 1:
+            raise ValueError(f"train_fraction={self.train_fraction} must be between 0 and 1 (0.8: the seed's 80/20)")
+        self.layers = layer_list("layers", self.layers)
+        if not self.layers:
+            raise ValueError("layers=[] steers nowhere: give at least one layer index, e.g. layers=[15]")
+        self.alphas = [float(a) for a in self.alphas]
+        if 0.0 not in self.alphas:
+            raise ValueError(f"alphas={self.alphas} must include 0.0 (the unsteered baseline on the test set)")
+        self.random_alphas = [float(a) for a in self.random_alphas]
+        stray = [a for a in self.random_alphas if a not in self.alphas or a == 0.0]
+        if stray:
+            raise ValueError(f"random_alphas {stray} must be non-zero values of alphas={self.alphas}: random "
+                             "directions are compared with the direction at the same alpha")
+        self.step_alphas = [float(a) for a in self.step_alphas]
+        if self.step_alphas and (self.mode != "latent" or len(self.step_alphas) != self.latent_steps):
+            raise ValueError(f"step_alphas={self.step_alphas} needs mode='latent' and one value per latent step "
+                             f"(latent_steps={self.latent_steps}); leave it empty for one alpha at every step")
+        if self.projection and self.mode != "latent":
+            raise ValueError("projection is the latent loop's hidden-to-embedding module: it needs mode='latent'")
+
+    def check_inputs(self) -> None:
+        check_math_source("source", self.source)
+        check_file("projection", self.projection, "give a file saved with torch.save(module), or '' for none")
+        check_layers("layers", self.layers, self.model, model_layer_count(self.model))
+
 
 START_TEXT, END_TEXT = "<think>", "</think>\n<answer>"  # latent mode: thoughts replace the text between the tags
 SIGNIFICANCE = 0.05
@@ -300,3 +372,71 @@ def results(cfg: ReasoningDirectionConfig, vector: SteeringVector, parts: dict[s
             "alpha_table": alphas.to_dict("records"),
             "transitions": moves.to_dict("records"), "random_control": randoms.to_dict("records"),
             "summary": summary}
+
+
+# ----------------------------------------------------------------------------- figures
+
+
+def alpha_accuracy_figure(alphas: list[dict], randoms: list[dict], title: str, path: Path | None = None) -> Any:
+    """Test accuracy against alpha with bootstrap CIs, amplification (alpha >= 0) and suppression (alpha <= 0)
+    panels; random directions at the same alphas (grey crosses, their mean a black bar) are the control."""
+    import matplotlib.pyplot as plt
+
+    fig, axes = plt.subplots(1, 2, figsize=(10, 3.8), sharey=True)
+    base = next(row["accuracy"] for row in alphas if row["alpha"] == 0.0)
+    for axis, keep, name in ((axes[0], lambda a: a >= 0, "amplification"), (axes[1], lambda a: a <= 0, "suppression")):
+        rows = [row for row in alphas if keep(row["alpha"])]
+        x = [row["alpha"] for row in rows]
+        y = [row["accuracy"] for row in rows]
+        errors = [[row["accuracy"] - row["ci_low"] for row in rows], [row["ci_high"] - row["accuracy"] for row in rows]]
+        axis.errorbar(x, y, yerr=errors, marker="o", capsize=3, label="direction (95% bootstrap CI)")
+        for row in rows:
+            if row.get("significant"):
+                axis.annotate(f"p={row['p_mcnemar']:.3f}", (row["alpha"], row["accuracy"]), fontsize=7,
+                              textcoords="offset points", xytext=(4, 6))
+        points = [r for r in randoms if r["direction"].startswith("random_") and keep(r["alpha"])]
+        means = [r for r in randoms if r["direction"] == "random mean" and keep(r["alpha"])]
+        if points:
+            axis.scatter([r["alpha"] for r in points], [base + r["delta_points"] / 100 for r in points], marker="x",
+                         color="0.5", label="random directions")
+            axis.scatter([r["alpha"] for r in means], [base + r["delta_points"] / 100 for r in means], marker="_",
+                         s=300, color="k", label="random mean")
+        axis.axhline(base, color="k", lw=0.8, ls=":", label="unsteered")
+        axis.set(xlabel="alpha", title=name)
+    axes[0].set_ylabel("test accuracy")
+    return finish_figure(fig, tuple(axes), title, path)
+
+
+def transition_figure(moves: list[dict], title: str, path: Path | None = None) -> Any:
+    """Stacked bars per alpha: problems that stayed correct / became correct / became wrong / stayed wrong."""
+    import matplotlib.pyplot as plt
+
+    fig, axis = plt.subplots(figsize=(8, 3.8))
+    colours = {"stayed_correct": "C2", "became_correct": "C0", "became_wrong": "C3", "stayed_wrong": "0.7"}
+    labels = [f"{row['alpha']:+g}" for row in moves]
+    bottom = [0] * len(moves)
+    for key, colour in colours.items():
+        heights = [row[key] for row in moves]
+        axis.bar(labels, heights, bottom=bottom, color=colour, label=key.replace("_", " "))
+        bottom = [b + h for b, h in zip(bottom, heights, strict=True)]
+    axis.set(xlabel="alpha", ylabel="test problems", title="vs unsteered (alpha 0)")
+    return finish_figure(fig, (axis,), title, path)
+
+
+def direction_heatmaps(norms: Any, first_dims: Any, dims_label: str, title: str, path: Path | None = None) -> Any:
+    """Left: direction norm by layer (rows) and latent step (columns); right: the first dimensions of the
+    direction at the steered layer(s) (rows: layers in token mode, latent steps in latent mode)."""
+    import matplotlib.pyplot as plt
+    import seaborn as sns
+
+    fig, (left, right) = plt.subplots(1, 2, figsize=(11, 5), gridspec_kw={"width_ratios": [1, 3]})
+    sns.heatmap(norms, ax=left, cmap="viridis", cbar_kws={"label": "norm"})
+    left.set(xlabel="latent step" if norms.shape[1] > 1 else "", ylabel="layer", title="direction norm")
+    sns.heatmap(first_dims, ax=right, cmap="RdBu_r", center=0.0)
+    right.set(xlabel="dimension", ylabel=dims_label,
+              title=f"first {first_dims.shape[1]} dimensions of the unit direction")
+    fig.suptitle(title, fontsize=10)
+    fig.tight_layout()
+    if path is not None:
+        fig.savefig(path, dpi=120)
+    return fig

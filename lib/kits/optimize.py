@@ -11,7 +11,7 @@ Every finished evaluation is written at once, atomically, to a history JSON. A k
 from it by replaying the recorded evaluations into a fresh optimiser with the same seed: that restores
 the random state and the surrogate exactly, so the resumed search proposes the very points the
 uninterrupted one would have (checked point by point during the replay). Figures are drawn from the
-JSON alone (`lib.optimize_plots`), with `gp_surrogate` refitting the same kind of GP.
+JSON alone (`lib.kits.optimize_plots`), with `gp_surrogate` refitting the same kind of GP.
 """
 
 from __future__ import annotations
@@ -27,7 +27,7 @@ from typing import Any, Literal
 
 import numpy as np
 
-from lib.runner import write_json
+from lib.io import write_json
 
 Method = Literal["bo", "random"]
 # Settings that change which points get proposed; a resumed search must match them all.
@@ -294,7 +294,7 @@ def _parallel_search(objective: Callable[[dict[str, float]], float], space: Sear
                      n_iterations: int, n_parallel: int, executor: Any, resources: dict[str, float] | None,
                      maximize: bool, progress: bool) -> SearchResult:
     """run_search with up to n_parallel evaluations in flight (see its docstring for the scheme)."""
-    from lib.executors import TaskPool, get_executor
+    from lib.kits.executors import TaskPool, get_executor
 
     sign, span = (1.0 if maximize else -1.0), np.array([high - low for low, high in space.bounds])
     pending: list[dict[str, Any]] = []

@@ -10,22 +10,117 @@ the optimiser nor training saw, because the best of many noisy evaluations is bi
 
 from __future__ import annotations
 
+import itertools
 from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 
 from torch import nn
 
-from lib.configs import BOSteeringConfig, repo_path
-from lib.data import load_subset, reply_pairs, split_examples
+from lib.config import (
+    NotebookConfig,
+    check_choice,
+    check_file,
+    check_finetuned,
+    check_layers,
+    check_math_source,
+    check_positive,
+    check_sampled,
+    check_subset,
+    model_layer_count,
+)
 from lib.evals import effect_curve
-from lib.generation import Steering
-from lib.hooks import group_weights, layer_groups
-from lib.mathdata import MathProblem, train_eval_split
-from lib.matheval import MathEval, evaluate_math
+from lib.hooks import Steering, group_weights, layer_groups
+from lib.io import atomic_write, repo_path
+from lib.kits.data import load_subset, reply_pairs, split_examples
+from lib.kits.mathdata import MathProblem, train_eval_split
+from lib.kits.matheval import MathEval, evaluate_math
+from lib.kits.optimize import SearchSpace
 from lib.models import find_layers
-from lib.optimize import SearchSpace
 from lib.vectors import SteeringVector
+
+
+@dataclass
+class BOSteeringConfig(NotebookConfig):
+    """Bayesian optimisation of one steering weight per layer group (the seed's "Day 5")."""
+
+    notebook: ClassVar[str] = "steering_bo"
+    model: str = "smollm2-135m"
+    finetuned: str = "out/grpo_math/default/final_model"
+    vector: str = "out/math_steering/default/vector"
+    objective: str = "pass1"
+    source: str = "arithmetic"
+    train_size: int = 16
+    eval_size: int = 8
+    target: str = "math"
+    baseline: str = "howto"
+    n_groups: int = 4
+    boundaries: tuple[int, ...] | list[int] = ()
+    group_names: tuple[str, ...] | list[str] = ()
+    weight_low: float = 0.0
+    weight_high: float = 1.0
+    n_initial_points: int = 3
+    n_iterations: int = 5
+    random_search: bool = True
+    confirm_size: int = 8
+    confirm_completions: int = 1
+    confirm_temperature: float = 0.0
+    num_completions_eval: int = 1
+    eval_temperature: float = 0.0
+    max_completion_length: int = 32
+    resume_from: str = ""
+    frame_every: int = 1
+    n_parallel: int = 1
+    executor: str = ""
+    batch_size: int = 16
+    seed: int = 0
+    out_dir: str = ""
+
+    def __post_init__(self) -> None:
+        check_choice("objective", self.objective, ("pass1", "contrastive_gap"))
+        for name in ("train_size", "eval_size", "n_groups", "n_initial_points", "n_iterations", "confirm_size",
+                     "confirm_completions", "num_completions_eval", "max_completion_length", "frame_every",
+                     "batch_size"):
+            check_positive(name, getattr(self, name))
+        if not self.weight_low < self.weight_high:
+            raise ValueError(f"weight_low={self.weight_low} must be below weight_high={self.weight_high}")
+        if self.n_initial_points > self.n_iterations:
+            raise ValueError(f"n_initial_points={self.n_initial_points} must be <= n_iterations={self.n_iterations}")
+        check_sampled("num_completions_eval", self.num_completions_eval, "eval_temperature", self.eval_temperature)
+        check_sampled("confirm_completions", self.confirm_completions, "confirm_temperature", self.confirm_temperature)
+        self.boundaries, self.group_names = list(self.boundaries), list(self.group_names)
+        if any(not isinstance(b, int) or isinstance(b, bool) for b in self.boundaries) or \
+                any(b <= a for a, b in itertools.pairwise([0, *self.boundaries])):
+            raise ValueError(f"boundaries={self.boundaries!r} must be strictly increasing layer indices >= 1 (the "
+                             "first layer of every group after the first), or [] for n_groups near-equal groups")
+        n_groups = len(self.boundaries) + 1 if self.boundaries else self.n_groups
+        if self.group_names and len(self.group_names) != n_groups:
+            raise ValueError(f"group_names={self.group_names!r} has {len(self.group_names)} names for {n_groups} "
+                             "layer groups")
+        if not isinstance(self.n_parallel, int) or self.n_parallel < 1:
+            raise ValueError(f"n_parallel={self.n_parallel!r} must be an int >= 1 (evaluations in flight at once)")
+        if self.executor and self.executor.partition(":")[0] not in ("local", "ray"):
+            raise ValueError(f"executor={self.executor!r} must be '' (this process), 'local', 'local:N', 'ray' or "
+                             "'ray:<address>' (docs/scaling.md)")
+
+    def check_inputs(self) -> None:
+        check_math_source("source", self.source)
+        for name in ("target", "baseline"):
+            check_subset(name, getattr(self, name))
+        vector = repo_path(self.vector).with_suffix("")
+        if not vector.with_suffix(".safetensors").exists():
+            raise ValueError(f"vector={self.vector!r}: no {vector.with_suffix('.safetensors')}; make it with "
+                             "./just run math_steering (or contrastive_steering) and pass its run folder's vector "
+                             "(the default run writes out/math_steering/default/vector)")
+        check_file("resume_from", self.resume_from, "give a killed run's bo_history.json, or '' for none")
+        if self.objective == "pass1":  # only pass1 scores the finetuned model
+            check_finetuned(self.finetuned)
+        n_layers = model_layer_count(self.model)
+        if n_layers is not None and not self.boundaries and self.n_groups > n_layers:
+            raise ValueError(f"n_groups={self.n_groups} exceeds the {n_layers} decoder layers of model={self.model!r}")
+        check_layers("boundaries", self.boundaries, self.model, n_layers, first=1)
+
 
 DEFAULT_GROUP_NAMES = {4: ["early", "mid_early", "mid_late", "late"], 2: ["early", "late"],
                        3: ["early", "middle", "late"]}
@@ -112,7 +207,7 @@ def history_path(cfg: BOSteeringConfig, out: Path, method: str) -> Path:
         source = repo_path(cfg.resume_from)
         if not source.exists():
             raise FileNotFoundError(f"resume_from={cfg.resume_from!r} does not exist")
-        path.write_text(source.read_text())
+        atomic_write(path, source.read_bytes())
     return path
 
 
@@ -143,8 +238,8 @@ def bo_results(cfg: BOSteeringConfig, names: list[str], groups: list[list[int]],
 def draw_figures(results: dict[str, Any], out: Path, every: int = 1) -> dict[str, Path]:
     """All figures from results.json alone: 1-D GP frames and GIF, 2-D grid frames and GIF,
     parallel coordinates, and BO against random search."""
-    from lib.optimize import SearchSpace as Space
-    from lib.optimize_plots import animate, bo_vs_random_figure, gp_1d_frames, gp_2d_grid, parallel_coordinates
+    from lib.kits.optimize import SearchSpace as Space
+    from lib.kits.optimize_plots import animate, bo_vs_random_figure, gp_1d_frames, gp_2d_grid, parallel_coordinates
 
     settings = results["optimizer_settings"]
     space = Space.from_settings(settings)

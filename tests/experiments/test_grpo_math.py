@@ -7,9 +7,8 @@ import json
 import pytest
 import torch
 
-from lib.configs import GRPOMathConfig
-from lib.grpo import last_checkpoint, train_grpo
-from lib.mathdata import train_eval_split
+from lib.experiments.grpo_math import GRPOMathConfig, last_checkpoint, train_grpo
+from lib.kits.mathdata import train_eval_split
 from lib.models import embedded_model_dir, tiny_model
 
 

