@@ -7,7 +7,7 @@
 - `next_token_kl`: KL(unsteered || steered) of the next-token distribution on neutral text,
   averaged over real tokens: how much steering disturbs everything else.
 
-Both take per-row `coefficients`, so a curve over K scales is one batched pass.
+Both take per-row `coefficients`, so a curve over K coefficients is one batched pass.
 """
 
 from __future__ import annotations
@@ -145,26 +145,26 @@ def effect_curve(
     target: Sequence[tuple[str, str]],
     baseline: Sequence[tuple[str, str]],
     steering: Steering,
-    scales: Sequence[float],
+    coefficients: Sequence[float],
     batch_size: int = 16,
     progress: bool = True,
 ) -> dict[str, list[float]]:
-    """Per scale: mean log-prob of held-out target replies, of baseline replies, and their gap.
+    """Per coefficient: mean log-prob of held-out target replies, of baseline replies, and their gap.
 
-    All scales run as one batch of len(pairs) * len(scales) rows with per-row coefficients.
+    All coefficients run as one batch of len(pairs) * len(coefficients) rows.
     """
     pairs = list(target) + list(baseline)
-    k, n = len(scales), len(pairs)
+    k, n = len(coefficients), len(pairs)
     prompts = [p for p, _ in pairs] * k
     replies = [r for _, r in pairs] * k
-    coefficients = [float(s) for s in scales for _ in range(n)]
+    row_coefficients = [float(c) for c in coefficients for _ in range(n)]
     scores = continuation_logprobs(model, tokenizer, prompts, replies, steering=steering,
-                                   coefficients=coefficients, batch_size=batch_size, progress=progress)
+                                   coefficients=row_coefficients, batch_size=batch_size, progress=progress)
     scores = scores.reshape(k, n)
     target_lp = scores[:, : len(target)].mean(1)
     baseline_lp = scores[:, len(target):].mean(1)
     return {
-        "scale": [float(s) for s in scales],
+        "coefficient": [float(c) for c in coefficients],
         "target_logprob": target_lp.tolist(),
         "baseline_logprob": baseline_lp.tolist(),
         "gap": (target_lp - baseline_lp).tolist(),

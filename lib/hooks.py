@@ -473,15 +473,15 @@ def steer(
                 assert tracker.current is not None
                 if not tracker.mask_is_2d and positions != "all":
                     raise ValueError(f"positions={positions!r} needs a 2-D attention_mask to tell prompt from padding")
-                scale = _scope_mask(tracker.current, positions).to(hidden.dtype)
+                factor = _scope_mask(tracker.current, positions).to(hidden.dtype)
                 if row_coefficients is not None:
                     if row_coefficients.numel() != hidden.shape[0]:
                         raise ValueError(
                             f"coefficients has {row_coefficients.numel()} values but the batch has {hidden.shape[0]} "
                             "rows; give one coefficient per row (after num_return_sequences expansion)"
                         )
-                    scale = scale * row_coefficients.to(hidden.device, hidden.dtype).unsqueeze(1)
-                delta = scale.unsqueeze(-1) * scaled.to(hidden.device, hidden.dtype)
+                    factor = factor * row_coefficients.to(hidden.device, hidden.dtype).unsqueeze(1)
+                delta = factor.unsqueeze(-1) * scaled.to(hidden.device, hidden.dtype)
                 return join_block_output(hidden + delta, rest)
 
             return hook

@@ -32,8 +32,8 @@ from lib.models import cache_argument, hidden_size
 
 @dataclass
 class LatentSteering:
-    """What to add at each latent step: `{layer: Tensor[k, hidden]}` and an optional weight per step
-    (one alpha per step); the overall alpha comes per row as the coefficient."""
+    """What to add at each latent step: `{layer: Tensor[k, hidden]}` and an optional weight per step; the
+    strength comes per row as the coefficient (a notebook's `alpha`)."""
 
     vectors: Mapping[int, torch.Tensor]
     step_weights: Sequence[float] | None = None

@@ -1,13 +1,13 @@
-"""Weight deltas: `{param_name: Tensor}` plus metadata, applied to a model as `base + coeff * dW`.
+"""Weight deltas: `{param_name: Tensor}` plus metadata, applied to a model as `base + coefficient * dW`.
 
 Weight steering (Fierro & Roger 2025, "Steering language models with weight arithmetic"): train one adapter on
 responses of a positive persona and one on a negative persona, merge each into dense weights, and steer the base
-model with `coeff * (dW_pos - dW_neg)`. A delta is always computed from merged dense weights minus the base
+model with `coefficient * (dW_pos - dW_neg)`. A delta is always computed from merged dense weights minus the base
 (`delta_from_merged`), never by combining adapters with negative weights inside PEFT.
 
 `apply_delta` is a context manager that saves a copy of every touched parameter and restores that copy in
 `finally`: after the block the model is bit-identical to before, also when the block raises (undoing by
-subtraction is not exact in low precision). `export_checkpoint` writes `base + coeff * dW` as an ordinary Hugging
+subtraction is not exact in low precision). `export_checkpoint` writes `base + coefficient * dW` as an ordinary Hugging
 Face folder, so any serving engine runs the steered model without hooks.
 """
 
@@ -160,22 +160,22 @@ def check_delta(model: nn.Module, delta: WeightDelta) -> dict[str, nn.Parameter]
 
 
 @contextmanager
-def apply_delta(model: nn.Module, delta: WeightDelta, coeff: float = 1.0) -> Iterator[nn.Module]:
-    """`with apply_delta(model, dW, coeff):` the model's weights are `W + coeff * dW` inside the block.
+def apply_delta(model: nn.Module, delta: WeightDelta, coefficient: float = 1.0) -> Iterator[nn.Module]:
+    """`with apply_delta(model, dW, coefficient):` the model's weights are `W + coefficient * dW` inside the block.
 
     A copy of every touched parameter is saved before the edit and copied back in `finally`, so the weights
     afterwards are bit-identical to before, also when the block raises.
     """
-    coeff = float(coeff)
-    if not torch.isfinite(torch.tensor(coeff)):
-        raise ValueError(f"coeff={coeff} must be finite")
+    coefficient = float(coefficient)
+    if not torch.isfinite(torch.tensor(coefficient)):
+        raise ValueError(f"coefficient={coefficient} must be finite")
     touched = check_delta(model, delta)
     saved = {name: param.detach().clone() for name, param in touched.items()}
     try:
         with torch.no_grad():
             for name, param in touched.items():
-                param.add_(delta.deltas[name].to(device=param.device, dtype=param.dtype), alpha=coeff)
-        with editing_weights(model, f"apply_delta(coeff={coeff})"):
+                param.add_(delta.deltas[name].to(device=param.device, dtype=param.dtype), alpha=coefficient)
+        with editing_weights(model, f"apply_delta(coefficient={coefficient})"):
             yield model
     finally:
         with torch.no_grad():
@@ -208,19 +208,20 @@ def delta_from_merged(base: nn.Module, merged: nn.Module | Mapping[str, torch.Te
     return WeightDelta(deltas, dict(meta or {}))
 
 
-def export_checkpoint(model: nn.Module, tokenizer: Any, delta: WeightDelta, coeff: float, folder: str | Path,
+def export_checkpoint(model: nn.Module, tokenizer: Any, delta: WeightDelta, coefficient: float, folder: str | Path,
                       overwrite: bool = False) -> Path:
-    """Write `base + coeff * dW` as an ordinary Hugging Face checkpoint (config, safetensors, tokenizer), loadable by
-    `AutoModelForCausalLM.from_pretrained` or any serving engine, plus `steerlab_delta.json` saying what it is."""
+    """Write `base + coefficient * dW` as an ordinary Hugging Face checkpoint (config, safetensors, tokenizer),
+    loadable by `AutoModelForCausalLM.from_pretrained` or any serving engine, plus `steerlab_delta.json` saying
+    what it is."""
     folder = Path(folder)
     if folder.exists() and any(folder.iterdir()) and not overwrite:
         raise FileExistsError(f"{folder} exists and is not empty; pass overwrite=True or choose another folder")
     folder.mkdir(parents=True, exist_ok=True)
-    with apply_delta(model, delta, coeff):
+    with apply_delta(model, delta, coefficient):
         model.save_pretrained(folder)
     if tokenizer is not None:
         tokenizer.save_pretrained(folder)
-    record = {"coeff": float(coeff), "delta_meta": delta.meta, "delta_norm": delta.norm(),
+    record = {"coefficient": float(coefficient), "delta_meta": delta.meta, "delta_norm": delta.norm(),
               "base_model": getattr(model, "steerlab_name", getattr(model.config, "_name_or_path", ""))}
     write_json(folder / "steerlab_delta.json", record)
     return folder

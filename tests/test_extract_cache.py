@@ -89,7 +89,7 @@ def test_other_libraries_hooks_and_weight_edits_switch_the_cache_off(isolated_ca
     name = "model.layers.1.mlp.down_proj.weight"
     delta = WeightDelta({name: torch.randn_like(model.get_submodule(name.rsplit(".", 1)[0]).weight)})
     with apply_delta(model, delta, 2.0):
-        assert active_interventions(model) == ["apply_delta(coeff=2.0)"]
+        assert active_interventions(model) == ["apply_delta(coefficient=2.0)"]
         edited = _cached(model, tokenizer, TEXTS, layers=[2], chat=False)
         _assert_same(edited, _fresh(model, tokenizer, TEXTS, layers=[2], chat=False))
     assert not torch.allclose(edited[2], plain[2])

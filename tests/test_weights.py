@@ -165,6 +165,6 @@ def test_exported_checkpoint_reloads_and_matches_the_applied_model(base, inputs,
     reloaded = AutoModelForCausalLM.from_pretrained(folder, dtype=torch.float32).eval()
     assert torch.equal(_logits(reloaded, inputs), steered)
     assert not torch.equal(_logits(base, inputs), steered)
-    assert json.loads((folder / "steerlab_delta.json").read_text())["coeff"] == 1.5
+    assert json.loads((folder / "steerlab_delta.json").read_text())["coefficient"] == 1.5
     with pytest.raises(FileExistsError, match="overwrite"):
         export_checkpoint(base, None, delta, 1.0, folder)

@@ -142,7 +142,8 @@ def measure_curves(model: nn.Module, tokenizer: Any, cfg: ContrastiveConfig, vec
     for name, candidate in candidates.items():
         steering = Steering(candidate)
         curve = effect_curve(model, tokenizer, target, baseline, steering, scales, cfg.batch_size) if target else \
-            {"scale": scales}
+            {"coefficient": scales}
+        curve = {"scale": curve.pop("coefficient"), **curve}  # this notebook's name for the coefficient
         curve["kl"] = next_token_kl(model, tokenizer, NEUTRAL_TEXTS, steering=steering, coefficients=scales,
                                     batch_size=cfg.batch_size).tolist()
         curves[name] = curve
