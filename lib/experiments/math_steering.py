@@ -106,7 +106,7 @@ def evaluate(cfg: MathSteeringConfig, base: nn.Module, tuned: nn.Module, tokeniz
                 "max_new_tokens": cfg.max_completion_length, "batch_size": cfg.batch_size, "seed": cfg.seed,
                 "one_shot": cfg.one_shot}
     steering = Steering(vector)
-    steered = evaluate_math(base, tokenizer, eval_problems, steering=steering, weights=cfg.weights, **settings)
+    steered = evaluate_math(base, tokenizer, eval_problems, steering=steering, coefficients=cfg.weights, **settings)
     finetuned = evaluate_math(tuned, tokenizer, eval_problems, **settings)[None]
     evaluation: dict[str, Any] = {
         "base": steered[0.0].summary(),  # weight 0 is the unsteered base, in the same batch
@@ -119,7 +119,8 @@ def evaluate(cfg: MathSteeringConfig, base: nn.Module, tuned: nn.Module, tokeniz
     }
     if cfg.random_control:
         control = Steering(random_like(vector, seed=cfg.seed))
-        randomised = evaluate_math(base, tokenizer, eval_problems, steering=control, weights=cfg.weights, **settings)
+        randomised = evaluate_math(base, tokenizer, eval_problems, steering=control, coefficients=cfg.weights,
+                                   **settings)
         evaluation["random"] = [randomised[w].summary() for w in cfg.weights]
         evaluation["kl_random"] = next_token_kl(base, tokenizer, NEUTRAL_TEXTS, steering=control,
                                                 coefficients=cfg.weights, batch_size=cfg.batch_size).tolist()

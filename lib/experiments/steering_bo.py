@@ -191,7 +191,7 @@ def math_eval(cfg: BOSteeringConfig, model: nn.Module, tokenizer: Any, problems:
     results = evaluate_math(model, tokenizer, problems, n_completions=n,
                             temperature=cfg.eval_temperature if temperature is None else temperature,
                             max_new_tokens=cfg.max_completion_length, batch_size=cfg.batch_size, seed=cfg.seed,
-                            steering=steering, weights=None if steering is None else [1.0], progress=False)
+                            steering=steering, coefficients=None if steering is None else [1.0], progress=False)
     return next(iter(results.values()))
 
 

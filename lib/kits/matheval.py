@@ -75,10 +75,11 @@ def evaluate_math(
     seed: int = 0,
     one_shot: bool = True,
     steering: Steering | None = None,
-    weights: Sequence[float] | None = None,
+    coefficients: Sequence[float] | None = None,
     progress: bool = True,
 ) -> dict[float | None, MathEval]:
-    """Evaluate unsteered (key None), or at every weight in `weights` with `steering` (keys: weights).
+    """Evaluate unsteered (key None), or at every coefficient in `coefficients` with `steering` (keys: the
+    coefficients; a notebook may call them weights).
 
     n_completions > 1 needs temperature > 0 (greedy completions would all be equal).
     """
@@ -86,18 +87,19 @@ def evaluate_math(
         raise ValueError(f"num_completions_eval={n_completions} must be >= 1")
     if n_completions > 1 and temperature == 0:
         raise ValueError(f"num_completions_eval={n_completions} needs eval_temperature > 0 (greedy repeats itself)")
-    if (steering is None) != (weights is None):
-        raise ValueError("pass steering and weights together (weights are the coefficients of the steering vector)")
-    grid: list[float | None] = list(weights) if weights is not None else [None]
+    if (steering is None) != (coefficients is None):
+        raise ValueError("pass steering and coefficients together (the strengths of the steering vector)")
+    grid: list[float | None] = list(coefficients) if coefficients is not None else [None]
     messages = [build_messages(p.question, one_shot=one_shot) for p in problems]
     rows = [m for _ in grid for m in messages for _ in range(n_completions)]
-    coefficients = None if weights is None else [float(w) for w in grid for _ in messages for _ in range(n_completions)]
+    row_coefficients = None if coefficients is None else \
+        [float(c) for c in grid for _ in messages for _ in range(n_completions)]
     outputs = generate(model, tokenizer, rows, max_new_tokens=max_new_tokens, temperature=temperature, seed=seed,
-                       batch_size=batch_size, steering=steering, coefficients=coefficients, progress=progress)
+                       batch_size=batch_size, steering=steering, coefficients=row_coefficients, progress=progress)
     results: dict[float | None, MathEval] = {}
-    per_weight = len(problems) * n_completions
-    for g, weight in enumerate(grid):
-        block = outputs[g * per_weight:(g + 1) * per_weight]
+    per_coefficient = len(problems) * n_completions
+    for g, coefficient in enumerate(grid):
+        block = outputs[g * per_coefficient:(g + 1) * per_coefficient]
         per_problem = [block[i * n_completions:(i + 1) * n_completions] for i in range(len(problems))]
-        results[weight] = score(problems, per_problem)
+        results[coefficient] = score(problems, per_problem)
     return results
