@@ -91,16 +91,20 @@ def run_batches(
 ) -> list[T]:
     """The one batched-forward loop: token `rows` in batches of `batch_size`, left-padded (with `position_ids`
     unless `positions=False`, see `pad_batch`), moved to the model's device, and `forward(part, batch)` called for
-    each with that batch's steering active (its rows' `coefficients`). Returns the forward results in order.
+    each with that batch's steering active (its rows' `coefficients`, and its rows' vectors when `steering` has
+    one per row). Returns the forward results in order.
     `part` is the slice of `rows` in the batch."""
     check_coefficients(coefficients, len(rows))
+    per_row = getattr(steering, "vector", None)
+    if isinstance(per_row, list | tuple) and len(per_row) != len(rows):
+        raise ValueError(f"steering has {len(per_row)} per-row vectors for {len(rows)} rows; give one per row")
     if coefficients is not None and steering is None:
         raise ValueError("coefficients were given without steering: pass steering=Steering(vector, ...)")
     device = next(model.parameters()).device
     results = []
     for part in batches(len(rows), batch_size, desc, progress):
         batch = {k: v.to(device) for k, v in pad_batch(rows[part], pad_id, positions=positions).items()}
-        with steering_context(model, steering, None if coefficients is None else list(coefficients[part])):
+        with steering_context(model, steering, None if coefficients is None else list(coefficients[part]), part):
             results.append(forward(part, batch))
     return results
 

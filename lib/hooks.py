@@ -420,6 +420,55 @@ def layer_weights(layer_vectors: Mapping[int, torch.Tensor], weight: float | Map
     return weights
 
 
+def _per_row(vectors: Any) -> bool:
+    return isinstance(vectors, Sequence) and not isinstance(vectors, str | torch.Tensor)
+
+
+def _row_vectors(model: nn.Module, vectors: Any, weight: float | Mapping[int, float], layers: Sequence[int] | None,
+                 blocks: nn.ModuleList) -> tuple[dict[int, torch.Tensor], int | None]:
+    """{layer: [rows or 1, hidden] float32 weight * vector}: one row per batch row for per-row vectors (zeros where a
+    row does not steer that layer), else one row for all. Also the number of rows per-row vectors expect."""
+    per_row = _per_row(vectors)
+    entries = list(vectors) if per_row else [vectors]
+    if per_row and not entries:
+        raise ValueError("vectors=[] has no rows: give one {layer: vector} (or None for an unsteered row) per "
+                         "batch row")
+    size = hidden_size(model)
+    resolved: list[dict[int, torch.Tensor]] = []
+    for row, entry in enumerate(entries):
+        if entry is None and per_row:
+            resolved.append({})
+            continue
+        layer_vectors: Mapping[Any, torch.Tensor] = getattr(entry, "vectors", entry)
+        where = f"vectors[{row}]: " if per_row else ""
+        try:
+            weights = layer_weights(layer_vectors, weight, layers)
+        except ValueError as error:
+            raise ValueError(f"{where}{error}") from None
+        layer_vectors = {layer_index(layer): vector for layer, vector in layer_vectors.items()}
+        check_layers(model, list(weights), blocks=blocks)
+        scaled = {}
+        for layer, layer_weight in weights.items():
+            vector = layer_vectors[layer]
+            if not isinstance(vector, torch.Tensor) or vector.shape != (size,):
+                shape = tuple(vector.shape) if isinstance(vector, torch.Tensor) else type(vector).__name__
+                raise ValueError(f"{where}vector for layer {layer} has shape {shape}; the model's hidden size is "
+                                 f"{size}")
+            if not torch.isfinite(vector).all():
+                raise ValueError(f"{where}vector for layer {layer} contains NaN or inf")
+            scaled[layer] = vector.detach().float() * layer_weight
+        resolved.append(scaled)
+    chosen = sorted({layer for scaled in resolved for layer in scaled})
+    if not chosen:
+        raise ValueError("vectors steer no layer in any row: give at least one row a vector")
+    stacked = {}
+    for layer in chosen:
+        rows = [scaled.get(layer) for scaled in resolved]
+        device = next(r for r in rows if r is not None).device
+        stacked[layer] = torch.stack([r if r is not None else torch.zeros(size, device=device) for r in rows])
+    return stacked, len(entries) if per_row else None
+
+
 @contextmanager
 def steer(
     model: nn.Module,
@@ -433,28 +482,21 @@ def steer(
 ) -> Iterator[None]:
     """Add `coefficient[row] * weight[layer] * vector[layer]` to block outputs at the positions in scope.
 
-    vectors: a SteeringVector or any {layer: Tensor[hidden]}.
+    vectors: a SteeringVector or any {layer: Tensor[hidden]}; or one of those per batch row (a list, with None
+        for an unsteered row), so a layer sweep, a vector-vs-random comparison or several users' vectors run as
+        one batch.
     weight: one weight for every layer, or {layer: weight} (see `group_weights` for layer groups).
     positions: "all" real tokens, "prompt" (the first forward of a generation, or all of a plain
         forward), "generated" (tokens after the prompt), or a slice of positions in each row's
         unpadded sequence.
     coefficients: one value per batch row, so a sweep over K coefficients runs as one batch
         (repeat the prompts K times). Omitted, every row gets 1.
+
+    The added delta is computed in float32 (coefficient x weight x vector, scope mask) and cast to the model's
+    dtype once, so a bf16 model gets the bf16 rounding of the exact delta, not a product of rounded factors.
     """
-    layer_vectors: Mapping[Any, torch.Tensor] = getattr(vectors, "vectors", vectors)
-    weights = layer_weights(layer_vectors, weight, layers)
-    layer_vectors = {layer_index(layer): vector for layer, vector in layer_vectors.items()}
-    chosen = list(weights)
     path, blocks = find_layers(model, layers_path)
-    check_layers(model, chosen, blocks=blocks)
-    size = hidden_size(model)
-    for layer in chosen:
-        vector = layer_vectors[layer]
-        if not isinstance(vector, torch.Tensor) or vector.shape != (size,):
-            shape = tuple(vector.shape) if isinstance(vector, torch.Tensor) else type(vector).__name__
-            raise ValueError(f"vector for layer {layer} has shape {shape}; the model's hidden size is {size}")
-        if not torch.isfinite(vector).all():
-            raise ValueError(f"vector for layer {layer} contains NaN or inf")
+    stacked, n_rows = _row_vectors(model, vectors, weight, layers, blocks)
     _validate_scope(positions)
     row_coefficients = None
     if coefficients is not None:
@@ -466,28 +508,32 @@ def steer(
     with _tracked(model, path) as tracker:
 
         def make_hook(layer: int):
-            scaled = layer_vectors[layer].detach() * weights[layer]
+            row_vectors = stacked[layer]  # [rows or 1, hidden], float32
 
             def hook(module: nn.Module, args: tuple, output: Any) -> Any:
                 hidden, rest = split_block_output(output, layer)
                 assert tracker.current is not None
                 if not tracker.mask_is_2d and positions != "all":
                     raise ValueError(f"positions={positions!r} needs a 2-D attention_mask to tell prompt from padding")
-                factor = _scope_mask(tracker.current, positions).to(hidden.dtype)
+                batch = hidden.shape[0]
+                if n_rows is not None and n_rows != batch:
+                    raise ValueError(f"vectors has {n_rows} rows but the batch has {batch} rows; give one vector "
+                                     "(or None) per row (after num_return_sequences expansion)")
+                factor = _scope_mask(tracker.current, positions).to(device=hidden.device, dtype=torch.float32)
                 if row_coefficients is not None:
-                    if row_coefficients.numel() != hidden.shape[0]:
+                    if row_coefficients.numel() != batch:
                         raise ValueError(
-                            f"coefficients has {row_coefficients.numel()} values but the batch has {hidden.shape[0]} "
+                            f"coefficients has {row_coefficients.numel()} values but the batch has {batch} "
                             "rows; give one coefficient per row (after num_return_sequences expansion)"
                         )
-                    factor = factor * row_coefficients.to(hidden.device, hidden.dtype).unsqueeze(1)
-                delta = factor.unsqueeze(-1) * scaled.to(hidden.device, hidden.dtype)
-                return join_block_output(hidden + delta, rest)
+                    factor = factor * row_coefficients.to(hidden.device).unsqueeze(1)
+                delta = factor.unsqueeze(-1) * row_vectors.to(hidden.device).unsqueeze(1)
+                return join_block_output(hidden + delta.to(hidden.dtype), rest)
 
             return hook
 
         try:
-            for layer in chosen:
+            for layer in stacked:
                 handles.append(blocks[layer].register_forward_hook(make_hook(layer)))
             yield
         finally:
@@ -497,27 +543,32 @@ def steer(
 
 @dataclass
 class Steering:
-    """What to add, without its strength: a vector (a SteeringVector or any {layer: Tensor[hidden]}), a weight
-    per layer, the layers and the position scope. The coefficient comes when applying (one per batch row), as
-    in steering-vectors and repeng, so one Steering serves a whole sweep over coefficients."""
+    """What to add, without its strength: a vector (a SteeringVector or any {layer: Tensor[hidden]}, or one per
+    row of the whole job), a weight per layer, the layers and the position scope. The coefficient comes when
+    applying (one per batch row), as in steering-vectors and repeng, so one Steering serves a whole sweep."""
 
     vector: Any
     weight: float | Mapping[int, float] = 1.0
     layers: Sequence[int] | None = None
     positions: PositionScope = "all"
 
-    def apply(self, model: nn.Module, coefficients: Sequence[float] | torch.Tensor | None = None) -> Any:
-        return steer(model, self.vector, self.weight, layers=self.layers, positions=self.positions,
+    def apply(self, model: nn.Module, coefficients: Sequence[float] | torch.Tensor | None = None,
+              rows: slice | None = None) -> Any:
+        """The `steer` context for a batch; `rows` picks that batch's entries of per-row vectors."""
+        vector = self.vector[rows] if rows is not None and _per_row(self.vector) else self.vector
+        return steer(model, vector, self.weight, layers=self.layers, positions=self.positions,
                      coefficients=coefficients)
 
 
-def steering_context(model: nn.Module, steering: Steering | None, coefficients: Sequence[float] | None) -> Any:
-    """The steer context for one batch, or a no-op when unsteered (a coefficient without a vector is an error)."""
+def steering_context(model: nn.Module, steering: Steering | None, coefficients: Sequence[float] | None,
+                     rows: slice | None = None) -> Any:
+    """The steer context for one batch (rows `rows` of the job), or a no-op when unsteered (a coefficient without a
+    vector is an error)."""
     if steering is None:
         if coefficients is not None:
             raise ValueError("coefficients were given without steering: pass steering=Steering(vector, ...)")
         return contextlib.nullcontext()
-    return steering.apply(model, coefficients)
+    return steering.apply(model, coefficients, rows)
 
 
 def layer_groups(n_layers: int, n_groups: int = 4, boundaries: Sequence[int] | None = None) -> list[list[int]]:

@@ -58,7 +58,7 @@ class ByteTokenizer:
         return {"input_ids": [3 + (b % 200) for b in text.encode()]}
 
     def decode(self, ids: list[int], skip_special_tokens: bool = True) -> str:
-        return bytes(i - 3 for i in ids if i >= 3).decode(errors="replace")
+        return bytes(i - 3 for i in ids if i >= 3).decode(errors="backslashreplace")  # distinct bytes stay distinct
 
     def batch_decode(self, rows, skip_special_tokens: bool = True) -> list[str]:
         return [self.decode([int(i) for i in row if int(i) != self.eos_token_id]) for row in rows]
