@@ -60,6 +60,10 @@ class NotebookConfig:
     def as_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
 
+    def loading(self) -> dict[str, Any]:
+        """How to load the model (`lib.models.load_model` keywords): dtype, device_map, attn_implementation."""
+        return {name: getattr(self, name) for name in LOADING if hasattr(self, name)}
+
     def check_inputs(self) -> None:
         """Check the values against the model's config, the data registries and input folders (no weights
         loaded); raises ValueError naming the parameter. The runner calls it before launching anything."""
@@ -80,6 +84,20 @@ def _slug_value(value: Any) -> str:
     # drop unsafe characters at the ends (a trailing "/"), keep a leading minus sign: -3.0 and 3.0 are other runs
     text = re.sub(r"^[^A-Za-z0-9.,+-]+|[^A-Za-z0-9.,+-]+$", "", text)
     return re.sub(r"[^A-Za-z0-9.,+-]+", "-", text) or "empty"
+
+
+LOADING = ("dtype", "device_map", "attn_implementation")  # every notebook that loads a model has these fields
+ATTENTION = ("", "eager", "sdpa", "flash_attention_2", "flex_attention")
+
+
+def check_loading(config: Any) -> None:
+    """The model-loading fields: dtype ("auto" = bf16 on a GPU, fp32 on CPU), device_map ("" one device, "auto"
+    spread over GPUs), attn_implementation ("" = transformers' default)."""
+    from lib.models import DTYPES
+
+    check_choice("dtype", config.dtype, DTYPES)
+    check_choice("device_map", config.device_map, ("", "auto", "balanced", "sequential"))
+    check_choice("attn_implementation", config.attn_implementation, ATTENTION)
 
 
 def check_choice(name: str, value: Any, allowed: tuple[str, ...]) -> None:

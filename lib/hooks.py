@@ -330,7 +330,7 @@ def record(
             def hook(module: nn.Module, args: tuple, output: Any) -> None:
                 hidden, _ = split_block_output(output, layer)
                 assert tracker.current is not None
-                real = tracker.current.real
+                real = tracker.current.real.to(hidden.device)  # blocks may sit on other devices
                 if acts.token_mask is not None:
                     if acts.token_mask.shape != real.shape:
                         raise ValueError(f"token_mask has shape {tuple(acts.token_mask.shape)}; this forward call "

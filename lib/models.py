@@ -96,27 +96,58 @@ def resolve_model_path(name_or_path: str) -> str:
     return str(embedded_model_dir()) if name_or_path == EMBEDDED_DEFAULT else name_or_path
 
 
+DTYPES = ("auto", "float32", "bfloat16", "float16")
+
+
+def resolve_dtype(dtype: torch.dtype | str, device: str) -> torch.dtype:
+    """"auto": bfloat16 where the device computes in it natively (a CUDA GPU that supports it), else float32
+    (CPUs: bf16 matmuls there are emulated and slower); a name or a torch.dtype as given."""
+    if isinstance(dtype, torch.dtype):
+        return dtype
+    if dtype not in DTYPES:
+        raise ValueError(f"dtype={dtype!r} must be one of {DTYPES}")
+    if dtype == "auto":
+        cuda = device.startswith("cuda") or device in ("auto", "balanced", "sequential")
+        return torch.bfloat16 if cuda and torch.cuda.is_available() and torch.cuda.is_bf16_supported() \
+            else torch.float32
+    return getattr(torch, dtype)
+
+
 def load_model(
     name_or_path: str = EMBEDDED_DEFAULT,
-    dtype: torch.dtype | str = torch.float32,
+    dtype: torch.dtype | str = "auto",
     device: str | None = None,
+    device_map: str = "",
+    attn_implementation: str = "",
 ) -> tuple[nn.Module, Any]:
     """Load a causal LM and its tokenizer: the embedded default, a hub id, or a local folder.
 
-    The tokenizer pads on the left, which batched generation needs; `record` and `steer`
-    are correct under either side.
+    dtype: "auto" (bfloat16 on a GPU that supports it, float32 on CPU), a dtype name, or a torch.dtype.
+    device_map: "" puts the whole model on one device (`device`, default CUDA when available); "auto" (or
+        "balanced", "sequential") spreads a large model over the GPUs with accelerate. Hooks work across devices.
+    attn_implementation: "" for transformers' default, else e.g. "sdpa", "eager" or "flash_attention_2".
+    The tokenizer pads on the left, which batched generation needs; `record` and `steer` are correct under
+    either side.
     """
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    if isinstance(dtype, str):
-        dtype = getattr(torch, dtype)
+    if device_map and device:
+        raise ValueError(f"device={device!r} and device_map={device_map!r}: give one (device_map='' for one device)")
+    target = device or ("cuda" if torch.cuda.is_available() else "cpu")
+    resolved = resolve_dtype(dtype, device_map or target)
     path = resolve_model_path(name_or_path)
     tokenizer = AutoTokenizer.from_pretrained(path)
     if tokenizer.pad_token is None:
         tokenizer.pad_token = tokenizer.eos_token
     tokenizer.padding_side = "left"
-    model = AutoModelForCausalLM.from_pretrained(path, dtype=dtype)
-    model.to(device or ("cuda" if torch.cuda.is_available() else "cpu"))
+    options: dict[str, Any] = {"dtype": resolved}
+    if device_map:
+        options["device_map"] = device_map
+    if attn_implementation:
+        options["attn_implementation"] = attn_implementation
+    model = AutoModelForCausalLM.from_pretrained(path, **options)
+    if not device_map:
+        model.to(target)
     model.eval()
     model.steerlab_name = name_or_path  # recorded in vector metadata and cache keys
     return model, tokenizer

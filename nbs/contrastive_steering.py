@@ -28,6 +28,9 @@
 
 # %% tags=["parameters"]
 model = "smollm2-135m"
+dtype = "auto"  # "auto": bfloat16 on a GPU, float32 on CPU
+device_map = ""  # "": one device; "auto": spread over the GPUs
+attn_implementation = ""
 target = "math"
 baseline = "howto"
 layer = 10
@@ -57,7 +60,7 @@ from lib.io import write_json
 
 cfg = ContrastiveConfig.from_namespace(globals())
 out = cfg.resolve_out_dir()
-llm, tokenizer = lib.load_model(cfg.model)
+llm, tokenizer = lib.load_model(cfg.model, **cfg.loading())
 print(f"out: {out}")
 
 # %% [markdown]

@@ -28,6 +28,9 @@
 
 # %% tags=["parameters"]
 model = "smollm2-135m"
+dtype = "auto"  # "auto": bfloat16 on a GPU, float32 on CPU
+device_map = ""  # "": one device; "auto": spread over the GPUs
+attn_implementation = ""
 source = "arithmetic"
 train_size = 16
 eval_size = 8

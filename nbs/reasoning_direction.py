@@ -35,6 +35,9 @@
 
 # %% tags=["parameters"]
 model = "smollm2-135m"
+dtype = "auto"  # "auto": bfloat16 on a GPU, float32 on CPU
+device_map = ""  # "": one device; "auto": spread over the GPUs
+attn_implementation = ""
 mode = "token"
 source = "arithmetic"
 n_problems = 24

@@ -30,6 +30,9 @@
 # %% tags=["parameters"]
 model = "smollm2-135m"
 finetuned = "out/grpo_math/default/final_model"
+dtype = "auto"  # "auto": bfloat16 on a GPU, float32 on CPU
+device_map = ""  # "": one device; "auto": spread over the GPUs
+attn_implementation = ""
 vector = "out/math_steering/default/vector"
 objective = "pass1"
 source = "arithmetic"
@@ -74,7 +77,7 @@ from lib.kits.optimize import run_search
 
 cfg = BOSteeringConfig.from_namespace(globals())
 out = cfg.resolve_out_dir()
-llm, tokenizer = lib.load_model(cfg.model)
+llm, tokenizer = lib.load_model(cfg.model, **cfg.loading())
 steering_vector = steering_bo.load_vector(cfg)
 names, groups = steering_bo.groups_for(cfg, llm)
 space = steering_bo.search_space(cfg, names)
@@ -88,7 +91,7 @@ pd.DataFrame({"layers": [f"{g[0]}-{g[-1]}" for g in groups]}, index=names)
 baseline_score = objective_fn(dict.fromkeys(names, 0.0))
 finetuned_score = None
 if cfg.objective == "pass1":
-    tuned, _ = lib.load_model(finetuned_source(cfg.finetuned))
+    tuned, _ = lib.load_model(finetuned_source(cfg.finetuned), **cfg.loading())
     eval_problems, confirm_problems = steering_bo.math_problems(cfg)
     finetuned_score = steering_bo.math_score(cfg, tuned, tokenizer, eval_problems)
 print(f"base {baseline_score:.3f}, finetuned {finetuned_score}")

@@ -30,6 +30,9 @@
 
 # %% tags=["parameters"]
 model = "smollm2-135m"
+dtype = "auto"  # "auto": bfloat16 on a GPU, float32 on CPU
+device_map = ""  # "": one device; "auto": spread over the GPUs
+attn_implementation = ""
 behaviours = ["honesty", "sycophancy"]
 adapters = ["lora"]
 n_seeds = 3
@@ -70,7 +73,7 @@ from lib.models import load_model
 cfg = WeightSteeringConfig.from_namespace(globals())
 out = cfg.resolve_out_dir()
 torch.manual_seed(cfg.seed)
-base, tokenizer = load_model(cfg.model)
+base, tokenizer = load_model(cfg.model, **cfg.loading())
 started = time.time()
 print(f"out: {out}")
 

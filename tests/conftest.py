@@ -26,6 +26,21 @@ def embedded():
     return load_model()
 
 
+@pytest.fixture(scope="session")
+def tiny_folder(tmp_path_factory):
+    """A 2-layer Llama with the embedded default's tokenizer, saved as an ordinary Hugging Face folder."""
+    from transformers import AutoTokenizer
+
+    from lib.models import embedded_model_dir
+
+    tokenizer = AutoTokenizer.from_pretrained(embedded_model_dir())
+    model = tiny_model("llama", n_layers=2, hidden=64, vocab=len(tokenizer))
+    folder = tmp_path_factory.mktemp("tiny-llama")
+    model.save_pretrained(folder)
+    tokenizer.save_pretrained(folder)
+    return folder
+
+
 @pytest.fixture
 def isolated_cache(tmp_path, monkeypatch):
     monkeypatch.setenv("STEERLAB_CACHE", str(tmp_path / "cache"))

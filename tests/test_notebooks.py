@@ -36,6 +36,19 @@ def test_contrastive_notebook_runs_and_writes_results(tmp_path):
 
 
 @pytest.mark.slow
+def test_contrastive_notebook_in_bf16_with_device_map_auto(tmp_path, tiny_folder):
+    """The seed-scale loading path (bf16 weights, accelerate's device_map) end to end through a notebook."""
+    overrides = {**CONTRASTIVE_QUICK, "model": str(tiny_folder), "layer": 1, "dtype": "bfloat16", "device_map": "auto",
+                 "attn_implementation": "sdpa", "random_control": False}
+    run_dir = run_notebook("contrastive_steering", overrides, out_root=tmp_path)
+    results = json.loads((run_dir / "results.json").read_text())
+    assert results["summary"]["side_effect"] > 0
+    record = json.loads((run_dir / "run.json").read_text())
+    assert {k: record["parameters"][k] for k in ("dtype", "device_map", "attn_implementation")} == \
+        {"dtype": "bfloat16", "device_map": "auto", "attn_implementation": "sdpa"}
+
+
+@pytest.mark.slow
 def test_contrastive_sweep_resumes_and_writes_summary_and_heatmap(tmp_path):
     grid = {"layer": [6, 12], "scale": [1.0, 4.0]}
     first = run_notebook("contrastive_steering", {**CONTRASTIVE_QUICK, "layer": 6, "scale": 1.0}, out_root=tmp_path)

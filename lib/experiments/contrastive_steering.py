@@ -19,6 +19,7 @@ from lib.config import (
     NotebookConfig,
     check_choice,
     check_layers,
+    check_loading,
     check_positive,
     check_subset,
     model_layer_count,
@@ -38,6 +39,9 @@ class ContrastiveConfig(NotebookConfig):
 
     notebook: ClassVar[str] = "contrastive_steering"
     model: str = "smollm2-135m"
+    dtype: str = "auto"
+    device_map: str = ""
+    attn_implementation: str = ""
     target: str = "math"
     baseline: str = "howto"
     layer: int = 10
@@ -57,6 +61,7 @@ class ContrastiveConfig(NotebookConfig):
     out_dir: str = ""
 
     def __post_init__(self) -> None:
+        check_loading(self)
         if not isinstance(self.layer, int) or self.layer < 0:
             raise ValueError(f"layer={self.layer!r} must be a non-negative int (a decoder layer index)")
         if not isinstance(self.scale, int | float) or isinstance(self.scale, bool):

@@ -25,6 +25,7 @@ from transformers import TrainerCallback
 from lib.config import (
     NotebookConfig,
     check_choice,
+    check_loading,
     check_math_source,
     check_positive,
     check_sampled,
@@ -50,6 +51,9 @@ class GRPOMathConfig(NotebookConfig):
     notebook: ClassVar[str] = "grpo_math"
     resources: ClassVar[dict[str, float]] = {"num_cpus": 2}  # training: both cores of a small node
     model: str = "smollm2-135m"
+    dtype: str = "auto"
+    device_map: str = ""
+    attn_implementation: str = ""
     source: str = "arithmetic"
     train_size: int = 16
     eval_size: int = 8
@@ -74,6 +78,7 @@ class GRPOMathConfig(NotebookConfig):
     out_dir: str = ""
 
     def __post_init__(self) -> None:
+        check_loading(self)
         for name in ("train_size", "eval_size", "num_train_iters", "eval_every", "save_every", "num_completions_eval",
                      "max_completion_length", "prompts_per_step", "lora_r", "batch_size"):
             check_positive(name, getattr(self, name))
@@ -189,8 +194,10 @@ def train_grpo(cfg: GRPOMathConfig, out: Path, train: list[MathProblem], eval_pr
     if (final / "config.json").exists():
         print(f"[grpo] {final} exists: training already finished")
         return final
-    model, tokenizer = load_model(cfg.model, dtype=torch.bfloat16 if cfg.bf16 and torch.cuda.is_available()
-                                  else torch.float32)
+    # dtype "auto" keeps the training rule: bf16 weights only with bf16 training on a GPU
+    dtype = (torch.bfloat16 if cfg.bf16 and torch.cuda.is_available() else torch.float32) if cfg.dtype == "auto" \
+        else cfg.dtype
+    model, tokenizer = load_model(cfg.model, **{**cfg.loading(), "dtype": dtype})
     peft_config = None
     if cfg.use_lora:
         from peft import LoraConfig

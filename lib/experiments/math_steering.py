@@ -14,6 +14,7 @@ from lib.config import (
     NotebookConfig,
     check_choice,
     check_finetuned,
+    check_loading,
     check_math_source,
     check_positive,
     check_sampled,
@@ -38,6 +39,9 @@ class MathSteeringConfig(NotebookConfig):
     notebook: ClassVar[str] = "math_steering"
     model: str = "smollm2-135m"
     finetuned: str = "out/grpo_math/default/final_model"
+    dtype: str = "auto"
+    device_map: str = ""
+    attn_implementation: str = ""
     source: str = "arithmetic"
     train_size: int = 16
     eval_size: int = 8
@@ -54,6 +58,7 @@ class MathSteeringConfig(NotebookConfig):
     out_dir: str = ""
 
     def __post_init__(self) -> None:
+        check_loading(self)
         for name in ("train_size", "eval_size", "max_examples", "num_completions_eval", "max_completion_length",
                      "batch_size"):
             check_positive(name, getattr(self, name))
@@ -81,8 +86,8 @@ def finetuned_source(finetuned: str) -> str:
 
 
 def load_models(cfg: MathSteeringConfig) -> tuple[nn.Module, nn.Module, Any]:
-    base, tokenizer = load_model(cfg.model)
-    tuned, _ = load_model(finetuned_source(cfg.finetuned))
+    base, tokenizer = load_model(cfg.model, **cfg.loading())
+    tuned, _ = load_model(finetuned_source(cfg.finetuned), **cfg.loading())
     return base, tuned, tokenizer
 
 

@@ -31,6 +31,7 @@ from lib.config import (
     check_choice,
     check_file,
     check_layers,
+    check_loading,
     check_math_source,
     check_positive,
     layer_list,
@@ -66,6 +67,9 @@ class ReasoningDirectionConfig(NotebookConfig):
 
     notebook: ClassVar[str] = "reasoning_direction"
     model: str = "smollm2-135m"
+    dtype: str = "auto"
+    device_map: str = ""
+    attn_implementation: str = ""
     mode: str = "token"
     source: str = "arithmetic"
     n_problems: int = 24
@@ -86,6 +90,7 @@ class ReasoningDirectionConfig(NotebookConfig):
     out_dir: str = ""
 
     def __post_init__(self) -> None:
+        check_loading(self)
         check_choice("mode", self.mode, ("token", "latent"))
         check_choice("read", self.read, ("prompt_last", "completion_mean"))
         check_choice("steer_positions", self.steer_positions, ("all", "prompt", "generated"))
@@ -123,7 +128,7 @@ SIGNIFICANCE = 0.05
 
 
 def load(cfg: ReasoningDirectionConfig) -> tuple[nn.Module, Any, list[MathProblem], nn.Module | None]:
-    model, tokenizer = load_model(cfg.model)
+    model, tokenizer = load_model(cfg.model, **cfg.loading())
     problems = load_math(cfg.source, cfg.n_problems, cfg.seed)
     projection = None
     if cfg.projection:

@@ -32,6 +32,7 @@ from lib.config import (
     NotebookConfig,
     check_choice,
     check_layers,
+    check_loading,
     check_positive,
     layer_list,
     model_layer_count,
@@ -57,6 +58,9 @@ class WeightSteeringConfig(NotebookConfig):
     notebook: ClassVar[str] = "weight_steering"
     resources: ClassVar[dict[str, float]] = {"num_cpus": 2}  # adapter training
     model: str = "smollm2-135m"
+    dtype: str = "auto"
+    device_map: str = ""
+    attn_implementation: str = ""
     behaviours: tuple[str, ...] | list[str] = ("honesty", "sycophancy")
     adapters: tuple[str, ...] | list[str] = ("lora",)
     n_seeds: int = 3
@@ -84,6 +88,7 @@ class WeightSteeringConfig(NotebookConfig):
     out_dir: str = ""
 
     def __post_init__(self) -> None:
+        check_loading(self)
         from lib.kits.adapters import ADAPTER_FAMILIES
 
         self.behaviours, self.adapters = [str(b) for b in self.behaviours], [str(a) for a in self.adapters]
