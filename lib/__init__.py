@@ -7,7 +7,7 @@ The map of the house (docs/architecture.md has the rules and a worked example):
   `steer`, `Steering`, position tracking) -> vectors (`SteeringVector`, builders) -> generation (chat rendering,
   the one batched-forward loop `run_batches`, `generate`) -> extract (cached activations), evals (log-probs,
   KL), choice_evals, latent (continuous-thought loop), weights (`WeightDelta`, `apply_delta`), export
-  (llama.cpp control vectors, folded checkpoints), model_diff.
+  (llama.cpp control vectors, folded checkpoints), model_diff, memory (the plan checked before a run loads).
 - Kits, importable on their own: data and choice_data (offline data sets), mathdata, matheval, rewards, passk,
   stats, optimize and optimize_plots (Bayesian optimisation), adapters (PEFT), plots (shared figure parts).
 - Running: config (the base of every experiment config and the checks before launch), runner (papermill runs

@@ -64,6 +64,35 @@ class NotebookConfig:
         """How to load the model (`lib.models.load_model` keywords): dtype, device_map, attn_implementation."""
         return {name: getattr(self, name) for name in LOADING if hasattr(self, name)}
 
+    def workload(self) -> Any:
+        """What one run does with its model (a `lib.memory.Workload`), for the memory plan; None: no model."""
+        return None
+
+    def memory_plan(self) -> Any:
+        """The run's `lib.memory.MemoryPlan` from the model's config alone (no weights), or None without a model."""
+        workload = self.workload()
+        if workload is None:
+            return None
+        import torch
+
+        from lib.memory import available_memory, plan
+        from lib.models import resolve_dtype
+
+        device_map = getattr(self, "device_map", "")
+        dtype = resolve_dtype(getattr(self, "dtype", "auto"), device_map or ("cuda" if torch.cuda.is_available()
+                                                                              else "cpu"))
+        where, free = available_memory(device_map)
+        return plan(model_size_of(self.model), workload, str(dtype).removeprefix("torch."), where, free)
+
+    def check_memory(self) -> Any:
+        """Refuse, before anything loads, a run whose memory plan cannot fit, naming the cheapest fixes."""
+        result = self.memory_plan()
+        if result is not None and not result.fits:
+            raise ValueError(f"model={self.model!r} will not fit: the memory plan needs {result.total / 1e9:.1f} GB "
+                             f"and {result.device} has {result.available / 1e9:.1f} GB free.\n{result.table()}\n"
+                             f"Cheapest fixes: {'; '.join(result.fixes)}")
+        return result
+
     def check_inputs(self) -> None:
         """Check the values against the model's config, the data registries and input folders (no weights
         loaded); raises ValueError naming the parameter. The runner calls it before launching anything."""
@@ -225,6 +254,31 @@ def model_layer_count(model: str, parameter: str = "model", hint: str = "") -> i
                          f"({_one_line(error, 160)}); {hint}") from None
     return next((getattr(text, key) for key in ("num_hidden_layers", "n_layer", "num_layers")
                  if isinstance(getattr(text, key, None), int)), None)
+
+
+# SmolLM2-135M-Instruct's config (the embedded default), for the memory plan without converting its GGUF;
+# tests/test_memory.py checks it against the loaded model's config.
+EMBEDDED_CONFIG = {"model_type": "llama", "hidden_size": 576, "intermediate_size": 1536, "num_hidden_layers": 30,
+                   "num_attention_heads": 9, "num_key_value_heads": 3, "vocab_size": 49152,
+                   "tie_word_embeddings": True, "max_position_embeddings": 8192}
+
+
+@functools.cache
+def model_size_of(model: str) -> Any:
+    """`lib.memory.ModelSize` of a model as the notebooks name it, from its config alone (cached in-process)."""
+    from transformers import AutoConfig, LlamaConfig
+
+    from lib.memory import model_size
+    from lib.models import EMBEDDED_DEFAULT
+
+    model_layer_count(model)  # resolves it, or raises the one-line error
+    if model == EMBEDDED_DEFAULT:
+        config = LlamaConfig(**{k: v for k, v in EMBEDDED_CONFIG.items() if k != "model_type"})
+    else:
+        local = repo_path(model)
+        config = AutoConfig.from_pretrained(local if local.exists() else model,
+                                            local_files_only=local.exists() or hub_unreachable() is not None)
+    return model_size(config)
 
 
 def check_layers(parameter: str, value: int | Sequence[int], model: str, n_layers: int | None,

@@ -125,6 +125,7 @@ def validate(name: str, overrides: dict[str, Any]) -> tuple[dict[str, Any], Note
     config = config_cls(**resolved) if config_cls else None  # raises on a bad value, naming the parameter
     if config is not None:
         config.check_inputs()  # model config (cached per process), subset keys, input folders; no weights
+        config.check_memory()  # a run that cannot fit is refused here, with the cheapest fixes named
     return resolved, config
 
 
@@ -422,9 +423,13 @@ def main(argv: list[str] | None = None) -> int:
                   resources=parse_resources(args.resources))
         else:
             grid = parse_assignments(args.assignments, grid=True)
+            tables: dict[str, None] = {}
             for combo in itertools.product(*grid.values()):
-                validate(args.notebook, dict(zip(grid, combo, strict=True)))
-            print("ok")
+                _, config = validate(args.notebook, dict(zip(grid, combo, strict=True)))
+                memory = config.memory_plan() if config is not None else None
+                if memory is not None:
+                    tables[f"memory plan for model={config.model!r}:\n{memory.table()}"] = None
+            print("\n".join([*tables, "ok"]))
     except (ValueError, FileNotFoundError, FileExistsError, KeyError, ImportError) as error:
         print(f"error: {error}", file=sys.stderr)
         return 2

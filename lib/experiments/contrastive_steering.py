@@ -30,6 +30,7 @@ from lib.generation import generate, render_chat
 from lib.hooks import Steering
 from lib.kits.data import DEFAULT_PROMPTS, NEUTRAL_TEXTS, Example, load_subset, reply_pairs, split_examples, subset_name
 from lib.kits.plots import finish_figure
+from lib.memory import Workload
 from lib.vectors import SteeringVector, mean_difference, random_like
 
 
@@ -75,6 +76,10 @@ class ContrastiveConfig(NotebookConfig):
             raise ValueError(f"curve_scales={self.curve_scales!r} must include 0.0 (the unsteered baseline)")
         self.curve_scales = [float(s) for s in self.curve_scales]
         self.target, self.baseline, self.inference_set = str(self.target), str(self.baseline), str(self.inference_set)
+
+    def workload(self) -> Workload:
+        # about 512 prompt tokens (an assumption: chat template plus a data-set prompt) and the generated ones
+        return Workload(batch=self.batch_size, tokens=512 + self.max_tokens, generated=self.max_tokens)
 
     def check_inputs(self) -> None:
         for name in ("target", "baseline") + (("inference_set",) if self.inference_set else ()):

@@ -36,6 +36,7 @@ from lib.kits.mathdata import MathProblem, build_messages
 from lib.kits.matheval import evaluate_math
 from lib.kits.plots import finish_figure
 from lib.kits.rewards import trl_correctness_reward, trl_format_reward
+from lib.memory import Workload
 from lib.models import load_model
 
 
@@ -90,6 +91,12 @@ class GRPOMathConfig(NotebookConfig):
                              "within a group)")
         check_choice("scale_rewards", self.scale_rewards, ("group", "batch", "none"))
         check_sampled("num_completions_eval", self.num_completions_eval, "eval_temperature", self.eval_temperature)
+
+    def workload(self) -> Workload:
+        # one step's completions in one batch, ~256 prompt tokens (system prompt and the one-shot demo)
+        return Workload(batch=self.num_chains * self.prompts_per_step, tokens=256 + self.max_completion_length,
+                        generated=self.max_completion_length, training="lora" if self.use_lora else "full",
+                        lora_rank=self.lora_r)
 
     def check_inputs(self) -> None:
         check_math_source("source", self.source)

@@ -27,6 +27,7 @@ from lib.kits.data import NEUTRAL_TEXTS
 from lib.kits.mathdata import MathProblem, build_messages, train_eval_split
 from lib.kits.matheval import evaluate_math
 from lib.kits.plots import finish_figure
+from lib.memory import Workload
 from lib.model_diff import activation_difference
 from lib.models import load_model
 from lib.vectors import SteeringVector, random_like
@@ -67,6 +68,10 @@ class MathSteeringConfig(NotebookConfig):
             raise ValueError(f"weights={self.weights!r} must include 0.0 (the unsteered base in the same batch)")
         self.weights = [float(w) for w in self.weights]
         check_sampled("num_completions_eval", self.num_completions_eval, "eval_temperature", self.eval_temperature)
+
+    def workload(self) -> Workload:
+        return Workload(batch=self.batch_size, tokens=256 + self.max_completion_length,
+                        generated=self.max_completion_length, models=2)  # base and finetuned are held at once
 
     def check_inputs(self) -> None:
         check_math_source("source", self.source)

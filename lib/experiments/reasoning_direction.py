@@ -56,6 +56,7 @@ from lib.kits.stats import (
     transitions,
 )
 from lib.latent import LatentSteering, latent_generate
+from lib.memory import Workload
 from lib.models import find_layers, load_model
 from lib.vectors import SteeringVector, mean_difference, random_like
 
@@ -116,6 +117,9 @@ class ReasoningDirectionConfig(NotebookConfig):
                              f"(latent_steps={self.latent_steps}); leave it empty for one alpha at every step")
         if self.projection and self.mode != "latent":
             raise ValueError("projection is the latent loop's hidden-to-embedding module: it needs mode='latent'")
+
+    def workload(self) -> Workload:
+        return Workload(batch=self.batch_size, tokens=256 + self.max_new_tokens, generated=self.max_new_tokens)
 
     def check_inputs(self) -> None:
         check_math_source("source", self.source)

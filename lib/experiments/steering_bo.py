@@ -38,6 +38,7 @@ from lib.kits.data import load_subset, reply_pairs, split_examples
 from lib.kits.mathdata import MathProblem, train_eval_split
 from lib.kits.matheval import MathEval, evaluate_math
 from lib.kits.optimize import SearchSpace
+from lib.memory import Workload
 from lib.models import find_layers
 from lib.vectors import SteeringVector
 
@@ -108,6 +109,10 @@ class BOSteeringConfig(NotebookConfig):
         if self.executor and self.executor.partition(":")[0] not in ("local", "ray"):
             raise ValueError(f"executor={self.executor!r} must be '' (this process), 'local', 'local:N', 'ray' or "
                              "'ray:<address>' (docs/scaling.md)")
+
+    def workload(self) -> Workload:
+        return Workload(batch=self.batch_size, tokens=256 + self.max_completion_length,
+                        generated=self.max_completion_length, models=2 if self.objective == "pass1" else 1)
 
     def check_inputs(self) -> None:
         check_math_source("source", self.source)

@@ -45,6 +45,7 @@ from lib.io import write_json
 from lib.kits.adapters import SFTPair, train_adapter
 from lib.kits.choice_data import KIND, LOADERS, Item, split_items, to_rows
 from lib.kits.data import NEUTRAL_TEXTS
+from lib.memory import Workload
 from lib.vectors import SteeringVector, mean_difference, pca_direction
 from lib.weights import WeightDelta, apply_delta
 
@@ -115,6 +116,11 @@ class WeightSteeringConfig(NotebookConfig):
         self.vector_layers = layer_list("vector_layers", self.vector_layers)
         if not self.vector_layers:
             raise ValueError("vector_layers=[] searches no layer: give layer indices, e.g. [3, 6, 9]")
+
+    def workload(self) -> Workload:
+        # adapters train on rows of max_length tokens; evaluation batches are inference
+        return Workload(batch=max(self.batch_size, self.sft_batch_size), tokens=self.max_length,
+                        generated=self.max_new_tokens, training="lora", lora_rank=self.rank)
 
     def check_inputs(self) -> None:
         check_layers("vector_layers", self.vector_layers, self.model, model_layer_count(self.model))
