@@ -77,6 +77,7 @@ class Workload:
     lora_rank: int = 16
     gradient_checkpointing: bool = False
     models: int = 1  # models held at once (e.g. base and finetuned)
+    batch_parameter: str = "batch_size"  # the notebook parameter(s) that set `batch`, for the fixes
 
     def __post_init__(self) -> None:
         if self.training not in TRAINING:
@@ -140,13 +141,13 @@ def _fixes(size: ModelSize, workload: Workload, dtype: str, current: MemoryPlan)
     if dtype == "float32":
         options.append(("dtype=bfloat16", plan(size, workload, "bfloat16", current.device, current.available)))
     if workload.training == "full":
-        lora = Workload(**{**workload.__dict__, "training": "lora", "gradient_checkpointing": True})
-        options.append(("use_lora=True with gradient checkpointing", plan(size, lora, dtype, current.device,
-                                                                         current.available)))
+        lora = Workload(**{**workload.__dict__, "training": "lora"})
+        options.append(("use_lora=True", plan(size, lora, dtype, current.device, current.available)))
     if workload.batch > 1:
         smaller = Workload(**{**workload.__dict__, "batch": max(1, workload.batch // 4)})
-        options.append((f"batch_size={smaller.batch} (or fewer completions)", plan(size, smaller, dtype,
-                                                                                   current.device, current.available)))
+        options.append((f"a batch of {smaller.batch} ({workload.batch_parameter})", plan(size, smaller, dtype,
+                                                                                       current.device,
+                                                                                       current.available)))
     if workload.models > 1:
         one = Workload(**{**workload.__dict__, "models": 1})
         options.append(("one model at a time", plan(size, one, dtype, current.device, current.available)))

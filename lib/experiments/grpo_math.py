@@ -96,7 +96,7 @@ class GRPOMathConfig(NotebookConfig):
         # one step's completions in one batch, ~256 prompt tokens (system prompt and the one-shot demo)
         return Workload(batch=self.num_chains * self.prompts_per_step, tokens=256 + self.max_completion_length,
                         generated=self.max_completion_length, training="lora" if self.use_lora else "full",
-                        lora_rank=self.lora_r)
+                        lora_rank=self.lora_r, batch_parameter="num_chains x prompts_per_step")
 
     def check_inputs(self) -> None:
         check_math_source("source", self.source)

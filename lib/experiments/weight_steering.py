@@ -120,7 +120,8 @@ class WeightSteeringConfig(NotebookConfig):
     def workload(self) -> Workload:
         # adapters train on rows of max_length tokens; evaluation batches are inference
         return Workload(batch=max(self.batch_size, self.sft_batch_size), tokens=self.max_length,
-                        generated=self.max_new_tokens, training="lora", lora_rank=self.rank)
+                        generated=self.max_new_tokens, training="lora", lora_rank=self.rank,
+                        batch_parameter="batch_size, sft_batch_size")
 
     def check_inputs(self) -> None:
         check_layers("vector_layers", self.vector_layers, self.model, model_layer_count(self.model))
