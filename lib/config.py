@@ -98,6 +98,19 @@ class NotebookConfig:
         loaded); raises ValueError naming the parameter. The runner calls it before launching anything."""
 
 
+@dataclass
+class ModelConfig(NotebookConfig):
+    """The base of configs whose notebook loads a model: which one and how (`lib.models.load_model`)."""
+
+    model: str = "smollm2-135m"
+    dtype: str = "auto"  # "auto": bfloat16 on a GPU that supports it, float32 on CPU
+    device_map: str = ""  # "": one device; "auto": spread over the GPUs (accelerate)
+    attn_implementation: str = ""  # "": transformers' default
+
+    def __post_init__(self) -> None:
+        check_loading(self)
+
+
 def run_slug(overrides: dict[str, Any]) -> str:
     """A readable folder name from the non-default parameters, e.g. `layer=12_scale=4.0`."""
     if not overrides:

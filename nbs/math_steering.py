@@ -27,10 +27,10 @@
 
 # %% tags=["parameters"]
 model = "smollm2-135m"
-finetuned = "out/grpo_math/default/final_model"
 dtype = "auto"  # "auto": bfloat16 on a GPU, float32 on CPU
 device_map = ""  # "": one device; "auto": spread over the GPUs
 attn_implementation = ""
+finetuned = "out/grpo_math/default/final_model"
 source = "arithmetic"
 train_size = 16
 eval_size = 8

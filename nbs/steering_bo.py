@@ -29,10 +29,10 @@
 
 # %% tags=["parameters"]
 model = "smollm2-135m"
-finetuned = "out/grpo_math/default/final_model"
 dtype = "auto"  # "auto": bfloat16 on a GPU, float32 on CPU
 device_map = ""  # "": one device; "auto": spread over the GPUs
 attn_implementation = ""
+finetuned = "out/grpo_math/default/final_model"
 vector = "out/math_steering/default/vector"
 objective = "pass1"
 source = "arithmetic"

@@ -16,10 +16,9 @@ from typing import Any, ClassVar
 from torch import nn
 
 from lib.config import (
-    NotebookConfig,
+    ModelConfig,
     check_choice,
     check_layers,
-    check_loading,
     check_positive,
     check_subset,
     model_layer_count,
@@ -35,14 +34,10 @@ from lib.vectors import SteeringVector, mean_difference, random_like
 
 
 @dataclass
-class ContrastiveConfig(NotebookConfig):
+class ContrastiveConfig(ModelConfig):
     """Contrastive steering between two data sets (seed: "Chunky Tulu Contrastive Steering")."""
 
     notebook: ClassVar[str] = "contrastive_steering"
-    model: str = "smollm2-135m"
-    dtype: str = "auto"
-    device_map: str = ""
-    attn_implementation: str = ""
     target: str = "math"
     baseline: str = "howto"
     layer: int = 10
@@ -62,7 +57,7 @@ class ContrastiveConfig(NotebookConfig):
     out_dir: str = ""
 
     def __post_init__(self) -> None:
-        check_loading(self)
+        super().__post_init__()
         if not isinstance(self.layer, int) or self.layer < 0:
             raise ValueError(f"layer={self.layer!r} must be a non-negative int (a decoder layer index)")
         if not isinstance(self.scale, int | float) or isinstance(self.scale, bool):

@@ -23,9 +23,8 @@ import torch
 from transformers import TrainerCallback
 
 from lib.config import (
-    NotebookConfig,
+    ModelConfig,
     check_choice,
-    check_loading,
     check_math_source,
     check_positive,
     check_sampled,
@@ -41,7 +40,7 @@ from lib.models import load_model
 
 
 @dataclass
-class GRPOMathConfig(NotebookConfig):
+class GRPOMathConfig(ModelConfig):
     """GRPO on math (the seed's "Day 4" training). The seed's output_dir is `out_dir` here.
 
     The default is the quick preset (minutes on 2 CPU cores); the journal's long run is
@@ -51,10 +50,6 @@ class GRPOMathConfig(NotebookConfig):
 
     notebook: ClassVar[str] = "grpo_math"
     resources: ClassVar[dict[str, float]] = {"num_cpus": 2}  # training: both cores of a small node
-    model: str = "smollm2-135m"
-    dtype: str = "auto"
-    device_map: str = ""
-    attn_implementation: str = ""
     source: str = "arithmetic"
     train_size: int = 16
     eval_size: int = 8
@@ -79,7 +74,7 @@ class GRPOMathConfig(NotebookConfig):
     out_dir: str = ""
 
     def __post_init__(self) -> None:
-        check_loading(self)
+        super().__post_init__()
         for name in ("train_size", "eval_size", "num_train_iters", "eval_every", "save_every", "num_completions_eval",
                      "max_completion_length", "prompts_per_step", "lora_r", "batch_size"):
             check_positive(name, getattr(self, name))

@@ -11,10 +11,9 @@ import pandas as pd
 from torch import nn
 
 from lib.config import (
-    NotebookConfig,
+    ModelConfig,
     check_choice,
     check_finetuned,
-    check_loading,
     check_math_source,
     check_positive,
     check_sampled,
@@ -34,15 +33,11 @@ from lib.vectors import SteeringVector, random_like
 
 
 @dataclass
-class MathSteeringConfig(NotebookConfig):
+class MathSteeringConfig(ModelConfig):
     """Steering vectors from base vs GRPO-finetuned activations, evaluated on a weight grid (the seed's "Day 4")."""
 
     notebook: ClassVar[str] = "math_steering"
-    model: str = "smollm2-135m"
     finetuned: str = "out/grpo_math/default/final_model"
-    dtype: str = "auto"
-    device_map: str = ""
-    attn_implementation: str = ""
     source: str = "arithmetic"
     train_size: int = 16
     eval_size: int = 8
@@ -59,7 +54,7 @@ class MathSteeringConfig(NotebookConfig):
     out_dir: str = ""
 
     def __post_init__(self) -> None:
-        check_loading(self)
+        super().__post_init__()
         for name in ("train_size", "eval_size", "max_examples", "num_completions_eval", "max_completion_length",
                      "batch_size"):
             check_positive(name, getattr(self, name))

@@ -27,11 +27,10 @@ from torch import nn
 from tqdm.auto import tqdm
 
 from lib.config import (
-    NotebookConfig,
+    ModelConfig,
     check_choice,
     check_file,
     check_layers,
-    check_loading,
     check_math_source,
     check_positive,
     layer_list,
@@ -62,15 +61,11 @@ from lib.vectors import SteeringVector, mean_difference, random_like
 
 
 @dataclass
-class ReasoningDirectionConfig(NotebookConfig):
+class ReasoningDirectionConfig(ModelConfig):
     """A "good reasoning" direction from solved vs failed problems, with random controls (the seed report
     "GPT-2 Activation Steering Experiment"). Defaults are the quick preset; the journal run overrides sizes."""
 
     notebook: ClassVar[str] = "reasoning_direction"
-    model: str = "smollm2-135m"
-    dtype: str = "auto"
-    device_map: str = ""
-    attn_implementation: str = ""
     mode: str = "token"
     source: str = "arithmetic"
     n_problems: int = 24
@@ -91,7 +86,7 @@ class ReasoningDirectionConfig(NotebookConfig):
     out_dir: str = ""
 
     def __post_init__(self) -> None:
-        check_loading(self)
+        super().__post_init__()
         check_choice("mode", self.mode, ("token", "latent"))
         check_choice("read", self.read, ("prompt_last", "completion_mean"))
         check_choice("steer_positions", self.steer_positions, ("all", "prompt", "generated"))

@@ -19,12 +19,11 @@ from typing import Any, ClassVar
 from torch import nn
 
 from lib.config import (
-    NotebookConfig,
+    ModelConfig,
     check_choice,
     check_file,
     check_finetuned,
     check_layers,
-    check_loading,
     check_math_source,
     check_positive,
     check_sampled,
@@ -44,15 +43,11 @@ from lib.vectors import SteeringVector
 
 
 @dataclass
-class BOSteeringConfig(NotebookConfig):
+class BOSteeringConfig(ModelConfig):
     """Bayesian optimisation of one steering weight per layer group (the seed's "Day 5")."""
 
     notebook: ClassVar[str] = "steering_bo"
-    model: str = "smollm2-135m"
     finetuned: str = "out/grpo_math/default/final_model"
-    dtype: str = "auto"
-    device_map: str = ""
-    attn_implementation: str = ""
     vector: str = "out/math_steering/default/vector"
     objective: str = "pass1"
     source: str = "arithmetic"
@@ -83,7 +78,7 @@ class BOSteeringConfig(NotebookConfig):
     out_dir: str = ""
 
     def __post_init__(self) -> None:
-        check_loading(self)
+        super().__post_init__()
         check_choice("objective", self.objective, ("pass1", "contrastive_gap"))
         for name in ("train_size", "eval_size", "n_groups", "n_initial_points", "n_iterations", "confirm_size",
                      "confirm_completions", "num_completions_eval", "max_completion_length", "frame_every",

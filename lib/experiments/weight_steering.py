@@ -29,10 +29,9 @@ from torch import nn
 
 from lib.choice_evals import AnswerFormat, ChoiceRow, choose_format, score_rows, summarize
 from lib.config import (
-    NotebookConfig,
+    ModelConfig,
     check_choice,
     check_layers,
-    check_loading,
     check_positive,
     layer_list,
     model_layer_count,
@@ -51,17 +50,13 @@ from lib.weights import WeightDelta, apply_delta
 
 
 @dataclass
-class WeightSteeringConfig(NotebookConfig):
+class WeightSteeringConfig(ModelConfig):
     """Weight steering, dW = dW_pos - dW_neg from persona adapters, against prompting and activation steering
     (Fierro & Roger 2025; seed "Fork plan: weight steering benchmark + analysis"). The defaults are the journal's
     full run (about 30 min on 2 cores); tests/test_notebooks.py has the quick preset."""
 
     notebook: ClassVar[str] = "weight_steering"
     resources: ClassVar[dict[str, float]] = {"num_cpus": 2}  # adapter training
-    model: str = "smollm2-135m"
-    dtype: str = "auto"
-    device_map: str = ""
-    attn_implementation: str = ""
     behaviours: tuple[str, ...] | list[str] = ("honesty", "sycophancy")
     adapters: tuple[str, ...] | list[str] = ("lora",)
     n_seeds: int = 3
@@ -89,7 +84,7 @@ class WeightSteeringConfig(NotebookConfig):
     out_dir: str = ""
 
     def __post_init__(self) -> None:
-        check_loading(self)
+        super().__post_init__()
         from lib.kits.adapters import ADAPTER_FAMILIES
 
         self.behaviours, self.adapters = [str(b) for b in self.behaviours], [str(a) for a in self.adapters]
