@@ -55,15 +55,21 @@ from lib.io import write_json
 
 cfg = MathSteeringConfig.from_namespace(globals())
 out = cfg.resolve_out_dir()
-base, tuned, tokenizer = math_steering.load_models(cfg)
 train, eval_problems = math_steering.problems(cfg)
 print(f"out: {out}; vectors from {min(cfg.max_examples, len(train))} training prompts, eval on {len(eval_problems)}")
+
+# %% [markdown]
+# ## The finetuned model, then the base (never both in memory)
+
+# %%
+finetuned = math_steering.finetuned_pass(cfg, train, eval_problems)
+base, tokenizer = math_steering.load_base(cfg)
 
 # %% [markdown]
 # ## Vectors
 
 # %%
-vector, completions = math_steering.build_vector(cfg, base, tuned, tokenizer, train)
+vector = math_steering.build_vector(cfg, base, tokenizer, train, finetuned)
 vector.save(out / "vector")
 vector.to_plain_json(out / "steering_vectors.json")
 pd.Series(vector.norms(), name="norm").to_frame().T.round(2)
@@ -72,7 +78,7 @@ pd.Series(vector.norms(), name="norm").to_frame().T.round(2)
 # ## Evaluation: base, finetuned, base + w * vector
 
 # %%
-evaluation = math_steering.evaluate(cfg, base, tuned, tokenizer, eval_problems, vector)
+evaluation = math_steering.evaluate(cfg, base, tokenizer, eval_problems, vector, finetuned)
 math_steering.table(evaluation, cfg.weights)
 
 # %%

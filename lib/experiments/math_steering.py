@@ -3,11 +3,13 @@ then pass@k of base, finetuned and base + w * vector on one eval set, with side 
 
 from __future__ import annotations
 
+import gc
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, ClassVar
 
 import pandas as pd
+import torch
 from torch import nn
 
 from lib.config import (
@@ -19,7 +21,7 @@ from lib.config import (
     check_sampled,
     model_layer_count,
 )
-from lib.evals import model_kl, next_token_kl
+from lib.evals import mean_kl, next_token_kl, real_token_logprobs
 from lib.hooks import Steering
 from lib.io import repo_path
 from lib.kits.data import NEUTRAL_TEXTS
@@ -27,7 +29,7 @@ from lib.kits.mathdata import MathProblem, build_messages, train_eval_split
 from lib.kits.matheval import evaluate_math
 from lib.kits.plots import finish_figure
 from lib.memory import Workload
-from lib.model_diff import activation_difference
+from lib.model_diff import base_side, difference_vector, finetuned_side
 from lib.models import load_model
 from lib.vectors import SteeringVector, random_like
 
@@ -66,7 +68,7 @@ class MathSteeringConfig(ModelConfig):
 
     def workload(self) -> Workload:
         return Workload(batch=self.batch_size, tokens=256 + self.max_completion_length,
-                        generated=self.max_completion_length, models=2)  # base and finetuned are held at once
+                        generated=self.max_completion_length)  # finetuned first, freed, then base
 
     def check_inputs(self) -> None:
         check_math_source("source", self.source)
@@ -85,41 +87,75 @@ def finetuned_source(finetuned: str) -> str:
     return finetuned  # a hub id
 
 
-def load_models(cfg: MathSteeringConfig) -> tuple[nn.Module, nn.Module, Any]:
-    base, tokenizer = load_model(cfg.model, **cfg.loading())
-    tuned, _ = load_model(finetuned_source(cfg.finetuned), **cfg.loading())
-    return base, tuned, tokenizer
+@dataclass
+class FinetunedPass:
+    """What the notebook keeps of the finetuned model after freeing it: its activations on the vector's texts,
+    the completions they end with, its evaluation and its log-probs on neutral text (for the KL from base)."""
+
+    activations: dict[int, Any]
+    completions: list[str]
+    evaluation: Any
+    neutral_logprobs: list[Any]
+
+
+def _settings(cfg: MathSteeringConfig) -> dict[str, Any]:
+    return {"n_completions": cfg.num_completions_eval, "temperature": cfg.eval_temperature,
+            "max_new_tokens": cfg.max_completion_length, "batch_size": cfg.batch_size, "seed": cfg.seed,
+            "one_shot": cfg.one_shot}
+
+
+def _prompts(cfg: MathSteeringConfig, train: list[MathProblem]) -> list[Any]:
+    return [build_messages(p.question, one_shot=cfg.one_shot) for p in train[: cfg.max_examples]]
 
 
 def problems(cfg: MathSteeringConfig) -> tuple[list[MathProblem], list[MathProblem]]:
     return train_eval_split(cfg.source, cfg.train_size, cfg.eval_size, cfg.seed)
 
 
-def build_vector(cfg: MathSteeringConfig, base: nn.Module, tuned: nn.Module, tokenizer: Any,
-                 train: list[MathProblem]) -> tuple[SteeringVector, list[str]]:
-    prompts = [build_messages(p.question, one_shot=cfg.one_shot) for p in train[: cfg.max_examples]]
-    return activation_difference(base, tuned, tokenizer, prompts, reduction=cfg.reduction,
-                                 max_new_tokens=cfg.max_completion_length, batch_size=cfg.batch_size,
-                                 meta={"model": cfg.model, "finetuned": cfg.finetuned, "source": cfg.source,
-                                       "seed": cfg.seed})
+def finetuned_pass(cfg: MathSteeringConfig, train: list[MathProblem], eval_problems: list[MathProblem]
+                   ) -> FinetunedPass:
+    """Everything the finetuned model is needed for, then it is freed: base and finetuned are never in memory
+    together (at 7B that halves the peak)."""
+    tuned, tokenizer = load_model(finetuned_source(cfg.finetuned), **cfg.loading())
+    activations, completions = finetuned_side(tuned, tokenizer, _prompts(cfg, train), reduction=cfg.reduction,
+                                              max_new_tokens=cfg.max_completion_length, batch_size=cfg.batch_size)
+    result = FinetunedPass(activations, completions, evaluate_math(tuned, tokenizer, eval_problems,
+                                                                   **_settings(cfg))[None],
+                           real_token_logprobs(tuned, tokenizer, NEUTRAL_TEXTS, cfg.batch_size))
+    del tuned
+    gc.collect()
+    if torch.cuda.is_available():
+        torch.cuda.empty_cache()
+    return result
 
 
-def evaluate(cfg: MathSteeringConfig, base: nn.Module, tuned: nn.Module, tokenizer: Any,
-             eval_problems: list[MathProblem], vector: SteeringVector) -> dict[str, Any]:
+def load_base(cfg: MathSteeringConfig) -> tuple[nn.Module, Any]:
+    return load_model(cfg.model, **cfg.loading())
+
+
+def build_vector(cfg: MathSteeringConfig, base: nn.Module, tokenizer: Any, train: list[MathProblem],
+                 finetuned: FinetunedPass) -> SteeringVector:
+    prompts = _prompts(cfg, train)
+    acts_base = base_side(base, tokenizer, prompts, finetuned.completions, reduction=cfg.reduction,
+                          batch_size=cfg.batch_size)
+    return difference_vector(finetuned.activations, acts_base, cfg.reduction, len(prompts),
+                             {"model": cfg.model, "finetuned": cfg.finetuned, "source": cfg.source, "seed": cfg.seed})
+
+
+def evaluate(cfg: MathSteeringConfig, base: nn.Module, tokenizer: Any, eval_problems: list[MathProblem],
+             vector: SteeringVector, finetuned: FinetunedPass) -> dict[str, Any]:
     """Every configuration on the same problems and generation settings; weights run as one batch."""
-    settings = {"n_completions": cfg.num_completions_eval, "temperature": cfg.eval_temperature,
-                "max_new_tokens": cfg.max_completion_length, "batch_size": cfg.batch_size, "seed": cfg.seed,
-                "one_shot": cfg.one_shot}
+    settings = _settings(cfg)
     steering = Steering(vector)
     steered = evaluate_math(base, tokenizer, eval_problems, steering=steering, coefficients=cfg.weights, **settings)
-    finetuned = evaluate_math(tuned, tokenizer, eval_problems, **settings)[None]
     evaluation: dict[str, Any] = {
         "base": steered[0.0].summary(),  # weight 0 is the unsteered base, in the same batch
-        "finetuned": finetuned.summary(),
+        "finetuned": finetuned.evaluation.summary(),
         "steered": [steered[w].summary() for w in cfg.weights],
         "kl_steered": next_token_kl(base, tokenizer, NEUTRAL_TEXTS, steering=steering, coefficients=cfg.weights,
                                     batch_size=cfg.batch_size).tolist(),
-        "kl_finetuned": model_kl(base, tuned, tokenizer, NEUTRAL_TEXTS, cfg.batch_size),
+        "kl_finetuned": mean_kl(real_token_logprobs(base, tokenizer, NEUTRAL_TEXTS, cfg.batch_size),
+                                finetuned.neutral_logprobs),
         "sample_completions": {str(w): steered[w].completions[0][:1] for w in cfg.weights},
     }
     if cfg.random_control:
