@@ -79,7 +79,8 @@ test-latest *ARGS:
     PY
     files=""
     for f in tests/test_hooks.py tests/test_extract.py tests/test_evals.py tests/test_latent.py tests/test_models.py \
-            tests/test_hooks*.py tests/test_positions*.py tests/test_extract*.py tests/test_generation*.py; do
+            tests/test_hooks*.py tests/test_positions*.py tests/test_extract*.py tests/test_generation*.py \
+            tests/test_row_vectors.py tests/test_loading.py; do
         [ -f "$f" ] || continue
         case " $files " in *" $f "*) ;; *) files="$files $f" ;; esac
     done
