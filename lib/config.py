@@ -294,7 +294,7 @@ def model_size_of(model: str) -> Any:
     return model_size(config)
 
 
-def check_layers(parameter: str, value: int | Sequence[int], model: str, n_layers: int | None,
+def check_layer_parameter(parameter: str, value: int | Sequence[int], model: str, n_layers: int | None,
                  first: int = 0) -> None:
     """Every layer index in `value` within first..n_layers-1 of `model` (no check when the count is unknown)."""
     if n_layers is None:

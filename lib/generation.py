@@ -95,9 +95,8 @@ def run_batches(
     one per row). Returns the forward results in order.
     `part` is the slice of `rows` in the batch."""
     check_coefficients(coefficients, len(rows))
-    per_row = getattr(steering, "vector", None)
-    if isinstance(per_row, list | tuple) and len(per_row) != len(rows):
-        raise ValueError(f"steering has {len(per_row)} per-row vectors for {len(rows)} rows; give one per row")
+    if steering is not None and steering.rows is not None and steering.rows != len(rows):
+        raise ValueError(f"steering has {steering.rows} per-row vectors for {len(rows)} rows; give one per row")
     if coefficients is not None and steering is None:
         raise ValueError("coefficients were given without steering: pass steering=Steering(vector, ...)")
     device = next(model.parameters()).device

@@ -552,6 +552,11 @@ class Steering:
     layers: Sequence[int] | None = None
     positions: PositionScope = "all"
 
+    @property
+    def rows(self) -> int | None:
+        """How many batch rows the per-row vectors cover; None for one vector for every row."""
+        return len(self.vector) if _per_row(self.vector) else None
+
     def apply(self, model: nn.Module, coefficients: Sequence[float] | torch.Tensor | None = None,
               rows: slice | None = None) -> Any:
         """The `steer` context for a batch; `rows` picks that batch's entries of per-row vectors."""

@@ -18,7 +18,7 @@ from torch import nn
 from lib.config import (
     ModelConfig,
     check_choice,
-    check_layers,
+    check_layer_parameter,
     check_positive,
     check_subset,
     model_layer_count,
@@ -79,7 +79,7 @@ class ContrastiveConfig(ModelConfig):
     def check_inputs(self) -> None:
         for name in ("target", "baseline") + (("inference_set",) if self.inference_set else ()):
             check_subset(name, getattr(self, name))
-        check_layers("layer", self.layer, self.model, model_layer_count(self.model))
+        check_layer_parameter("layer", self.layer, self.model, model_layer_count(self.model))
 
 
 @dataclass

@@ -30,7 +30,7 @@ from lib.config import (
     ModelConfig,
     check_choice,
     check_file,
-    check_layers,
+    check_layer_parameter,
     check_math_source,
     check_positive,
     layer_list,
@@ -119,7 +119,7 @@ class ReasoningDirectionConfig(ModelConfig):
     def check_inputs(self) -> None:
         check_math_source("source", self.source)
         check_file("projection", self.projection, "give a file saved with torch.save(module), or '' for none")
-        check_layers("layers", self.layers, self.model, model_layer_count(self.model))
+        check_layer_parameter("layers", self.layers, self.model, model_layer_count(self.model))
 
 
 START_TEXT, END_TEXT = "<think>", "</think>\n<answer>"  # latent mode: thoughts replace the text between the tags

@@ -23,7 +23,7 @@ from lib.config import (
     check_choice,
     check_file,
     check_finetuned,
-    check_layers,
+    check_layer_parameter,
     check_math_source,
     check_positive,
     check_sampled,
@@ -124,7 +124,7 @@ class BOSteeringConfig(ModelConfig):
         n_layers = model_layer_count(self.model)
         if n_layers is not None and not self.boundaries and self.n_groups > n_layers:
             raise ValueError(f"n_groups={self.n_groups} exceeds the {n_layers} decoder layers of model={self.model!r}")
-        check_layers("boundaries", self.boundaries, self.model, n_layers, first=1)
+        check_layer_parameter("boundaries", self.boundaries, self.model, n_layers, first=1)
 
 
 DEFAULT_GROUP_NAMES = {4: ["early", "mid_early", "mid_late", "late"], 2: ["early", "late"],

@@ -31,7 +31,7 @@ from lib.choice_evals import AnswerFormat, ChoiceRow, choose_format, score_rows,
 from lib.config import (
     ModelConfig,
     check_choice,
-    check_layers,
+    check_layer_parameter,
     check_positive,
     layer_list,
     model_layer_count,
@@ -119,7 +119,7 @@ class WeightSteeringConfig(ModelConfig):
                         batch_parameter="batch_size, sft_batch_size")
 
     def check_inputs(self) -> None:
-        check_layers("vector_layers", self.vector_layers, self.model, model_layer_count(self.model))
+        check_layer_parameter("vector_layers", self.vector_layers, self.model, model_layer_count(self.model))
 
 
 BEHAVIOURS = ("honesty", "sycophancy")
