@@ -3,7 +3,9 @@
 Every comparison is measured side by side in one process, alternating the two arms, and
 reported as a ratio of medians (this machine is noisy; absolute seconds are for context).
 Targets (issue 2): steering adds < 3% to forward and generate; extraction within 1.15x of a
-bare batched forward; a K-coefficient sweep as one batch beats K sequential runs.
+bare batched forward; a K-coefficient sweep as one batch beats K sequential runs. Issue 17 adds: a K=4 layer sweep
+(per-row vectors, each row steered at another layer) as one batch vs 4 sequential runs, and extraction and steered
+generation in bfloat16 vs float32 on CPU (on CPU bf16 saves memory, not time: the row says how much time).
 """
 
 from __future__ import annotations
@@ -88,6 +90,34 @@ def main() -> None:
 
     seq, batched = paired(sequential, one_batch, repeats=2)
     rows.append((f"K={k} coefficient sweep: one batch / {k} sequential runs", seq, batched, "< 1"))
+
+    layers = [6, 10, 15, 20]
+    per_layer = [SteeringVector({layer: steering.vector[10]}) for layer in layers]
+    row_vectors = [vector for vector in per_layer for _ in prompts]
+
+    def layer_batch() -> None:
+        generate(model, tokenizer, prompts * len(layers), max_new_tokens=32, batch_size=16 * len(layers),
+                 progress=False, steering=Steering(row_vectors))
+
+    def layer_sequential() -> None:
+        for vector in per_layer:
+            generate(model, tokenizer, prompts, max_new_tokens=32, batch_size=16, progress=False,
+                     steering=Steering(vector))
+
+    seq, batched = paired(layer_sequential, layer_batch, repeats=2)
+    rows.append((f"K={len(layers)} layer sweep (per-row vectors): one batch / {len(layers)} sequential runs", seq,
+                 batched, "< 1"))
+
+    half, _ = load_model(dtype=torch.bfloat16)
+    half_steering = Steering(steering.vector)
+    base, halved = paired(lambda: extract(model, tokenizer, texts, use_cache=False, progress=False),
+                          lambda: extract(half, tokenizer, texts, use_cache=False, progress=False))
+    rows.append(("extract 32 texts, all 30 layers: bfloat16 / float32 (CPU)", base, halved, "informational"))
+    base, halved = paired(lambda: generate(model, tokenizer, prompts, max_new_tokens=32, batch_size=16,
+                                           progress=False, steering=steering),
+                          lambda: generate(half, tokenizer, prompts, max_new_tokens=32, batch_size=16,
+                                           progress=False, steering=half_steering), repeats=max(2, REPEATS // 2))
+    rows.append(("steered generate 16 x 32 tokens: bfloat16 / float32 (CPU)", base, halved, "informational"))
 
     with tempfile.TemporaryDirectory() as cache:
         os.environ["STEERLAB_CACHE"] = cache

@@ -43,14 +43,39 @@ def read_only(hook: Any) -> Any:
     return hook
 
 
-@dataclass
 class _Positions:
-    """Per-forward-call position facts for the tokens being processed now, shape [batch, tokens]."""
+    """Per-forward-call position facts for the tokens being processed now, shape [batch, tokens].
 
-    real: torch.Tensor  # True where the token is not padding
-    content_index: torch.Tensor  # index of the token in its unpadded sequence
-    absolute: torch.Tensor  # index in the padded sequence, counting cached tokens
-    prompt_length: int | None  # padded length of the prompt; None when the prompt ran outside this context
+    Only `real` is computed up front; the content and absolute indices are built when a scope asks for them, and
+    each scope's mask is built once per call and device (every steered layer shares it), so the common case,
+    positions="all" on unpadded rows, costs no tensor work per layer.
+    """
+
+    def __init__(self, real: torch.Tensor, mask: torch.Tensor, past: int, prompt_length: int | None) -> None:
+        self.real = real  # True where the token is not padding
+        self._mask = mask  # the whole 2-D attention mask, cached tokens included
+        self.past = past
+        self.prompt_length = prompt_length  # padded length of the prompt; None when it ran outside this context
+        self._scopes: dict[tuple, torch.Tensor | None] = {}
+
+    @property
+    def content_index(self) -> torch.Tensor:
+        """Index of each token in its unpadded sequence."""
+        return (self._mask.cumsum(dim=1) - 1)[:, self.past:]
+
+    @property
+    def absolute(self) -> torch.Tensor:
+        """Index in the padded sequence, counting cached tokens."""
+        batch, tokens = self.real.shape
+        return torch.arange(self.past, self.past + tokens, device=self.real.device).expand(batch, tokens)
+
+    def scope_mask(self, scope: PositionScope, device: torch.device, dtype: torch.dtype) -> torch.Tensor | None:
+        """[batch, tokens, 1] of 0/1 in `dtype` on `device`, or None when every token is in scope."""
+        key = (scope if not isinstance(scope, slice) else (scope.start, scope.stop), device, dtype)
+        if key not in self._scopes:
+            in_scope = _scope_mask(self, scope)
+            self._scopes[key] = None if bool(in_scope.all()) else in_scope.to(device=device, dtype=dtype)[..., None]
+        return self._scopes[key]
 
 
 @dataclass
@@ -88,9 +113,7 @@ class _PositionTracker:
             self.prompt_length = tokens
         elif self.prompt_length is not None and past < self.prompt_length:
             self.prompt_length = None  # the cache was cut back into the prompt: which tokens are prompt is unknown
-        content = (full.cumsum(dim=1) - 1)[:, past:]
-        absolute = torch.arange(past, past + tokens, device=device).expand(batch, tokens)
-        self.current = _Positions(full[:, past:].bool(), content, absolute, self.prompt_length)
+        self.current = _Positions(full[:, past:].bool(), full, past, self.prompt_length)
 
 
 _SIGNATURES: dict[Any, inspect.Signature | None] = {}
@@ -509,6 +532,7 @@ def steer(
 
         def make_hook(layer: int):
             row_vectors = stacked[layer]  # [rows or 1, hidden], float32
+            deltas: dict[tuple, torch.Tensor] = {}  # (device, dtype, batch) -> [rows or 1, 1, hidden]
 
             def hook(module: nn.Module, args: tuple, output: Any) -> Any:
                 hidden, rest = split_block_output(output, layer)
@@ -519,16 +543,21 @@ def steer(
                 if n_rows is not None and n_rows != batch:
                     raise ValueError(f"vectors has {n_rows} rows but the batch has {batch} rows; give one vector "
                                      "(or None) per row (after num_return_sequences expansion)")
-                factor = _scope_mask(tracker.current, positions).to(device=hidden.device, dtype=torch.float32)
-                if row_coefficients is not None:
-                    if row_coefficients.numel() != batch:
-                        raise ValueError(
-                            f"coefficients has {row_coefficients.numel()} values but the batch has {batch} "
-                            "rows; give one coefficient per row (after num_return_sequences expansion)"
-                        )
-                    factor = factor * row_coefficients.to(hidden.device).unsqueeze(1)
-                delta = factor.unsqueeze(-1) * row_vectors.to(hidden.device).unsqueeze(1)
-                return join_block_output(hidden + delta.to(hidden.dtype), rest)
+                key = (hidden.device, hidden.dtype, batch)
+                if key not in deltas:
+                    delta = row_vectors.to(hidden.device)
+                    if row_coefficients is not None:
+                        if row_coefficients.numel() != batch:
+                            raise ValueError(
+                                f"coefficients has {row_coefficients.numel()} values but the batch has {batch} "
+                                "rows; give one coefficient per row (after num_return_sequences expansion)"
+                            )
+                        delta = delta * row_coefficients.to(hidden.device).unsqueeze(1)
+                    deltas[key] = delta.unsqueeze(1).to(hidden.dtype)  # float32 product, cast once
+                # the scope mask is 0/1, so multiplying after the cast equals casting the masked product
+                in_scope = tracker.current.scope_mask(positions, hidden.device, hidden.dtype)
+                delta = deltas[key] if in_scope is None else deltas[key] * in_scope
+                return join_block_output(hidden + delta, rest)
 
             return hook
 

@@ -1,16 +1,25 @@
 """A memory plan before anything loads: from a model's config alone (no weights), the batch and lengths of a run
 and its training mode, estimate peak memory and compare it with what the devices have.
 
-The terms (bytes): weights (parameters x dtype size); the KV cache of generation (2 x layers x kv heads x head dim
-x batch x tokens); the transient activations of one forward pass (the widest per-layer tensors plus the logits,
-which steerlab reads in float32 at every position for the KL); and, when training, gradients, AdamW's two float32
-moments (and a float32 master copy of bf16 weights) for the trained parameters, plus the activations kept for the
-backward pass (all layers', or one layer's with gradient checkpointing). A 7B model in full fp32 finetuning needs
-16 bytes per parameter before activations: ~120 GB.
+The terms (bytes), each calibrated against the allocator-level peak of real runs on the embedded default
+(`benchmarks/memory.py`, table in `out/bench/memory.md`: plan within 10% of the measured peak for forward passes,
+generation and steady-state training, with and without gradient checkpointing):
+- weights: parameters x dtype size;
+- KV cache of generation: 2 x layers x kv heads x head dim x batch x tokens;
+- the transient activations of one block (the widest per-layer tensors and the attention scores);
+- logits, which steerlab reads in float32: inference keeps the logits and their log-softmax (2 x batch x tokens x
+  vocab x 4; generation alone keeps the last position only), training 3 (logits, log-softmax and a gradient);
+- when training: AdamW's two float32 moments (plus a float32 master copy of bf16 weights) for the trained
+  parameters; the activations kept for the backward pass: per layer and token about 6 x hidden + 4 x intermediate
+  values for a Llama-style block (norm inputs, q/k/v and attention outputs, the MLP's gate, up, activation and
+  product), or, with gradient checkpointing, each block's input plus one block's recomputed set; and the gradients,
+  which fill in as the backward pass frees those activations and the logits, so only their excess adds to the peak.
+A 7B model in full fp32 finetuning needs 16 bytes per parameter before activations: ~120 GB.
 """
 
 from __future__ import annotations
 
+import itertools
 import os
 from dataclasses import dataclass, field
 from typing import Any
@@ -20,6 +29,7 @@ import torch
 GB = 1e9
 DTYPE_BYTES = {"float32": 4, "bfloat16": 2, "float16": 2}
 TRAINING = ("none", "full", "lora")
+LOGITS = ("all", "last")
 
 
 @dataclass(frozen=True)
@@ -78,10 +88,13 @@ class Workload:
     gradient_checkpointing: bool = False
     models: int = 1  # models held at once (e.g. base and finetuned)
     batch_parameter: str = "batch_size"  # the notebook parameter(s) that set `batch`, for the fixes
+    logits: str = "all"  # "all": log-probs read at every position (KL, scoring); "last": generation only
 
     def __post_init__(self) -> None:
         if self.training not in TRAINING:
             raise ValueError(f"training={self.training!r} must be one of {TRAINING}")
+        if self.logits not in LOGITS:
+            raise ValueError(f"logits={self.logits!r} must be one of {LOGITS}")
 
 
 @dataclass
@@ -114,45 +127,69 @@ def plan(size: ModelSize, workload: Workload, dtype: str = "float32", device: st
     terms = {"weights": workload.models * size.parameters * width}
     if workload.generated:
         terms["kv cache"] = 2 * size.layers * size.kv_heads * size.head_dim * b * t * width
-    per_layer = b * t * (4 * size.hidden + 2 * size.intermediate) * width + b * size.heads * t * t * width
-    terms["activations (one layer)"] = per_layer
-    terms["logits (float32)"] = b * t * size.vocab * 4 * 2  # the logits and their log-softmax
+    terms["activations (one layer)"] = b * t * (4 * size.hidden + 2 * size.intermediate) * width \
+        + b * size.heads * t * t * width
+    positions = t if workload.logits == "all" or workload.training != "none" else 1
+    copies = 3 if workload.training != "none" else 2
+    terms["logits (float32)"] = copies * b * positions * size.vocab * 4
     if workload.training != "none":
         if workload.training == "full":
             trained = size.parameters
         else:
             trained = size.layers * sum(workload.lora_rank * (i + o) for i, o in size.linear_shapes)
         master = 4 if width < 4 else 0  # bf16 weights train with a float32 copy
-        terms["gradients"] = trained * width
         terms["optimizer (AdamW)"] = trained * (8 + master)
-        kept = size.layers * b * t * size.hidden * width if workload.gradient_checkpointing \
-            else size.layers * per_layer
+        block = b * t * (6 * size.hidden + 4 * size.intermediate) * width  # one block's saved tensors
+        kept = size.layers * b * t * size.hidden * width + block if workload.gradient_checkpointing \
+            else size.layers * block
         terms["activations kept for backward"] = kept
+        # gradients fill in as the backward pass frees the activations and logits: only the excess adds to the peak
+        terms["gradients (beyond freed activations)"] = max(0, trained * width - kept - terms["logits (float32)"])
     result = MemoryPlan(terms, available, device)
     result.fixes = _fixes(size, workload, dtype, result)
     return result
 
 
 def _fixes(size: ModelSize, workload: Workload, dtype: str, current: MemoryPlan) -> list[str]:
-    """Cheaper settings, each with the total it would need, cheapest first."""
+    """Cheaper settings, each with the total it would need, cheapest first. When no single one fits, the smallest
+    combination that does comes first (fewest changes, then the least intrusive: gradient checkpointing and one
+    model at a time leave results unchanged, bf16 rounds, LoRA and a smaller batch change the experiment)."""
     if current.fits:
         return []
-    options: list[tuple[str, MemoryPlan]] = []
-    if dtype == "float32":
-        options.append(("dtype=bfloat16", plan(size, workload, "bfloat16", current.device, current.available)))
-    if workload.training == "full":
-        lora = Workload(**{**workload.__dict__, "training": "lora"})
-        options.append(("use_lora=True", plan(size, lora, dtype, current.device, current.available)))
-    if workload.batch > 1:
-        smaller = Workload(**{**workload.__dict__, "batch": max(1, workload.batch // 4)})
-        options.append((f"a batch of {smaller.batch} ({workload.batch_parameter})", plan(size, smaller, dtype,
-                                                                                       current.device,
-                                                                                       current.available)))
+    changes: list[tuple[str, int, Any]] = []  # (name, intrusiveness, change of (workload, dtype))
+    if workload.training != "none" and not workload.gradient_checkpointing:
+        changes.append(("gradient_checkpointing=True", 0,
+                        lambda w, d: (Workload(**{**w.__dict__, "gradient_checkpointing": True}), d)))
     if workload.models > 1:
-        one = Workload(**{**workload.__dict__, "models": 1})
-        options.append(("one model at a time", plan(size, one, dtype, current.device, current.available)))
-    options.sort(key=lambda item: item[1].total)
-    fixes = [f"{name} ({option.total / GB:.1f} GB)" for name, option in options]
+        changes.append(("one model at a time", 0, lambda w, d: (Workload(**{**w.__dict__, "models": 1}), d)))
+    if dtype == "float32":
+        changes.append(("dtype=bfloat16", 1, lambda w, d: (w, "bfloat16")))
+    if workload.training == "full":
+        changes.append(("use_lora=True", 2, lambda w, d: (Workload(**{**w.__dict__, "training": "lora"}), d)))
+    if workload.batch > 1:
+        smaller = max(1, workload.batch // 4)
+        changes.append((f"a batch of {smaller} ({workload.batch_parameter})", 2,
+                        lambda w, d: (Workload(**{**w.__dict__, "batch": smaller}), d)))
+
+    def apply(chosen: tuple[tuple[str, int, Any], ...]) -> MemoryPlan:
+        setting = (workload, dtype)
+        for _, _, change in chosen:
+            setting = change(*setting)
+        return plan(size, setting[0], setting[1], current.device, current.available)
+
+    singles = sorted(((name, apply(((name, cost, change),))) for name, cost, change in changes),
+                     key=lambda item: item[1].total)
+    fixes = [f"{name} ({option.total / GB:.1f} GB)" for name, option in singles]
+    if singles and not any(option.fits for _, option in singles):
+        combos = []
+        for n in range(2, len(changes) + 1):
+            for chosen in itertools.combinations(changes, n):
+                option = apply(chosen)
+                if option.fits:
+                    combos.append((n, sum(cost for _, cost, _ in chosen), option.total, chosen))
+        if combos:
+            n, _, needed, chosen = min(combos, key=lambda item: item[:3])
+            fixes.insert(0, f"{' + '.join(name for name, _, _ in chosen)} ({needed / GB:.1f} GB)")
     return fixes + ['device_map="auto" to spread the model over several GPUs']
 
 
@@ -168,3 +205,30 @@ def available_memory(device_map: str = "") -> tuple[str, float | None]:
     except (OSError, KeyError, ValueError):
         pages = os.sysconf("SC_AVPHYS_PAGES") if hasattr(os, "sysconf") else None
         return "CPU RAM", float(pages * os.sysconf("SC_PAGE_SIZE")) if pages else None
+
+
+def measured_peak(run: Any) -> float:
+    """Bytes live at the peak of `run()` beyond what was allocated before it, as torch's allocator saw them:
+    torch.cuda's peak counter on a GPU, torch.profiler's memory events on CPU (the process RSS would add malloc's
+    own caching and the loading peak). Used to check the plan (`benchmarks/memory.py`, tests/test_memory.py)."""
+    if torch.cuda.is_available():
+        torch.cuda.synchronize()
+        before = torch.cuda.memory_allocated()
+        torch.cuda.reset_peak_memory_stats()
+        run()
+        torch.cuda.synchronize()
+        return float(torch.cuda.max_memory_allocated() - before)
+    from torch.profiler import ProfilerActivity, profile
+
+    with profile(activities=[ProfilerActivity.CPU], profile_memory=True) as prof:
+        run()
+    # the profiler's raw events: an API torch marks as its own; the check below fails loudly if it moves
+    events = sorted((event.start_ns(), event.nbytes()) for event in prof.profiler.kineto_results.events()
+                    if event.name() == "[memory]")
+    if not events:
+        raise RuntimeError("torch.profiler recorded no memory events; measured_peak cannot read this torch version")
+    live = peak = 0
+    for _, change in events:
+        live += change
+        peak = max(peak, live)
+    return float(peak)

@@ -23,8 +23,10 @@
 # max_completion_length=64` (about 30-40 min on 2 cores). A killed run resumes from its last checkpoint
 # when run again with the same parameters.
 #
-# **vLLM** (GPU users): start a server in another shell, `trl vllm-serve --model <model>`, then run with
-# `use_vllm=True` (TRL's server mode).
+# **At the seed's scale** (Qwen2.5-7B-Instruct on one 80 GB GPU): `use_lora=True gradient_checkpointing=True`
+# with `dtype="auto"` (bf16); `./just check grpo_math model=Qwen/Qwen2.5-7B-Instruct use_lora=True ...` prints the
+# memory plan first. **vLLM** generation (TRL): `use_vllm=True` with `vllm_mode="colocate"` (vLLM shares the
+# training GPU) or `vllm_mode="server"` (start `trl vllm-serve --model <model>` on another GPU first).
 
 # %% tags=["parameters"]
 model = "smollm2-135m"
@@ -49,6 +51,8 @@ use_lora = False
 lora_r = 16
 one_shot = True
 use_vllm = False
+vllm_mode = "colocate"
+gradient_checkpointing = False
 bf16 = True
 batch_size = 16
 seed = 0

@@ -68,6 +68,8 @@ class GRPOMathConfig(ModelConfig):
     lora_r: int = 16
     one_shot: bool = True
     use_vllm: bool = False
+    vllm_mode: str = "colocate"  # "colocate": vLLM shares the training GPU; "server": a `trl vllm-serve` process
+    gradient_checkpointing: bool = False
     bf16: bool = True
     batch_size: int = 16
     seed: int = 0
@@ -86,16 +88,34 @@ class GRPOMathConfig(ModelConfig):
                              "within a group)")
         check_choice("scale_rewards", self.scale_rewards, ("group", "batch", "none"))
         check_sampled("num_completions_eval", self.num_completions_eval, "eval_temperature", self.eval_temperature)
+        check_choice("vllm_mode", self.vllm_mode, ("colocate", "server"))
 
     def workload(self) -> Workload:
         # one step's completions in one batch, ~256 prompt tokens (system prompt and the one-shot demo)
         return Workload(batch=self.num_chains * self.prompts_per_step, tokens=256 + self.max_completion_length,
                         generated=self.max_completion_length, training="lora" if self.use_lora else "full",
-                        lora_rank=self.lora_r, batch_parameter="num_chains x prompts_per_step")
+                        lora_rank=self.lora_r, gradient_checkpointing=self.gradient_checkpointing,
+                        batch_parameter="num_chains x prompts_per_step")
 
     def check_inputs(self) -> None:
         check_math_source("source", self.source)
         model_layer_count(self.model)
+        if self.use_vllm:
+            check_vllm(self.vllm_mode)
+
+
+def check_vllm(mode: str) -> None:
+    """TRL's vLLM generation needs a CUDA GPU and the vllm package; say so before the model loads."""
+    import importlib.util
+
+    if importlib.util.find_spec("vllm") is None:
+        raise ValueError("use_vllm=True needs the vllm package on a CUDA machine (pip install 'trl[vllm]'); "
+                         "use_vllm=False generates with transformers instead")
+    if not torch.cuda.is_available():
+        raise ValueError("use_vllm=True needs a CUDA GPU (vLLM does not run on this CPU); use_vllm=False generates "
+                         "with transformers")
+    if mode == "server":
+        print("[grpo] use_vllm=True vllm_mode=server: start `trl vllm-serve --model <model>` on its own GPU first")
 
 
 def _read_list(path: Path, up_to_step: int) -> list[dict[str, Any]]:
@@ -179,9 +199,10 @@ def grpo_config(cfg: GRPOMathConfig, checkpoints: Path) -> Any:
         seed=cfg.seed,
         bf16=on_gpu and cfg.bf16,
         use_cpu=not on_gpu,
-        gradient_checkpointing=False,
+        gradient_checkpointing=cfg.gradient_checkpointing,
+        gradient_checkpointing_kwargs={"use_reentrant": False} if cfg.gradient_checkpointing else None,
         use_vllm=cfg.use_vllm,
-        vllm_mode="server",
+        vllm_mode=cfg.vllm_mode,
         log_completions=False,
         disable_tqdm=False,
     )

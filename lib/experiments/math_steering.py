@@ -68,7 +68,7 @@ class MathSteeringConfig(ModelConfig):
 
     def workload(self) -> Workload:
         return Workload(batch=self.batch_size, tokens=256 + self.max_completion_length,
-                        generated=self.max_completion_length)  # finetuned first, freed, then base
+                        generated=self.max_completion_length, logits="last")  # finetuned first, freed, then base
 
     def check_inputs(self) -> None:
         check_math_source("source", self.source)

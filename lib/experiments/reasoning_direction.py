@@ -114,7 +114,8 @@ class ReasoningDirectionConfig(ModelConfig):
             raise ValueError("projection is the latent loop's hidden-to-embedding module: it needs mode='latent'")
 
     def workload(self) -> Workload:
-        return Workload(batch=self.batch_size, tokens=256 + self.max_new_tokens, generated=self.max_new_tokens)
+        return Workload(batch=self.batch_size, tokens=256 + self.max_new_tokens, generated=self.max_new_tokens,
+                        logits="last")
 
     def check_inputs(self) -> None:
         check_math_source("source", self.source)

@@ -107,7 +107,8 @@ class BOSteeringConfig(ModelConfig):
 
     def workload(self) -> Workload:
         return Workload(batch=self.batch_size, tokens=256 + self.max_completion_length,
-                        generated=self.max_completion_length, models=2 if self.objective == "pass1" else 1)
+                        generated=self.max_completion_length, models=2 if self.objective == "pass1" else 1,
+                        logits="last" if self.objective == "pass1" else "all")
 
     def check_inputs(self) -> None:
         check_math_source("source", self.source)

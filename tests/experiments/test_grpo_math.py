@@ -66,3 +66,43 @@ def test_lora_grpo_step_saves_a_merged_model(tiny_folder, tmp_path):
     merged = AutoModelForCausalLM.from_pretrained(final)
     assert not any("lora" in name for name, _ in merged.named_parameters())  # merged: loads as a plain model
     # (a random tiny model earns equal rewards in a group, so the update itself may be zero: not asserted)
+
+
+def test_lora_with_gradient_checkpointing_trains_and_the_config_reaches_trl(tiny_folder, tmp_path, monkeypatch):
+    from lib.experiments.grpo_math import MathLogCallback, grpo_config
+
+    seen = {}
+    original = MathLogCallback.on_train_begin
+
+    def spy(self, args, state, control, model=None, **kwargs):
+        seen["checkpointing"] = model.is_gradient_checkpointing
+        seen["lora"] = any("lora_" in name for name, _ in model.named_parameters())
+        return original(self, args, state, control, model=model, **kwargs)
+
+    monkeypatch.setattr(MathLogCallback, "on_train_begin", spy)
+    cfg = GRPOMathConfig(model=str(tiny_folder), train_size=2, eval_size=1, num_chains=2, prompts_per_step=1,
+                         max_completion_length=6, num_train_iters=1, eval_every=1, save_every=1, batch_size=2,
+                         use_lora=True, lora_r=4, gradient_checkpointing=True, out_dir=str(tmp_path))
+    args = grpo_config(cfg, tmp_path / "checkpoints")
+    assert args.gradient_checkpointing and args.gradient_checkpointing_kwargs == {"use_reentrant": False}
+    assert args.vllm_mode == "colocate" and not args.use_vllm
+    assert cfg.workload().gradient_checkpointing and cfg.workload().training == "lora"
+    train, held_out = train_eval_split(cfg.source, cfg.train_size, cfg.eval_size, cfg.seed)
+    final = train_grpo(cfg, tmp_path, train, held_out)
+    assert seen == {"checkpointing": True, "lora": True}
+    assert (final / "config.json").exists()
+
+
+def test_vllm_is_refused_before_loading_where_it_cannot_run():
+    import importlib.util
+
+    from lib.experiments.grpo_math import check_vllm
+
+    with pytest.raises(ValueError, match="vllm_mode"):
+        GRPOMathConfig(vllm_mode="remote")
+    if importlib.util.find_spec("vllm") is None:
+        with pytest.raises(ValueError, match="use_vllm=True needs the vllm package"):
+            check_vllm("colocate")
+    elif not torch.cuda.is_available():
+        with pytest.raises(ValueError, match="needs a CUDA GPU"):
+            check_vllm("colocate")
