@@ -95,9 +95,30 @@ test-slow *ARGS:
 smoke:
     {{py}} -m pytest -q -m slow tests/test_notebooks.py
 
-# JupyterLab on nbs/ (notebooks paired with their .py through jupytext)
-lab:
-    {{py}} -m jupyter lab --notebook-dir=nbs $( [ "$(id -u)" = 0 ] && echo --allow-root )
+# JupyterLab on nbs/: double-click a paired .py and it opens as a notebook (extra args go to jupyter lab)
+lab *ARGS:
+    #!/usr/bin/env sh
+    set -eu
+    # .py files open with jupytext's notebook view by default (this venv's lab settings; yours still apply)
+    mkdir -p .venv/etc/jupyter/labconfig
+    printf '%s\n' '{"@jupyterlab/docmanager-extension:plugin": {"defaultViewers": {"python": "Jupytext Notebook"}}}' \
+        > .venv/etc/jupyter/labconfig/default_setting_overrides.json
+    # STEERLAB_NOTEBOOK_DIR serves another folder (the browser tests serve copies with quick presets)
+    exec {{py}} -m jupyter lab --notebook-dir="${STEERLAB_NOTEBOOK_DIR:-nbs}" $( [ "$(id -u)" = 0 ] && echo --allow-root ) "$@"
+
+# browser tier: ./just lab in a real headless Chromium (installs Chromium with apt when it can; skips, saying why, when not)
+test-browser *ARGS:
+    #!/usr/bin/env sh
+    set -eu
+    if [ -z "${STEERLAB_CHROMIUM:-}" ] && ! command -v chromium >/dev/null 2>&1 && ! command -v google-chrome >/dev/null 2>&1; then
+        if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then
+            echo "[test-browser] installing Chromium with apt-get" >&2
+            apt-get install -y -q chromium >/dev/null 2>&1 || { apt-get update -q >/dev/null 2>&1 && apt-get install -y -q chromium >/dev/null 2>&1; } || echo "[test-browser] apt-get could not install chromium" >&2
+        else
+            echo "[test-browser] no Chromium and no root apt-get here: the browser tests will be SKIPPED (set STEERLAB_CHROMIUM)" >&2
+        fi
+    fi
+    {{py}} -m pytest -q -rs -m browser tests/browser "$@"
 
 # execute one notebook: ./just run contrastive_steering layer=12 scale=4 [--force]
 run NB *ARGS:
@@ -111,12 +132,21 @@ sweep NB *ARGS:
 check NB *ARGS:
     {{py}} -m lib.runner check "$@"
 
-# benchmarks -> out/bench/ (steering overhead; BO vs random search on a known optimum; Ray executor vs local)
+# one page over every run and sweep -> out/index.html (opens from file://, offline): ./just report [--out-root out]
+report *ARGS:
+    {{py}} -m lib.report "$@"
+
+# benchmarks -> out/bench/ (steering overhead; memory plan vs measured; BO vs random search; Ray executor vs local)
 bench:
     {{py}} benchmarks/steering.py
+    {{py}} benchmarks/memory.py
     {{py}} benchmarks/optimize.py
     {{py}} benchmarks/ray_executor.py
     {{just_executable()}} --justfile {{justfile()}} bench-peers
+
+# on a GPU: steered/unsteered, K-config batches, tokens/s -> out/bench/gpu.md (./just bench-gpu --model Qwen/Qwen2.5-7B-Instruct)
+bench-gpu *ARGS:
+    {{py}} benchmarks/gpu.py "$@"
 
 # ours vs steering-vectors vs repeng (and llama.cpp if built), side by side -> out/bench/peers.md
 bench-peers: peers-env

@@ -79,7 +79,7 @@ pd.Series(vector.norms(), name="norm").to_frame().T.round(1)
 # %%
 generations = contrastive_steering.side_by_side(llm, tokenizer, cfg, vector, data.inference_prompts)
 with pd.option_context("display.max_colwidth", 300):
-    display(pd.DataFrame(generations).set_index("prompt_index"))
+    display(pd.DataFrame(generations).set_index("prompt_index").rename(columns={"baseline": "unsteered"}))
 
 # %% [markdown]
 # ## Effect and side effect against scale

@@ -50,7 +50,8 @@ def locked() -> dict[str, str]:
 def declared() -> list[Requirement]:
     project = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]
     extras = project.get("optional-dependencies", {})
-    return [Requirement(spec) for spec in project["dependencies"] + extras.get("dev", []) + extras.get("ray", [])]
+    return [Requirement(spec) for spec in project["dependencies"] + extras.get("dev", []) + extras.get("ray", [])
+            + extras.get("browser", [])]
 
 
 def test_lock_exists_and_has_only_exact_pins():

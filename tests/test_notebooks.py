@@ -177,3 +177,20 @@ def test_toy_sweep_notebook_steers_its_readout_both_ways(tmp_path):
         assert (run_dir / "effect_curve.png").stat().st_size > 5000 and results["metadata"]["vector_norm"] > 0
     assert summaries[2.0]["main"] > summaries[2.0]["baseline"] > summaries[-2.0]["main"]
     assert summaries[2.0]["side_effect"] > 0 and summaries[2.0]["baseline"] == summaries[-2.0]["baseline"]
+
+
+@pytest.mark.slow
+def test_playground_notebook_shows_the_widget_and_writes_one_table(tmp_path):
+    """The default run (quick): the contrastive demo's vector (built in the run when that demo has not run), the
+    widget, the configured table at 0, 2, 4, 8 in one batch and a summary at the configured coefficient."""
+    run_dir = run_notebook("playground", {}, out_root=tmp_path)
+    results = json.loads((run_dir / "results.json").read_text())
+    rows = results["outputs"]["rows"]
+    assert [row["coefficient"] for row in rows] == [0.0, 2.0, 4.0, 8.0]
+    assert rows[0]["changed"] == 0.0 and rows[0]["kl"] == pytest.approx(0.0, abs=1e-6)
+    assert all(row["kl"] > 0 for row in rows[1:]) and rows[-1]["text"] != rows[0]["text"]
+    summary = results["summary"]
+    assert summary["baseline"] == 0.0 and summary["main"] == rows[1]["changed"]
+    assert summary["side_effect"] == rows[1]["kl"] and results["metadata"]["layers"] == [10]
+    executed = (run_dir / "playground.ipynb").read_text()
+    assert "application/vnd.jupyter.widget-view+json" in executed and "steerlab-steered" in executed
