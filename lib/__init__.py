@@ -8,8 +8,9 @@ The map of the house (docs/architecture.md has the rules and a worked example):
   the one batched-forward loop `run_batches`, `generate`) -> extract (cached activations), evals (log-probs,
   KL), choice_evals, latent (continuous-thought loop), weights (`WeightDelta`, `apply_delta`), export
   (llama.cpp control vectors, folded checkpoints), model_diff, memory (the plan checked before a run loads).
-- Kits, importable on their own: data and choice_data (offline data sets), mathdata, matheval, rewards, passk,
-  stats, optimize and optimize_plots (Bayesian optimisation), adapters (PEFT), plots (shared figure parts).
+- Kits, importable on their own: data and choice_data (offline data sets), contrast (is there a contrast to learn;
+  prompt headroom), mathdata, matheval, rewards, passk, stats, optimize and optimize_plots (Bayesian
+  optimisation), adapters (PEFT), plots (shared figure parts).
 - Running: config (the base of every experiment config and the checks before launch), runner (papermill runs
   and sweeps), executors (local processes, Ray).
 - Experiments, at the top: `lib/experiments/<notebook>.py` for each `nbs/<notebook>.py`: its config, steps and

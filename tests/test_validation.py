@@ -71,6 +71,17 @@ def test_negative_layer_is_rejected_naming_the_parameter(notebook, overrides, pa
         validate(notebook, overrides)
 
 
+def test_weight_steering_contrast_source_is_checked_before_launch(capsys):
+    """Catches dropping `check_contrast_source` from WeightSteeringConfig (a 'written' run on sycophancy would fail
+    only after the prompt baselines, when its pairs are built)."""
+    with pytest.raises(ValueError, match=r"^contrast_source='written' .*set behaviours=\['honesty'\]"):
+        validate("weight_steering", {"contrast_source": "written"})
+    assert main(["check", "weight_steering", "contrast_source=labeled"]) == 2
+    assert "contrast_source='labeled' must be one of ('persona', 'labelled', 'written')" in _one_line_error(capsys)
+    validate("weight_steering", {"contrast_source": "written", "behaviours": ["honesty"]})
+    validate("weight_steering", {"contrast_source": "labelled"})
+
+
 def _fake_vector(tmp_path) -> str:
     (tmp_path / "vector.safetensors").write_bytes(b"")
     return str(tmp_path / "vector")
@@ -83,6 +94,7 @@ LAYER_CASES = {
     ("weight_steering", "vector_layers"): {"vector_layers": [3, EMBEDDED_N_LAYERS]},
     ("steering_bo", "boundaries"): {"boundaries": [10, EMBEDDED_N_LAYERS], "objective": "contrastive_gap"},
     ("toy_sweep", "layer"): {"layer": 4},  # the toy stream's own 4 layers
+    ("playground", "layers"): {"layers": [10, EMBEDDED_N_LAYERS]},
 }
 
 

