@@ -113,9 +113,11 @@ class MemoryPlan:
         return self.available is None or self.total <= self.available
 
     def table(self) -> str:
-        rows = [f"  {name:<28}{value / GB:9.2f} GB" for name, value in self.terms.items()]
+        width = max(len(name) for name in [*self.terms, "total (estimated peak)"]) + 2
+        rows = [f"  {name:<{width}}{value / GB:9.2f} GB" for name, value in self.terms.items()]
         have = "unknown" if self.available is None else f"{self.available / GB:.2f} GB"
-        rows.append(f"  {'total (estimated peak)':<28}{self.total / GB:9.2f} GB   available on {self.device}: {have}")
+        rows.append(f"  {'total (estimated peak)':<{width}}{self.total / GB:9.2f} GB   available on {self.device}: "
+                    f"{have}")
         return "\n".join(rows)
 
 

@@ -74,9 +74,17 @@ def parameters_cell(path: Path) -> dict[str, Any]:
 
 
 def parse_value(text: str) -> Any:
+    """A Python literal, else the text itself. A bracketed list of bare words, `[honesty]` or `[lora,pissa]` (what
+    a shell leaves of `["lora","pissa"]` without quotes), is a list of those words, not the string "[lora,pissa]"
+    whose characters a config would then read one by one."""
     try:
         return ast.literal_eval(text)
     except (ValueError, SyntaxError):
+        stripped = text.strip()
+        if len(stripped) >= 2 and (stripped[0], stripped[-1]) in (("[", "]"), ("(", ")")):
+            inner = stripped[1:-1].strip()
+            items = [parse_value(part.strip()) for part in split_top_level(inner)] if inner else []
+            return items if stripped[0] == "[" else tuple(items)
         return text
 
 

@@ -135,3 +135,13 @@ def test_readme_gpu_table_is_the_plan_of_the_seed_commands():
     table = module.table()
     assert table in (REPO_ROOT / "README.md").read_text(), "README is stale: python benchmarks/seed_plans.py"
     assert "| no: gradient_checkpointing=True + use_lora=True (" in table and table.count("| yes |") >= 4
+
+
+def test_plan_table_keeps_its_columns_aligned_with_long_term_names():
+    """Every row's figure ends at the same column, however long a term's name (catches: a fixed name width that
+    the training terms overflow, shifting their figures right)."""
+    size = ModelSize(parameters=1000, layers=2, hidden=8, heads=2, kv_heads=1, head_dim=4, intermediate=16, vocab=50,
+                     linear_shapes=((8, 8),))
+    table = plan(size, Workload(batch=3, tokens=5, training="full"), "float32", "test", 1e9).table()
+    ends = {line.index(" GB") for line in table.splitlines()}
+    assert len(ends) == 1 and "gradients (beyond freed activations)" in table

@@ -46,6 +46,19 @@ def test_split_and_parse():
     assert parse_assignments(["target=0"], grid=False) == {"target": [0]}
 
 
+def test_bare_words_in_brackets_are_a_list_of_strings():
+    """`behaviours=[honesty]` (the shell strips the quotes of `["honesty"]`) is ['honesty'], not the string
+    "[honesty]" that a config then reads character by character and reports as behaviours='[' (catches: the
+    fallback returning the raw text); literals keep their types and quoted lists are unchanged."""
+    assert parse_assignments(["behaviours=[honesty]"], grid=False) == {"behaviours": [["honesty"]]}
+    assert parse_assignments(["adapters=[lora, pissa,delora]"], grid=False) == {
+        "adapters": [["lora", "pissa", "delora"]]}
+    assert parse_assignments(["mixed=[lora,1,2.5,None]"], grid=False) == {"mixed": [["lora", 1, 2.5, None]]}
+    assert parse_assignments(['adapters=["lora","dora"]'], grid=False) == {"adapters": [["lora", "dora"]]}
+    assert parse_assignments(["adapters=[lora],[dora]"], grid=True) == {"adapters": [["lora"], ["dora"]]}
+    assert parse_assignments(["empty=[]", "word=math"], grid=False) == {"empty": [[]], "word": ["math"]}
+
+
 def test_unknown_parameter_is_rejected_before_launch(capsys):
     assert main(["sweep", "contrastive_steering", "layer=6,10", "scael=1,2"]) == 2
     err = capsys.readouterr().err
