@@ -17,38 +17,21 @@ from __future__ import annotations
 
 import argparse
 import json
-import statistics
 import sys
 import time
-from collections.abc import Callable
 from pathlib import Path
 
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from benchmarks.steering import paired  # noqa: E402  (one alternated-median timer for every bench)
 from lib.generation import encode, pad_batch, render_chat  # noqa: E402
 from lib.hooks import find_layers, record, steer  # noqa: E402
 from lib.io import REPO_ROOT, atomic_write  # noqa: E402
 from lib.kits.data import DEFAULT_PROMPTS, NEUTRAL_TEXTS  # noqa: E402
 from lib.models import EMBEDDED_DEFAULT, load_model  # noqa: E402
 from lib.vectors import SteeringVector  # noqa: E402
-
-
-def paired(first: Callable[[], object], second: Callable[[], object], repeats: int) -> tuple[float, float]:
-    """Median seconds of two arms, alternated so drift hits both alike (one warm-up each)."""
-    first(), second()
-    a, b = [], []
-    for _ in range(repeats):
-        for arm, times in ((first, a), (second, b)):
-            if torch.cuda.is_available():
-                torch.cuda.synchronize()
-            start = time.perf_counter()
-            arm()
-            if torch.cuda.is_available():
-                torch.cuda.synchronize()
-            times.append(time.perf_counter() - start)
-    return statistics.median(a), statistics.median(b)
 
 
 def main(argv: list[str] | None = None) -> list[dict]:

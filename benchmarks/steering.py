@@ -32,13 +32,18 @@ REPEATS = int(os.environ.get("BENCH_REPEATS", "5"))
 
 
 def paired(first: Callable[[], object], second: Callable[[], object], repeats: int = REPEATS) -> tuple[float, float]:
-    """Median seconds of two arms, alternated so drift hits both alike (one warm-up each)."""
+    """Median seconds of two arms, alternated so drift hits both alike (one warm-up each); on a GPU each arm is
+    timed to the end of its kernels."""
     first(), second()
     a, b = [], []
     for _ in range(repeats):
         for arm, times in ((first, a), (second, b)):
+            if torch.cuda.is_available():
+                torch.cuda.synchronize()
             start = time.perf_counter()
             arm()
+            if torch.cuda.is_available():
+                torch.cuda.synchronize()
             times.append(time.perf_counter() - start)
     return statistics.median(a), statistics.median(b)
 

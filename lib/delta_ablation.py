@@ -383,14 +383,9 @@ def base_svd_lens(delta: WeightDelta, base: nn.Module | Mapping[str, torch.Tenso
     (`transposed`: see `output_axis`)."""
     params, transposed = _base_params(base, transposed)
     rows = []
-    for n, d in delta.deltas.items():
-        if d.ndim != 2:
-            continue
-        if n not in params:
-            raise ValueError(f"{n} is in the delta but not in the base weights")
-        dw, w0 = as_matrix(n, d.detach().cpu(), transposed), as_matrix(n, params[n].detach().cpu(), transposed)
+    for n, _, dw, w0 in _matrices_with_base(delta, params, transposed, non_matrix={}):
         coords = base_coordinates(dw, w0)
-        total = float((dw.double() ** 2).sum())
+        total = float((dw ** 2).sum())
         out_dim, in_dim = dw.shape
         for k in ks:
             k_eff = min(int(k), min(out_dim, in_dim))
