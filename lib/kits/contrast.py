@@ -66,12 +66,32 @@ def reply_activations(model: nn.Module, tokenizer: Any, pairs: Mapping[str, Sequ
     return acts
 
 
-def split_halves(n: int, seed: int = 0) -> tuple[list[int], list[int]]:
-    """Two disjoint halves of pair indices 0..n-1 from a seeded shuffle (both replies of a pair stay together)."""
+def split_halves(n: int, seed: int = 0, groups: Sequence[Any] | None = None) -> tuple[list[int], list[int]]:
+    """Two disjoint halves of pair indices 0..n-1 from a seeded shuffle (both replies of a pair stay together).
+
+    `groups` (one key per pair, e.g. its prompt) keeps every pair of a group in one half: persona pairs answer each
+    prompt under several system-prompt paraphrases, and a prompt seen on both sides of the split lets the held-out
+    half score its own prompt's idiosyncrasies, not the behaviour (an optimistic AUC). Groups go, in shuffled order,
+    to whichever half holds fewer pairs so far."""
     if n < 4:
         raise ValueError(f"{n} pairs: a held-out contrast needs at least 4 (2 per half)")
-    order = torch.randperm(n, generator=torch.Generator().manual_seed(seed)).tolist()
-    return sorted(order[: n // 2]), sorted(order[n // 2:])
+    generator = torch.Generator().manual_seed(seed)
+    if groups is None:
+        order = torch.randperm(n, generator=generator).tolist()
+        return sorted(order[: n // 2]), sorted(order[n // 2:])
+    if len(groups) != n:
+        raise ValueError(f"groups has {len(groups)} keys for {n} pairs: give one key (e.g. the prompt) per pair")
+    members: dict[Any, list[int]] = {}
+    for i, key in enumerate(groups):
+        members.setdefault(key, []).append(i)
+    keys = list(members)
+    halves: tuple[list[int], list[int]] = ([], [])
+    for k in torch.randperm(len(keys), generator=generator).tolist():
+        halves[0 if len(halves[0]) <= len(halves[1]) else 1].extend(members[keys[k]])
+    if min(len(h) for h in halves) < 2:
+        raise ValueError(f"{len(keys)} distinct groups over {n} pairs leave a half with fewer than 2 pairs: a "
+                         "held-out contrast needs pairs from more prompts")
+    return sorted(halves[0]), sorted(halves[1])
 
 
 def _cosine(a: torch.Tensor, b: torch.Tensor) -> float | None:
@@ -80,10 +100,11 @@ def _cosine(a: torch.Tensor, b: torch.Tensor) -> float | None:
 
 
 def heldout_auc(positive: Mapping[int, torch.Tensor], negative: Mapping[int, torch.Tensor], *, seed: int = 0,
-                threshold: float = EMPTY_CONTRAST_AUC) -> dict[str, Any]:
+                threshold: float = EMPTY_CONTRAST_AUC, groups: Sequence[Any] | None = None) -> dict[str, Any]:
     """From aligned activations ({layer: [pairs, hidden]} per side), per layer: the held-out AUC of projections on
     the mean-difference direction of the other half (mean of the two folds) and the cosine of the halves'
-    directions; the best layer, its AUC and cosine, the median AUC over layers and the empty-contrast verdict."""
+    directions; the best layer, its AUC and cosine, the median AUC over layers and the empty-contrast verdict.
+    `groups`: see `split_halves` (pairs sharing a prompt stay in one half)."""
     layers = sorted(positive)
     if not layers or set(layers) != set(negative):
         raise ValueError(f"positive and negative activations must cover the same layers: {layers} vs "
@@ -93,7 +114,7 @@ def heldout_auc(positive: Mapping[int, torch.Tensor], negative: Mapping[int, tor
         if positive[layer].shape != negative[layer].shape or len(positive[layer]) != n:
             raise ValueError(f"layer {layer}: activations must be aligned [pairs, hidden] on both sides, got "
                              f"{tuple(positive[layer].shape)} and {tuple(negative[layer].shape)}")
-    halves = split_halves(n, seed)
+    halves = split_halves(n, seed, groups)
     aucs, cosines = {}, {}
     for layer in layers:
         pos, neg = positive[layer].double(), negative[layer].double()
@@ -109,7 +130,7 @@ def heldout_auc(positive: Mapping[int, torch.Tensor], negative: Mapping[int, tor
                if empty else f"contrast present: held-out AUC {aucs[best]:.3f} at layer {best} (>= {threshold})")
     ordered = sorted(aucs.values())
     median = (ordered[(len(ordered) - 1) // 2] + ordered[len(ordered) // 2]) / 2
-    return {"n_pairs": n, "halves": [len(h) for h in halves], "layers": layers,
+    return {"n_pairs": n, "halves": [len(h) for h in halves], "grouped": groups is not None, "layers": layers,
             "auc": {str(layer): aucs[layer] for layer in layers},
             "cosine_halves": {str(layer): cosines[layer] for layer in layers},
             "best_layer": best, "best_auc": aucs[best], "best_cosine": cosines[best], "median_auc": median,
@@ -120,12 +141,14 @@ def measure_contrast(model: nn.Module, tokenizer: Any, pairs: Mapping[str, Seque
                      reduction: str = "mean", layers: Sequence[int] | None = None, batch_size: int = 16,
                      seed: int = 0, threshold: float = EMPTY_CONTRAST_AUC, progress: bool = False) -> dict[str, Any]:
     """How well `model` separates the positive from the negative replies of aligned `pairs` (`heldout_auc` on
-    `reply_activations`), plus what may explain a weak contrast: the fraction of pairs whose two replies are the same
-    text and the mean reply length in tokens per side."""
+    `reply_activations`, halves split by prompt so no prompt is on both sides), plus what may explain a weak
+    contrast: the fraction of pairs whose two replies are the same text and the mean reply length in tokens per
+    side."""
     n = check_aligned(pairs)
     acts = reply_activations(model, tokenizer, pairs, reduction=reduction, layers=layers, batch_size=batch_size,
                              progress=progress)
-    report = heldout_auc(acts["positive"], acts["negative"], seed=seed, threshold=threshold)
+    report = heldout_auc(acts["positive"], acts["negative"], seed=seed, threshold=threshold,
+                         groups=[pair.prompt for pair in pairs["positive"]])
     identical = sum(p.response.strip() == q.response.strip() for p, q in zip(*(pairs[s] for s in SIDES), strict=True))
     lengths = {side: sum(len(tokenizer(p.response, add_special_tokens=False)["input_ids"]) for p in pairs[side]) / n
                for side in SIDES}

@@ -207,3 +207,59 @@ def test_offline_pairs_that_leak_an_eval_question_are_refused(small, monkeypatch
         ws.contrast_pairs(cfg, model, tokenizer, "honesty", items[1:5], held_out=items[:4])
     with pytest.raises(ValueError, match="written pairs for honesty"):  # dilemmas both trained on and held out
         ws.contrast_pairs(cfg, model, tokenizer, "honesty", items[:4], "written", held_out=items[:4])
+
+
+@pytest.mark.parametrize("stage", ["headroom", "contrast"])
+def test_stop_after_runs_the_checks_alone(stage, small, monkeypatch, tmp_path, isolated_cache):
+    """stop_after='headroom' scores the baselines and the headroom and generates, measures and trains nothing;
+    'contrast' adds the contrast measurement; neither builds a vector or trains. Catches either early return
+    removed (the run would go on to train) or placed before its stage's result is saved."""
+    model, tokenizer = small
+    calls = []
+    for name in ("persona_pairs", "activation_vector", "train_adapter", "measure_contrast"):
+        real = getattr(ws, name)
+        monkeypatch.setattr(ws, name, lambda *a, _n=name, _r=real, **k: calls.append(_n) or _r(*a, **k))
+    cfg = ws.WeightSteeringConfig(behaviours=["honesty"], contrast_source="written", n_seeds=1, n_train=6, n_val=2,
+                                  n_test=4, weight_coeffs=[-1.0, 0.0, 1.0], vector_coeffs=[-1.0, 0.0, 1.0],
+                                  vector_layers=[0, 1], batch_size=8, stop_after=stage)
+    state = ws.run_behaviour(cfg, model, tokenizer, "honesty", tmp_path, log=lambda message: None)
+    saved = json.loads((tmp_path / "honesty_partial.json").read_text())
+    assert "has_headroom" in saved["headroom"] and {e["method"] for e in state["entries"]} == {
+        "none", "prompt_simple", "prompt_engineered"}
+    assert set(calls) == ({"measure_contrast"} if stage == "contrast" else set())
+    assert bool(saved.get("contrast")) == (stage == "contrast")
+    results = ws.results(cfg, {"honesty": ws.add_first_bias(state, "honesty")}, 1.0)
+    assert results["summary"]["main"] is None and results["seeds"] == []
+    with pytest.raises(ValueError, match="stop_after='train' must be one of"):
+        ws.WeightSteeringConfig(stop_after="train")
+
+
+def test_diverged_training_is_flagged_and_left_out_of_the_seed_and_matched_tables():
+    """A seed whose loss ends above where it started is flagged (also in entries saved before the flag existed,
+    from their loss curves) and does not enter the seed statistics or the matched table. Catches the tables
+    averaging a broken adapter in (journal 2026-12-01: DeLoRA at lr 1e-3 went from loss 2.6 to 5.7)."""
+    assert ws.training_diverged([2.5, 2.0, 1.0, 0.8]) is False
+    assert ws.training_diverged([2.5, 10.0, 6.0, 5.7]) is True
+    assert ws.training_diverged([2.56, 10.5, 9.0, 8.0, 7.0, 6.5, 6.1, 5.7]) is True  # the spike must not hide it
+    assert ws.training_diverged([2.5, float("nan")]) is True and ws.training_diverged([]) is False
+    entries = [_entry("none", 0.0, 0.0, 0.0)]
+    for seed, losses, up in ((0, [2.0, 1.0], 0.2), (1, [2.0, 1.1], 0.4), (2, [2.0, 6.0], 5.0)):
+        for coeff, score in ((1.0, up), (-1.0, -up)):
+            entries.append({**_entry("weight", coeff, score, 0.1, seed, "lora"), "loss_positive": [2.0, 1.0],
+                            "loss_negative": losses})
+    table = ws.comparison_table(entries)
+    assert table[table.seed == 2].diverged.all() and not table[table.seed < 2].diverged.any()
+    seeds = ws.seed_table(table).set_index("coeff")
+    assert seeds.loc[1.0, "n_seeds"] == 2 and seeds.loc[1.0, "n_diverged"] == 1
+    assert seeds.loc[1.0, "delta_mean"] == pytest.approx(0.3)  # not (0.2 + 0.4 + 5.0) / 3
+    matched = ws.matched_table(table, kl_budget=0.25).set_index("method")
+    assert matched.loc["weight", "up_delta"] == pytest.approx(0.3)
+
+
+def test_family_learning_rates_are_checked_and_used():
+    cfg = ws.WeightSteeringConfig(adapters=["lora", "delora"], family_learning_rates={"delora": 1e-2})
+    assert cfg.learning_rate_of("delora") == 1e-2 and cfg.learning_rate_of("lora") == cfg.learning_rate
+    with pytest.raises(ValueError, match="names 'oft', which is not in adapters"):
+        ws.WeightSteeringConfig(family_learning_rates={"oft": 1e-2})
+    with pytest.raises(ValueError, match=r"family_learning_rates\['lora'\]=0 must be a positive number"):
+        ws.WeightSteeringConfig(family_learning_rates={"lora": 0})

@@ -1,0 +1,720 @@
+"""The weight-ablation experiment's steps (notebook `weight_ablation`): which part of a trained dW carries the
+behaviour?
+
+Seed "Fork plan: weight steering benchmark + analysis", second half; issue 15. Weight steering (Fierro & Roger
+2025) steers with `coefficient * dW`, dW = dW_pos - dW_neg from two trained adapters (`lib.experiments.
+weight_steering`). This experiment starts from the deltas such a run saved (`save_deltas=True`) and never builds a
+delta from activations. It evaluates variants of each family's dW (`lib.delta_ablation`: module roles, layer thirds,
+single layers in and out, per-tensor SVD bands, the base weights' singular subspaces, DoRA's magnitude and
+direction, the cross-adapter residual basis with own-family and random nulls, norm-matched random and zero controls)
+on the run's own test rows and coefficients, and reports per variant
+
+    retained = swing(variant) / swing(full dW),   swing = score(+c) - score(-c) at the largest c of the grid,
+
+beside pmass and KL on neutral text. The swing is the antisymmetric part of the effect: the journal (2026-11-24)
+found weight steering raising the honesty score at both signs of the coefficient, which is not steering along an
+axis, and which a one-sided ratio would count as retention. Where the behaviour has held-out written replies (the
+honesty dilemmas, `data/honesty_replies.jsonl`, validation and test items: never trained on), a second metric,
+`preference` (mean per-token log-prob of the honest minus the deceptive reply), is read the same way: it is the
+contrast the adapters learned, measurable even when the two-choice eval has no headroom.
+
+Row identity: the eval rows are rebuilt from the run's parameters and checked against its fingerprint
+(`rows_digest`), every variant's record carries the grid's digest (`check_same_rows` before any ratio), and the full
+dW re-scored here must reproduce the run's saved per-row scores.
+
+Sufficiency: a crop that keeps the effect at a smaller norm is compared with itself at the full norm (`@norm`) and
+with a random delta of its own per-tensor norms on the same tensors (`~rand`); the model is non-linear in the
+coefficient, so neither a large nor a small retention of a crop means anything without them.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import time
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, ClassVar
+
+import pandas as pd
+import torch
+from torch import nn
+
+from lib import delta_ablation as da
+from lib.choice_evals import AnswerFormat, ChoiceRow, score_rows, summarize
+from lib.config import ModelConfig, check_choice, check_positive
+from lib.evals import continuation_logprobs, mean_kl
+from lib.experiments import weight_steering as ws
+from lib.io import repo_path, write_json
+from lib.kits.choice_data import LOADERS, ContrastPair, Item, load_written_pairs, split_items, to_rows
+from lib.memory import Workload
+from lib.models import find_layers
+from lib.weights import WeightDelta, apply_delta
+
+# The journal's run (RESEARCH_JOURNAL.md, 2026-12-01, weight steering over families): honesty, written replies.
+DEFAULT_SOURCE = ("out/weight_steering/adapters=lora,pissa,delora_behaviours=honesty_contrast_source=written_"
+                  "save_deltas=True")
+GROUPS = ("roles", "thirds", "layer_only", "layer_out", "svd", "base_svd", "dora", "basis", "controls")
+PARTITIONS = {  # disjoint parts whose retentions a verdict compares (each set sums to the full delta)
+    "writes/reads": ("writes", "reads"),
+    "attention/mlp/other": ("attention", "mlp", "other"),
+    "early/mid/late": ("early", "mid", "late", "non_block"),
+    "svd bands": ("svd_top25", "svd_mid50", "svd_bottom25", "non_matrix"),
+}
+
+
+@dataclass
+class WeightAblationConfig(ModelConfig):
+    """Which part of a trained weight-steering dW carries the behaviour (seed "Fork plan: weight steering benchmark
+    + analysis"; issue 15). Starts from the deltas of `weight_steering` runs saved with `save_deltas=True`."""
+
+    notebook: ClassVar[str] = "weight_ablation"
+    resources: ClassVar[dict[str, float]] = {"num_cpus": 2}
+    deltas_from: tuple[str, ...] | list[str] = (DEFAULT_SOURCE,)
+    behaviour: str = "honesty"
+    families: tuple[str, ...] | list[str] = ()  # () = every family the runs saved
+    seed: int = 0  # the adapter seed whose dW is ablated; the other seeds give the full dW's noise
+    coefficients: tuple[float, ...] | list[float] = (-1.0, 1.0)  # inside the KL budget (journal 2026-12-01)
+    groups: tuple[str, ...] | list[str] = GROUPS
+    ks: tuple[int, ...] | list[int] = (8, 32, 64)
+    base_ranks: tuple[int, ...] | list[int] = (8, 32)
+    n_random: int = 2
+    sufficient: float = 0.7
+    removes: float = 0.3
+    batch_size: int = 16
+    out_dir: str = ""
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        self.deltas_from = [str(d) for d in self.deltas_from]
+        self.families = [str(f) for f in self.families]
+        self.groups = [str(g) for g in self.groups]
+        if not self.deltas_from:
+            raise ValueError("deltas_from=[] names no run: give weight_steering run folders saved with "
+                             "save_deltas=True")
+        check_choice("behaviour", self.behaviour, tuple(LOADERS))
+        if not self.groups:
+            raise ValueError(f"groups=[] evaluates nothing: choose from {list(GROUPS)}")
+        for group in self.groups:
+            check_choice("groups", group, GROUPS)
+        self.coefficients = [float(c) for c in self.coefficients]
+        if not self.coefficients or 0.0 in self.coefficients or len(set(self.coefficients)) != len(self.coefficients):
+            raise ValueError(f"coefficients={self.coefficients} must be distinct and non-zero (0 is the base, scored "
+                             "once): e.g. [-4.0, 4.0]")
+        if not any(c > 0 and -c in self.coefficients for c in self.coefficients):
+            raise ValueError(f"coefficients={self.coefficients} need a pair +c and -c: the swing score(+c) - "
+                             "score(-c) is what a variant retains")
+        self.ks = [int(k) for k in self.ks]
+        self.base_ranks = [int(r) for r in self.base_ranks]
+        for name in ("ks", "base_ranks"):
+            if not getattr(self, name) or min(getattr(self, name)) < 1:
+                raise ValueError(f"{name}={getattr(self, name)} must be positive ranks, e.g. [8, 32]")
+        check_positive("batch_size", self.batch_size)
+        check_positive("n_random", self.n_random, allow_zero=True)
+        check_positive("seed", self.seed, allow_zero=True)
+        if not 0 <= self.removes < self.sufficient <= 1:
+            raise ValueError(f"removes={self.removes} and sufficient={self.sufficient} must satisfy 0 <= removes < "
+                             "sufficient <= 1 (a part that retains >= sufficient carries the effect; <= removes, not)")
+
+    def workload(self) -> Workload:
+        return Workload(batch=self.batch_size, tokens=256, training="none")
+
+    def check_inputs(self) -> None:
+        """The source runs exist, saved deltas for this behaviour and seed, were scored on the coefficients asked
+        for, and share the eval rows and the model (cheap: JSON files only)."""
+        read_sources(self)
+
+
+# ----------------------------------------------------------------------------- the source runs
+
+
+@dataclass(frozen=True)
+class SourceRun:
+    """One weight_steering run folder: its parameters, its `<behaviour>_partial.json` state and its saved deltas
+    ({family: {seed: path without suffix}})."""
+
+    folder: Path
+    parameters: dict[str, Any]
+    state: dict[str, Any]
+    deltas: dict[str, dict[int, Path]]
+
+
+def _make_hint(folder: Path, behaviour: str) -> str:
+    return (f"./just run weight_steering 'behaviours=[{behaviour}]' save_deltas=True (plus the run's other "
+            f"parameters) writes one; {folder} is not such a run")
+
+
+def read_source(folder: str | Path, behaviour: str) -> SourceRun:
+    path = repo_path(folder)
+    record = path / "run.json"
+    if not record.exists():
+        raise FileNotFoundError(f"deltas_from: {path} has no run.json. {_make_hint(path, behaviour)}")
+    run = json.loads(record.read_text())
+    if run.get("notebook") != "weight_steering":
+        raise ValueError(f"deltas_from: {path} is a {run.get('notebook')!r} run, not weight_steering")
+    partial = path / f"{behaviour}_partial.json"
+    if not partial.exists():
+        present = sorted(p.name.removesuffix("_partial.json") for p in path.glob("*_partial.json"))
+        raise FileNotFoundError(f"deltas_from: {path} holds no {behaviour} results (it has {present}); set "
+                                f"behaviour= to one of them")
+    deltas: dict[str, dict[int, Path]] = {}
+    for tensor_file in sorted((path / "deltas").glob(f"{behaviour}_*_seed*.safetensors")):
+        family, _, seed = tensor_file.stem.removeprefix(f"{behaviour}_").rpartition("_seed")
+        deltas.setdefault(family, {})[int(seed)] = tensor_file.with_suffix("")
+    if not deltas:
+        raise FileNotFoundError(f"deltas_from: {path} saved no {behaviour} deltas (run with save_deltas=True). "
+                                f"{_make_hint(path, behaviour)}")
+    return SourceRun(path, run["parameters"], json.loads(partial.read_text()), deltas)
+
+
+def read_sources(cfg: WeightAblationConfig) -> list[SourceRun]:
+    """Every source run, checked to share model, rows and coefficients, each family from one run only, and each
+    family asked for saved at `cfg.seed` with its scores at every coefficient."""
+    sources = [read_source(folder, cfg.behaviour) for folder in cfg.deltas_from]
+    first = sources[0]
+    for source in sources:
+        if source.parameters.get("model") != cfg.model:
+            raise ValueError(f"model={cfg.model!r} but {source.folder} trained its deltas on "
+                             f"{source.parameters.get('model')!r}: set model= to it")
+        if source.state.get("rows_digest") != first.state.get("rows_digest"):
+            raise ValueError(f"{source.folder} and {first.folder} scored other rows (rows_digest differs): their "
+                             "deltas cannot be compared on one eval grid")
+        missing = [c for c in cfg.coefficients if c not in [float(x) for x in source.parameters["weight_coeffs"]]]
+        if missing:
+            raise ValueError(f"coefficients={cfg.coefficients}: {missing} not in the weight_coeffs "
+                             f"{source.parameters['weight_coeffs']} of {source.folder}; the full dW's saved scores "
+                             "are the check that the rows are reproduced")
+    owners: dict[str, Path] = {}
+    for source in sources:
+        for family in source.deltas:
+            if family in owners:
+                raise ValueError(f"family {family!r} has deltas in both {owners[family]} and {source.folder}: "
+                                 "list one of them in deltas_from")
+            owners[family] = source.folder
+    wanted = cfg.families or sorted(owners)
+    unknown = [f for f in wanted if f not in owners]
+    if not unknown:
+        broken = [f for f in wanted if diverged(next(s for s in sources if f in s.deltas), f, cfg.seed)]
+        if broken:
+            raise ValueError(f"families {broken}: the adapter training of seed {cfg.seed} diverged in the source run "
+                             "(loss ended above where it started), so its dW is not a trained delta; set "
+                             f"families={[f for f in wanted if f not in broken]} or retrain with a lower "
+                             "family_learning_rates")
+    if unknown:
+        raise ValueError(f"families={unknown} have no saved {cfg.behaviour} delta in deltas_from (found "
+                         f"{sorted(owners)})")
+    for family in wanted:
+        source = next(s for s in sources if family in s.deltas)
+        if cfg.seed not in source.deltas[family]:
+            raise ValueError(f"family {family!r}: no delta for seed={cfg.seed} in {source.folder} (saved seeds "
+                             f"{sorted(source.deltas[family])})")
+        scored = {e["coeff"] for e in source.state["entries"]
+                  if e["method"] == "weight" and e["adapter"] == family and e["seed"] == cfg.seed}
+        if not set(cfg.coefficients) <= scored:
+            raise ValueError(f"family {family!r} seed {cfg.seed}: the run has not scored coefficients "
+                             f"{sorted(set(cfg.coefficients) - scored)} yet (resume it first)")
+    return sources
+
+
+def diverged(source: SourceRun, family: str, seed: int) -> bool:
+    """Whether the run flagged (or its loss curves show) that this family's training diverged at `seed`."""
+    entries = [e for e in source.state["entries"]
+               if e["method"] == "weight" and e["adapter"] == family and e["seed"] == seed]
+    return any(e.get("diverged") for e in ws.mark_diverged(entries))
+
+
+def family_sources(cfg: WeightAblationConfig, sources: Sequence[SourceRun]) -> dict[str, SourceRun]:
+    """{family: the run holding its deltas}, in `cfg.families` order (default: sorted)."""
+    owner = {family: source for source in sources for family in source.deltas}
+    return {family: owner[family] for family in (cfg.families or sorted(owner))}
+
+
+@dataclass(frozen=True)
+class EvalSet:
+    """The run's test rows, its answer format, and (where written) the held-out reply pairs of `preference`."""
+
+    rows: list[ChoiceRow]
+    fmt: AnswerFormat
+    pairs: list[ContrastPair]
+
+
+def eval_set(source: SourceRun, behaviour: str) -> EvalSet:
+    """Rebuild the run's test rows from its parameters and check them against its fingerprint and test ids."""
+    params, state = source.parameters, source.state
+    split = split_items(LOADERS[behaviour](), params["n_train"], params["n_val"], params["n_test"], params["seed"])
+    fmt = ws.FORMATS[state["format"]]
+    digest = ws.rows_digest(behaviour, fmt, split, params.get("contrast_source", "persona"))
+    if digest != state["rows_digest"] or [i.id for i in split["test"]] != state["split_ids"]["test"]:
+        raise ValueError(f"the rows this code builds for {source.folder} differ from the ones it scored (data or "
+                         "prompts changed since): re-run the weight_steering run to ablate its deltas")
+    return EvalSet(to_rows(split["test"], fmt), fmt, preference_pairs(behaviour, split["val"] + split["test"]))
+
+
+def preference_pairs(behaviour: str, held_out: Sequence[Item]) -> list[ContrastPair]:
+    """Written honest / deceptive replies to the held-out (validation and test) dilemmas; none for behaviours
+    without written replies."""
+    if behaviour not in ws.WRITTEN_BEHAVIOURS:
+        return []
+    return load_written_pairs(held_out)
+
+
+def saved_scores(source: SourceRun, family: str, seed: int) -> dict[float, dict[str, Any]]:
+    """The run's weight entries of one family and seed, by coefficient."""
+    return {e["coeff"]: e for e in source.state["entries"]
+            if e["method"] == "weight" and e["adapter"] == family and e["seed"] == seed}
+
+
+def swing_of(entries: Mapping[float, Mapping[str, Any]], c: float, key: str = "score") -> float:
+    return float(entries[c][key]) - float(entries[-c][key])
+
+
+def seed_noise(source: SourceRun, family: str, c: float) -> dict[str, Any]:
+    """The full dW's swing at `c` over the run's seeds of `family`: mean, std (ddof 1) and sign agreement."""
+    seeds = sorted({e["seed"] for e in source.state["entries"] if e["method"] == "weight" and e["adapter"] == family})
+    swings = []
+    for seed in seeds:
+        entries = saved_scores(source, family, seed)
+        if c in entries and -c in entries:
+            swings.append(swing_of(entries, c))
+    mean = sum(swings) / len(swings) if swings else math.nan
+    std = float(torch.tensor(swings, dtype=torch.float64).std()) if len(swings) > 1 else math.nan
+    agree = sum((s > 0) == (mean > 0) for s in swings) / len(swings) if swings and mean != 0 else math.nan
+    return {"n_seeds": len(swings), "swing_mean": mean, "swing_std": std, "sign_agreement": agree,
+            "swings": swings}
+
+
+# ----------------------------------------------------------------------------- evaluation
+
+
+def reply_preference(model: nn.Module, tokenizer: Any, pairs: Sequence[ContrastPair],
+                     batch_size: int) -> list[float]:
+    """Per pair, the per-token log-prob of the positive reply minus the negative one (same prompt)."""
+    prompts = [p.prompt for p in pairs] * 2
+    replies = [p.positive for p in pairs] + [p.negative for p in pairs]
+    logprobs = continuation_logprobs(model, tokenizer, prompts, replies, batch_size=batch_size, progress=False)
+    return (logprobs[: len(pairs)] - logprobs[len(pairs):]).double().tolist()
+
+
+def measure(model: nn.Module, tokenizer: Any, evals: EvalSet, reference: list[torch.Tensor], low_pmass: float,
+            batch_size: int) -> dict[str, Any]:
+    """One point of the grid: the choice score summary with per-row scores, KL on neutral text, preference."""
+    scored = score_rows(model, tokenizer, evals.rows, evals.fmt, batch_size=batch_size, progress=False)
+    point = {**summarize(scored, low_pmass), "row_scores": scored["score"].tolist(),
+             "kl": mean_kl(reference, ws.neutral_logprobs(model, tokenizer, batch_size=batch_size))}
+    if evals.pairs:
+        rows = reply_preference(model, tokenizer, evals.pairs, batch_size)
+        point["preference"], point["preference_rows"] = sum(rows) / len(rows), rows
+    return point
+
+
+def evaluate_variant(model: nn.Module, tokenizer: Any, variant: da.Variant, coefficients: Sequence[float],
+                     evals: EvalSet, reference: list[torch.Tensor], base: dict[str, Any], low_pmass: float,
+                     batch_size: int) -> dict[str, dict[str, Any]]:
+    """{repr(coefficient): point} with the variant applied at each coefficient (an empty variant is the base at
+    every coefficient: not re-scored)."""
+    points = {}
+    for c in coefficients:
+        if variant.empty:
+            points[repr(c)] = dict(base)
+            continue
+        with apply_delta(model, variant.delta, c):
+            points[repr(c)] = measure(model, tokenizer, evals, reference, low_pmass, batch_size)
+    return points
+
+
+class Evaluations:
+    """`evaluations.json` in the run folder: the grid, the base point and one record per (family, variant), written
+    atomically after each variant so an interrupted run resumes without re-scoring finished variants."""
+
+    def __init__(self, path: Path, grid: da.EvalGrid) -> None:
+        self.path, self.grid = path, grid
+        data = json.loads(path.read_text()) if path.exists() else {}
+        if data:
+            da.check_same_rows(grid.as_dict(), data["grid"])
+        self.base: dict[str, Any] | None = data.get("base")
+        self.records: dict[str, dict[str, Any]] = data.get("variants", {})
+
+    @staticmethod
+    def key(family: str, name: str) -> str:
+        return f"{family}/{name}"
+
+    def __contains__(self, key: str) -> bool:
+        return key in self.records
+
+    def add(self, family: str, variant: da.Variant, points: dict[str, dict[str, Any]], full_norm: float) -> None:
+        self.records[self.key(family, variant.name)] = {
+            "family": family, "variant": variant.name, "group": variant.group, "empty": variant.empty,
+            "norm": variant.norm(), "norm_ratio": variant.norm() / full_norm if full_norm > 0 else math.nan,
+            "grid": self.grid.digest, "points": points,
+            "meta": {k: v for k, v in variant.meta.items() if k in ("norm_scale", "residual_fraction", "seed", "of")}}
+        self.save()
+
+    def save(self) -> None:
+        write_json(self.path, {"grid": self.grid.as_dict(), "base": self.base, "variants": self.records})
+
+
+def check_reproduces_run(points: Mapping[str, Mapping[str, Any]], saved: Mapping[float, Mapping[str, Any]],
+                         family: str, atol: float = 1e-3) -> float:
+    """The full dW re-scored here against the run's saved per-row scores at every coefficient; returns the largest
+    difference and raises above `atol` (the delta file, the rows or the scoring changed since the run)."""
+    worst = 0.0
+    for key, point in points.items():
+        old = saved[float(key)]["row_scores"]
+        if len(old) != len(point["row_scores"]):
+            raise ValueError(f"{family}: {len(point['row_scores'])} rows scored here, {len(old)} in the run")
+        worst = max(worst, max(abs(a - b) for a, b in zip(point["row_scores"], old, strict=True)))
+    if worst > atol:
+        raise ValueError(f"{family}: the full dW re-scored here differs from the run's saved scores by {worst:.3g} "
+                         f"> {atol} on some row: the saved delta or the eval is not what the run used")
+    return worst
+
+
+# ----------------------------------------------------------------------------- variants by group
+
+
+def group_variants(group: str, family: str, deltas: Mapping[str, WeightDelta], model: nn.Module,
+                   cfg: WeightAblationConfig, n_layers: int) -> Iterator[da.Variant]:
+    """The variants of one group for one family, built lazily (the SVD and basis groups hold dense copies of dW).
+    Deterministic: building a group twice gives the same variants (the sufficiency controls rebuild)."""
+    delta = deltas[family]
+    if group == "roles":
+        yield from da.role_variants(delta)
+    elif group in ("thirds", "layer_only", "layer_out"):
+        yield from (v for v in da.layer_variants(delta, n_layers) if v.group == group)
+    elif group == "svd":
+        variants = da.svd_variants(delta)
+        da.check_sums_to(delta, [v for v in variants if v.group in ("svd_rank", "non_matrix")], what="svd bands")
+        da.check_sums_to(delta, [v for v in variants if v.group in ("svd_energy", "non_matrix")], what="svd energy")
+        yield from variants
+    elif group == "base_svd":
+        variants = da.base_subspace_variants(delta, model, cfg.base_ranks)
+        yield from (v for v in variants if v.group == "base_svd")
+    elif group == "dora":
+        yield from da.dora_variants(delta, model)
+    elif group == "basis":
+        for k in cfg.ks:  # one K at a time: 6 dense copies of the residual writes per family, not 6 per K
+            variants = da.basis_variants(deltas, ks=[k], seed=cfg.seed + k)
+            yield from (v for v in variants if v.family == family)
+    elif group == "controls":
+        yield da.zero_variant(delta)
+        for seed in range(cfg.n_random):
+            yield da.norm_matched_random(delta, seed=seed)
+    else:
+        raise ValueError(f"unknown group {group!r}; choose from {GROUPS}")
+
+
+def sufficiency_controls(variant: da.Variant, full: WeightDelta, seed: int) -> list[da.Variant]:
+    """`<name>@norm`: the crop rescaled to the full dW's norm; `<name>~rand`: a random delta with the crop's
+    per-tensor norms on the same tensors (does any perturbation this large, there, do it?)."""
+    random = da.norm_matched_random(variant.delta, seed=seed, name=f"{variant.name}~rand")
+    return [da.norm_matched(variant, full),
+            da.Variant(random.name, "sufficiency", random.delta, variant.family, False, {"of": variant.name})]
+
+
+def run_ablation(cfg: WeightAblationConfig, model: nn.Module, tokenizer: Any, out: Path,
+                 log: Callable[[str], Any] = print, progress: bool = True) -> dict[str, Any]:
+    """Every group's variants for every family, then the sufficiency controls of the crops that retain; resumable
+    from `out/evaluations.json`. Returns what the tables need."""
+    from tqdm.auto import tqdm
+
+    started = time.time()
+    sources = read_sources(cfg)
+    owners = family_sources(cfg, sources)
+    evals = eval_set(sources[0], cfg.behaviour)
+    grid = da.eval_grid(evals.rows, cfg.coefficients)
+    store = Evaluations(out / "evaluations.json", grid)
+    reference = ws.neutral_logprobs(model, tokenizer, batch_size=cfg.batch_size)
+    low_pmass = float(sources[0].parameters.get("low_pmass", 0.5))
+    if store.base is None:
+        store.base = measure(model, tokenizer, evals, reference, low_pmass, cfg.batch_size)
+        store.save()
+    saved_base = next(e for e in sources[0].state["entries"] if e["method"] == "none")
+    base_gap = max(abs(a - b) for a, b in zip(store.base["row_scores"], saved_base["row_scores"], strict=True))
+    if base_gap > 1e-3:
+        raise ValueError(f"the base model scores the rows differently from the run (by {base_gap:.3g}): another "
+                         "model or eval than the deltas were trained and scored with")
+    deltas = {family: WeightDelta.load(owners[family].deltas[family][cfg.seed]) for family in owners}
+    n_layers = len(find_layers(model)[1])
+    reproduced: dict[str, float] = {}
+
+    def run(family: str, variants: Sequence[da.Variant], desc: str) -> None:
+        todo = [v for v in variants if Evaluations.key(family, v.name) not in store]
+        for variant in tqdm(todo, desc=desc, disable=not progress or not todo, leave=False):
+            points = evaluate_variant(model, tokenizer, variant, cfg.coefficients, evals, reference, store.base,
+                                      low_pmass, cfg.batch_size)
+            store.add(family, variant, points, deltas[family].norm())
+
+    for group in cfg.groups:
+        for family in owners:
+            group_started = time.time()
+            run(family, list(group_variants(group, family, deltas, model, cfg, n_layers)), f"{family} {group}")
+            log(f"[{time.time() - started:7.1f} s] {family} {group} ({time.time() - group_started:.0f} s)")
+    for family in owners:  # the full dW is in "roles"; score it even when that group was not asked for
+        full = da.select(deltas[family], lambda n: True, "full", "roles")
+        run(family, [full], f"{family} full")
+        reproduced[family] = check_reproduces_run(store.records[Evaluations.key(family, "full")]["points"],
+                                                  saved_scores(owners[family], family, cfg.seed), family)
+    table = retained_table(store, owners, cfg)
+    retaining = table[(table.retained >= cfg.sufficient) & (table.norm_ratio < 0.95) & (table.variant != "full")
+                      & ~table.group.isin(["sufficiency", "control"]) & ~table.variant.str.endswith("@norm")]
+    for family, names in retaining.groupby("family").variant:
+        wanted = set(names)
+        built = [v for group in cfg.groups for v in group_variants(group, family, deltas, model, cfg, n_layers)
+                 if v.name in wanted]
+        controls = [c for v in built for c in sufficiency_controls(v, deltas[family], cfg.seed)]
+        run(family, controls, f"{family} sufficiency")
+    log(f"[{time.time() - started:7.1f} s] all variants scored")
+    noise = {family: seed_noise(owners[family], family, max(cfg.coefficients)) for family in owners}
+    return {"store": store, "owners": owners, "evals": evals, "reproduced": reproduced, "noise": noise,
+            "deltas": deltas, "seconds": time.time() - started}
+
+
+# ----------------------------------------------------------------------------- tables and verdict
+
+
+def swing(points: Mapping[str, Mapping[str, Any]], c: float, key: str = "score") -> float:
+    value = points[repr(c)].get(key), points[repr(-c)].get(key)
+    return math.nan if None in value else float(value[0]) - float(value[1])
+
+
+def row_swing_se(points: Mapping[str, Mapping[str, Any]], c: float, key: str = "row_scores") -> float:
+    """Standard error of the per-row swing (rows paired across +c and -c; `key="preference_rows"` for the reply
+    preference's pairs)."""
+    if key not in points[repr(c)]:
+        return math.nan
+    diff = torch.tensor(points[repr(c)][key], dtype=torch.float64) - torch.tensor(
+        points[repr(-c)][key], dtype=torch.float64)
+    return float(diff.std() / math.sqrt(len(diff))) if len(diff) > 1 else math.nan
+
+
+def retained_table(store: Evaluations, owners: Mapping[str, Any], cfg: WeightAblationConfig) -> pd.DataFrame:
+    """One row per (family, variant): norm ratio, swing and retained for the score (and preference), pmass and KL at
+    +c and -c (c the largest coefficient), and retained per coefficient pair. Every record's grid is checked
+    against the full dW's first (`check_same_rows`)."""
+    c = max(cfg.coefficients)
+    pairs = sorted(x for x in cfg.coefficients if x > 0 and -x in cfg.coefficients)
+    rows = []
+    for family in owners:
+        full = store.records.get(Evaluations.key(family, "full"))
+        if full is None:
+            continue
+        for record in store.records.values():
+            if record["family"] != family:
+                continue
+            da.check_same_rows(full["grid"], record["grid"])
+            points, full_points = record["points"], full["points"]
+            row = {"family": family, "group": record["group"], "variant": record["variant"],
+                   "norm_ratio": record["norm_ratio"], "empty": record["empty"],
+                   "swing": swing(points, c), "swing_se": row_swing_se(points, c),
+                   "retained": da.retained(swing(points, c), swing(full_points, c), floor=1e-12,
+                                           on_negligible="nan")}
+            if "preference" in points[repr(c)]:
+                row["preference_swing"] = swing(points, c, "preference")
+                row["preference_se"] = row_swing_se(points, c, "preference_rows")
+                row["retained_preference"] = da.retained(row["preference_swing"], swing(full_points, c, "preference"),
+                                                         floor=1e-12, on_negligible="nan")
+            for x in pairs[:-1]:
+                row[f"retained@{x:g}"] = da.retained(swing(points, x), swing(full_points, x), floor=1e-12,
+                                                     on_negligible="nan")
+            for sign, label in ((1, "+"), (-1, "-")):
+                point = points[repr(sign * c)]
+                row[f"pmass{label}"], row[f"kl{label}"] = point["pmass"], point["kl"]
+            rows.append(row)
+    return pd.DataFrame(rows)
+
+
+def full_effects(table: pd.DataFrame, noise: Mapping[str, Mapping[str, Any]]) -> pd.DataFrame:
+    """Per family: the full dW's swing here, its row SE, the seeds' std of the swing in the run, and whether the
+    swing stands out of both (|swing| > 2 x the larger): only then is a ratio to it a retention."""
+    rows = []
+    for family, group in table[table.variant == "full"].groupby("family"):
+        full = group.iloc[0]
+        seeds = noise.get(family, {})
+        floor = max(full.swing_se, seeds.get("swing_std", math.nan) if seeds.get("n_seeds", 0) > 1 else 0.0)
+        row = {"family": family, "swing": full.swing, "swing_se": full.swing_se,
+               "seed_swing_std": seeds.get("swing_std"), "n_seeds": seeds.get("n_seeds"),
+               "sign_agreement": seeds.get("sign_agreement"), "noise": floor,
+               "identifiable": bool(abs(full.swing) > 2 * floor) if not math.isnan(floor) else False}
+        if "preference_swing" in group:  # no seed spread recorded for it: the pairs' SE is its noise
+            row["preference_swing"], row["preference_se"] = full.preference_swing, full.preference_se
+            row["preference_identifiable"] = bool(abs(full.preference_swing) > 2 * full.preference_se)
+        rows.append(row)
+    return pd.DataFrame(rows)
+
+
+def _retained(table: pd.DataFrame, family: str, variant: str, column: str = "retained") -> float:
+    hit = table[(table.family == family) & (table.variant == variant)]
+    return float(hit[column].iloc[0]) if len(hit) and column in hit else math.nan
+
+
+def verdict(table: pd.DataFrame, effects: pd.DataFrame, cfg: WeightAblationConfig,
+            column: str = "retained") -> list[dict[str, Any]]:
+    """The seed's decision rules, each with whether it fired and its numbers (on `column`: "retained" for the
+    choice score, "retained_preference" for the held-out reply preference):
+    - identifiable: the full dW's swing exceeds 2x its noise (row SE, seed std); without it no rule below counts;
+    - shared subspace: for some K, every family's shared<K>_keep retains >= sufficient, its shared<K>_drop <=
+      removes, and the rank-matched random keep <= removes;
+    - not identifiable with this basis: for some K, keep and drop both retain >= 0.5 in most families;
+    - localised: in a partition, one part retains >= sufficient, the others <= removes, and the part's `~rand`
+      control <= removes (when the part is a crop);
+    - distributed: in a partition, two or more disjoint parts each retain >= 0.5;
+    - cross-family gaps: the spread of a variant's retention across families against the within-family noise
+      (seed std / |swing|)."""
+    families = sorted(set(table.family))
+    if column not in table or table[column].isna().all():
+        return [{"rule": "metric", "fired": False, "text": f"{column}: not measured"}]
+    rules: list[dict[str, Any]] = []
+    flag = "identifiable" if column == "retained" else "preference_identifiable"
+    by_family = effects.set_index("family")
+    ok = [f for f in families if f in by_family.index and bool(by_family.loc[f, flag])]
+    rules.append({"rule": "identifiable", "fired": bool(ok), "families": ok,
+                  "text": f"full dW moves the metric beyond its noise in {len(ok)}/{len(families)} families "
+                          f"({', '.join(ok) or 'none'})"})
+    if not ok:
+        rules.append({"rule": "verdict", "fired": True, "text": "not identifiable: the full dW's effect is within "
+                      "noise, so no retention ratio means anything (negative result)"})
+        return rules
+    for k in cfg.ks:
+        keep = {f: _retained(table, f, f"shared{k}_keep", column) for f in ok}
+        drop = {f: _retained(table, f, f"shared{k}_drop", column) for f in ok}
+        rand = {f: _retained(table, f, f"rand{k}_keep", column) for f in ok}
+        if any(math.isnan(v) for v in keep.values()):
+            continue
+        shared = all(keep[f] >= cfg.sufficient and drop[f] <= cfg.removes and abs(rand[f]) <= cfg.removes for f in ok)
+        both = sum(keep[f] >= 0.5 and drop[f] >= 0.5 for f in ok) > len(ok) / 2
+        numbers = {f: {"keep": round(keep[f], 3), "drop": round(drop[f], 3), "rand_keep": round(rand[f], 3)}
+                   for f in ok}
+        rules.append({"rule": f"shared subspace K={k}", "fired": shared, "numbers": numbers,
+                      "text": f"K={k}: keep {_fmt(keep)}, drop {_fmt(drop)}, random keep {_fmt(rand)}"})
+        if both:
+            rules.append({"rule": f"not identifiable with basis K={k}", "fired": True, "numbers": numbers,
+                          "text": f"K={k}: both keep and drop retain >= 0.5 in most families"})
+    for family in ok:
+        for partition, parts in PARTITIONS.items():
+            values = {p: _retained(table, family, p, column) for p in parts}
+            values = {p: v for p, v in values.items() if not math.isnan(v)}
+            if len(values) < 2:
+                continue
+            strong = [p for p, v in values.items() if v >= cfg.sufficient]
+            weak = [p for p, v in values.items() if v <= cfg.removes]
+            rand = {p: _retained(table, family, f"{p}~rand", column) for p in strong}
+            if len(strong) == 1 and len(weak) == len(values) - 1:
+                control = rand[strong[0]]
+                fired = math.isnan(control) or abs(control) <= cfg.removes
+                rules.append({"rule": f"localised ({partition})", "family": family, "fired": fired,
+                              "part": strong[0], "numbers": values, "control": control,
+                              "text": f"{family}: {strong[0]} retains {values[strong[0]]:.2f}, the rest <= "
+                                      f"{cfg.removes}; its random control {control:.2f}"})
+            half = [p for p, v in values.items() if v >= 0.5]
+            if len(half) >= 2:
+                rules.append({"rule": f"distributed ({partition})", "family": family, "fired": True, "parts": half,
+                              "numbers": values, "text": f"{family}: {', '.join(half)} each retain >= 0.5"})
+    if len(ok) > 1:
+        # within-family noise in retention units: the full swing's spread over seeds (score), or its pairs' SE
+        # (preference: the source run recorded no seeds of it), over |full swing|
+        spread_of, swing_of_full = (("seed_swing_std", "swing") if column == "retained"
+                                    else ("preference_se", "preference_swing"))
+        noise = {}
+        for f in ok:
+            sd, full_swing = by_family.loc[f, spread_of], by_family.loc[f, swing_of_full]
+            noise[f] = float(sd) / abs(float(full_swing)) if sd is not None and not pd.isna(sd) and full_swing \
+                else math.nan
+        known = [v for v in noise.values() if not math.isnan(v)]
+        spread = table[table.family.isin(ok) & ~table.variant.str.contains("~rand|@norm")].groupby(
+            "variant")[column].agg(lambda s: float(s.max() - s.min()))
+        widest = spread.sort_values(ascending=False).head(5)
+        rules.append({"rule": "cross-family gaps", "fired": bool(known) and any(g > 2 * max(known) for g in widest),
+                      "widest": {k: round(v, 3) for k, v in widest.items()},
+                      "within_family_noise": {f: round(v, 3) for f, v in noise.items()},
+                      "text": "widest cross-family retention gaps " + _fmt(widest.to_dict())
+                              + f"; within-family noise ({spread_of} / |full swing|) " + _fmt(noise)})
+    return rules
+
+
+def _fmt(values: Mapping[str, float]) -> str:
+    return ", ".join(f"{k} {v:.2f}" for k, v in values.items())
+
+
+def verdict_text(rules: Sequence[Mapping[str, Any]]) -> str:
+    fired = [r for r in rules if r["fired"] and r["rule"] not in ("identifiable",)]
+    return "; ".join(r["text"] for r in fired) or "no rule fired: " + "; ".join(r["text"] for r in rules[:2])
+
+
+def lens_table(deltas: Mapping[str, WeightDelta], model: nn.Module, ks: Sequence[int]) -> pd.DataFrame:
+    """Does dW ride the base weights' top singular directions? Per family, role and k: the share of ||dW||^2 in the
+    top-k x top-k block of U0^T dW V0 (`lib.delta_ablation.base_svd_lens`), its energy-weighted mean over
+    tensors, and what an isotropic random dW would put there."""
+    rows = []
+    for family, delta in deltas.items():
+        frame = pd.DataFrame(da.base_svd_lens(delta, model, ks))
+        frame["energy"] = [float(delta[n].double().pow(2).sum()) for n in frame.name]
+        for (role, k), group in frame.groupby(["role", "k"]):
+            weight = group.energy / group.energy.sum()
+            rows.append({"family": family, "role": role, "k": k,
+                         "top_k_fraction": float((group.top_k_fraction * weight).sum()),
+                         "chance": float(group.chance.mean()), "tensors": len(group)})
+    return pd.DataFrame(rows)
+
+
+def retained_figure(table: pd.DataFrame, column: str = "retained", path: Path | None = None) -> Any:
+    """Retention per variant (rows, grouped) and family (columns) as a heatmap, 1 = the full dW."""
+    import matplotlib.pyplot as plt
+
+    data = table[~table.variant.str.match(r"L\d+_(only|out)$")].pivot_table(
+        index=["group", "variant"], columns="family", values=column, aggfunc="first")
+    fig, axis = plt.subplots(figsize=(2 + 1.2 * data.shape[1], 0.22 * len(data) + 1.5))
+    image = axis.imshow(data.to_numpy(dtype=float), cmap="RdBu_r", vmin=-1.5, vmax=1.5, aspect="auto")
+    axis.set_yticks(range(len(data)), [f"{g}: {v}" for g, v in data.index], fontsize=7)
+    axis.set_xticks(range(data.shape[1]), list(data.columns))
+    axis.set_title(f"{column} (swing of variant / swing of full dW)")
+    fig.colorbar(image, ax=axis, shrink=0.6)
+    fig.tight_layout()
+    if path is not None:
+        fig.savefig(path, dpi=110)
+    return fig
+
+
+def layer_figure(table: pd.DataFrame, column: str = "retained", path: Path | None = None) -> Any:
+    """Single-layer keep and leave-one-layer-out retention against the block index, per family."""
+    import matplotlib.pyplot as plt
+
+    fig, axes = plt.subplots(1, 2, figsize=(11, 3.5), sharey=True)
+    for axis, kind in zip(axes, ("only", "out"), strict=True):
+        part = table[table.variant.str.match(rf"L\d+_{kind}$")]
+        for family, group in part.groupby("family"):
+            layers = group.variant.str.extract(r"L(\d+)_")[0].astype(int)
+            order = layers.argsort()
+            axis.plot(layers.iloc[order], group[column].iloc[order], marker="o", label=family)
+        axis.axhline(0, color="k", lw=0.7)
+        axis.axhline(1, color="k", lw=0.7, ls=":")
+        axis.set(xlabel="block", title=f"block {kind}" if kind == "only" else "all blocks but one")
+        axis.grid(alpha=0.3)
+        axis.legend(fontsize=7)
+    axes[0].set_ylabel(column)
+    fig.tight_layout()
+    if path is not None:
+        fig.savefig(path, dpi=110)
+    return fig
+
+
+def results(cfg: WeightAblationConfig, state: Mapping[str, Any], table: pd.DataFrame, effects: pd.DataFrame,
+            rules: Mapping[str, list[dict[str, Any]]]) -> dict[str, Any]:
+    store: Evaluations = state["store"]
+    c = max(cfg.coefficients)
+    full = table[table.variant == "full"].set_index("family")
+    summary = {
+        "main_metric": f"{cfg.behaviour} score with the full dW at +{c:g} (seed {cfg.seed}), mean over families",
+        "main": float(full.index.map(lambda f: store.records[Evaluations.key(f, 'full')]['points'][repr(c)]['score'])
+                      .to_series().mean()),
+        "baseline": float(store.base["score"]),
+        "side_effect_metric": f"KL on neutral text at +{c:g}, nats/token, mean over families",
+        "side_effect": float(full["kl+"].mean()),
+        "verdict_score": verdict_text(rules["retained"]),
+        "verdict_preference": verdict_text(rules.get("retained_preference", [])) if "retained_preference" in rules
+        else "not measured",
+        "families": list(state["owners"]), "variants_scored": len(store.records),
+        "reproduced_max_row_gap": state["reproduced"], "seconds": round(state["seconds"], 1),
+    }
+    return {"parameters": cfg.as_dict(), "summary": summary, "full_effects": json.loads(effects.to_json(
+        orient="records")), "verdict": rules, "table": json.loads(table.to_json(orient="records"))}

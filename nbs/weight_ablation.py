@@ -1,0 +1,140 @@
+# ---
+# jupyter:
+#   jupytext:
+#     formats: ipynb,py:percent
+#     text_representation:
+#       extension: .py
+#       format_name: percent
+#   kernelspec:
+#     display_name: Python 3
+#     language: python
+#     name: python3
+# ---
+
+# %% [markdown]
+# # Which part of a trained dW carries the behaviour?
+#
+# Weight steering (Fierro & Roger 2025) steers with `coeff * dW`, `dW = dW_pos - dW_neg` from two trained adapters
+# (`nbs/weight_steering.py`). This notebook starts from the deltas such a run saved (`save_deltas=True`; it never
+# builds a delta from activations) and scores *variants* of each adapter family's dW on the run's own test rows and
+# coefficients:
+#
+# - **roles**: residual writes (attention output, MLP down), reads, attention, MLP, q/k/v only, up/gate only;
+# - **layers**: early / mid / late thirds, each block alone, every block but one;
+# - **svd**: each tensor's own singular directions, top 25% / middle 50% / bottom 25% and energy groups (checked to
+#   sum back to dW);
+# - **base_svd**: dW projected on the base weight's top singular subspaces (does dW ride pretrained directions?);
+# - **dora**: the change of each output row's norm (DoRA's magnitude) vs of its direction;
+# - **basis**: the families' residual-output deltas stacked per tensor, top-K shared directions kept or dropped, with
+#   each family's own top-K and a rank-matched random basis as nulls;
+# - **controls**: zero and norm-matched random deltas; crops that retain get `@norm` (rescaled to the full norm) and
+#   `~rand` (random with the crop's norms on the same tensors) controls.
+#
+# `retained = swing(variant) / swing(full dW)` with `swing = score(+c) - score(-c)` at the largest coefficient, beside
+# pmass and KL on neutral text. For honesty a second metric, `preference` (held-out written honest minus deceptive
+# reply log-prob), reads the contrast the adapters learned even where the two-choice eval has no headroom. The
+# seed's decision rules give the verdict at the end.
+
+# %% tags=["parameters"]
+model = "smollm2-135m"
+dtype = "auto"  # "auto": bfloat16 on a GPU, float32 on CPU
+device_map = ""  # "": one device; "auto": spread over the GPUs
+attn_implementation = ""
+deltas_from = ["out/weight_steering/adapters=lora,pissa,delora_behaviours=honesty_contrast_source=written_save_deltas=True"]  # noqa: E501
+behaviour = "honesty"
+families = []  # []: every family the runs saved
+seed = 0  # the adapter seed whose dW is ablated; the others give the full dW's noise
+coefficients = [-1.0, 1.0]  # inside the KL budget; at 4 the model breaks (KL ~3 nats/token)
+groups = ["roles", "thirds", "layer_only", "layer_out", "svd", "base_svd", "dora", "basis", "controls"]
+ks = [8, 32, 64]
+base_ranks = [8, 32]
+n_random = 2
+sufficient = 0.7
+removes = 0.3
+batch_size = 16
+out_dir = ""
+
+# %%
+import pandas as pd
+import torch
+from IPython.display import display
+
+from lib.experiments import weight_ablation as wa
+from lib.experiments.weight_ablation import WeightAblationConfig
+from lib.io import write_json
+from lib.models import load_model
+
+cfg = WeightAblationConfig.from_namespace(globals())
+out = cfg.resolve_out_dir()
+torch.manual_seed(cfg.seed)
+sources = wa.read_sources(cfg)  # checked before the model loads
+base, tokenizer = load_model(cfg.model, **cfg.loading())
+print(f"out: {out}\nfamilies: {list(wa.family_sources(cfg, sources))} from {[str(s.folder) for s in sources]}")
+
+# %% [markdown]
+# ## Score every variant
+# Resumable: each scored variant is kept in `evaluations.json` and skipped when re-run. The full dW re-scored here
+# must reproduce the run's saved per-row scores (`reproduced_max_row_gap` in the summary).
+
+# %%
+state = wa.run_ablation(cfg, base, tokenizer, out)
+table = wa.retained_table(state["store"], state["owners"], cfg)
+table.to_csv(out / "retained.csv", index=False)
+
+# %% [markdown]
+# ## The full dW: is there an effect to ablate?
+# The swing of the full dW here, its per-row standard error, and the spread of the swing over the source run's
+# seeds. A retention ratio only means something when the full swing stands out of both.
+
+# %%
+effects = wa.full_effects(table, state["noise"])
+effects.to_csv(out / "full_effects.csv", index=False)
+effects.round(3)
+
+# %% [markdown]
+# ## Retention per variant
+# `norm_ratio` = ||variant|| / ||full dW||; `pmass+` / `kl+` at the largest coefficient.
+
+# %%
+columns = [c for c in ("family", "group", "variant", "norm_ratio", "swing", "swing_se", "retained",
+                       "retained_preference", "pmass+", "pmass-", "kl+", "kl-") if c in table]
+display(table[~table.variant.str.match(r"L\d+_(only|out)$")][columns].round(3))
+figure = wa.retained_figure(table, "retained", out / "retained_score.png")
+if "retained_preference" in table:
+    figure = wa.retained_figure(table, "retained_preference", out / "retained_preference.png")
+
+# %% [markdown]
+# ## Single layers
+
+# %%
+if table.variant.str.match(r"L\d+_(only|out)$").any():
+    figure = wa.layer_figure(table, "retained_preference" if "retained_preference" in table else "retained",
+                             out / "layers.png")
+
+# %% [markdown]
+# ## Does dW ride the base weights' top singular directions?
+# Energy-weighted share of ||dW||^2 in the top-k x top-k block of `U0^T dW V0`, against an isotropic random delta.
+
+# %%
+lens = wa.lens_table(state["deltas"], base, cfg.base_ranks)
+lens.to_csv(out / "base_lens.csv", index=False)
+lens.round(4)
+
+# %% [markdown]
+# ## Verdict (the seed's decision rules)
+
+# %%
+rules = {column: wa.verdict(table, effects, cfg, column) for column in ("retained", "retained_preference")
+         if column in table}
+for column, fired in rules.items():
+    print(f"--- {column}")
+    for rule in fired:
+        print(("FIRED  " if rule["fired"] else "       ") + f"{rule['rule']}: {rule['text']}")
+
+# %% [markdown]
+# ## Summary
+
+# %%
+results = wa.results(cfg, state, table, effects, rules)
+write_json(out / "results.json", results)
+pd.Series(results["summary"]).to_frame("value")

@@ -1,0 +1,77 @@
+"""Family x seed tables of the weight-steering runs behind the journal entry of 2026-12-01 ("Weight steering over
+adapter families"), merged from their run folders (same rows: the fingerprints must agree).
+
+    .venv/bin/python out/journal/2026-12-01-families/tables.py
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+
+import pandas as pd
+
+ROOT = Path(__file__).resolve().parents[3]
+sys.path.insert(0, str(ROOT))
+from lib.experiments import weight_steering as ws  # noqa: E402
+
+HERE = Path(__file__).parent
+RUNS = {
+    "honesty": ["adapters=lora,pissa,delora_behaviours=honesty_contrast_source=written_save_deltas=True",
+                "adapters=dora,oft,ia3_behaviours=honesty_contrast_source=written_n_seeds=1_save_deltas=True"],
+    "sycophancy": ["adapters=lora,pissa_behaviours=sycophancy_contrast_source=labelled_save_deltas=True"],
+}
+
+
+def swing_table(table: pd.DataFrame) -> pd.DataFrame:
+    """Per behaviour, adapter and c > 0: the swing score(+c) - score(-c) per seed, then mean, std, sign agreement."""
+    weights = table[table.method == "weight"]
+    rows = []
+    for (behaviour, adapter), group in weights.groupby(["behaviour", "adapter"]):
+        for c in sorted(x for x in group.coeff.unique() if x > 0):
+            per_seed = []
+            for _, seed_rows in group.groupby("seed"):
+                by = seed_rows.set_index("coeff").score
+                if c in by and -c in by:
+                    per_seed.append(float(by[c] - by[-c]))
+            s = pd.Series(per_seed)
+            mean = s.mean()
+            rows.append({"behaviour": behaviour, "adapter": adapter, "c": c, "n_seeds": len(s), "swing_mean": mean,
+                         "swing_std": s.std(ddof=1) if len(s) > 1 else float("nan"),
+                         "sign_agreement": float(((s > 0) == (mean > 0)).mean()) if mean else float("nan")})
+    return pd.DataFrame(rows)
+
+
+def main() -> None:
+    entries, digests = [], {}
+    for behaviour, folders in RUNS.items():
+        for folder in folders:
+            partial = ROOT / "out" / "weight_steering" / folder / f"{behaviour}_partial.json"
+            if not partial.exists():
+                print(f"missing (not run yet): {partial}")
+                continue
+            state = json.loads(partial.read_text())
+            digests.setdefault(behaviour, state["rows_digest"])
+            if state["rows_digest"] != digests[behaviour]:
+                raise ValueError(f"{folder} scored other {behaviour} rows than the first run")
+            state = ws.add_first_bias(state, behaviour)
+            seen = {(e["method"], e["adapter"], e["seed"], e["coeff"]) for e in entries if e["behaviour"] == behaviour}
+            entries += [e for e in state["entries"] if (e["method"], e["adapter"], e["seed"], e["coeff"]) not in seen]
+            for name in ("headroom", "contrast"):
+                if name in state:
+                    (HERE / f"{behaviour}_{name}.json").write_text(json.dumps(state[name], indent=1))
+    table = ws.comparison_table(entries)
+    table.to_csv(HERE / "comparison.csv", index=False)
+    seeds = ws.seed_table(table)
+    seeds.to_csv(HERE / "seeds.csv", index=False)
+    swings = swing_table(table)
+    swings.to_csv(HERE / "swings.csv", index=False)
+    ws.matched_table(table, 0.25).to_csv(HERE / "matched.csv", index=False)
+    with pd.option_context("display.width", 200, "display.max_columns", 20):
+        print(seeds.round(3).to_string(index=False))
+        print(swings.round(3).to_string(index=False))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,242 @@
+"""The weight-ablation experiment on a tiny model with a hand-built source run: exact retention of a planted
+layer-local delta, the run's scores reproduced (and a tampered delta or score refused), resume without re-scoring,
+mismatched grids refused, the verdict rules on hand-made tables, and config / source checks naming the fix."""
+
+from __future__ import annotations
+
+import json
+import math
+
+import pandas as pd
+import pytest
+import torch
+from conftest import ByteTokenizer
+
+from lib.choice_evals import score_rows, summarize
+from lib.experiments import weight_ablation as wa
+from lib.experiments import weight_steering as ws
+from lib.io import write_json
+from lib.kits.choice_data import LOADERS, split_items, to_rows
+from lib.models import tiny_model
+from lib.weights import WeightDelta, apply_delta
+
+PARAMS = {"model": "smollm2-135m", "n_train": 2, "n_val": 2, "n_test": 4, "seed": 0, "contrast_source": "written",
+          "weight_coeffs": [-2.0, -1.0, 0.0, 1.0, 2.0], "low_pmass": 0.5, "batch_size": 4}
+
+
+@pytest.fixture(scope="module")
+def small():
+    return tiny_model("llama", n_layers=2, hidden=64, vocab=256, seed=8), ByteTokenizer(chat=True)
+
+
+def _layer1_delta(model, scale: float, seed: int = 0) -> WeightDelta:
+    """A delta on block 1 only (attention output, MLP down and up projections)."""
+    generator = torch.Generator().manual_seed(seed)
+    names = ("model.layers.1.self_attn.o_proj.weight", "model.layers.1.mlp.down_proj.weight",
+             "model.layers.1.mlp.up_proj.weight")
+    return WeightDelta({n: scale * torch.randn(model.get_parameter(n).shape, generator=generator) for n in names})
+
+
+def _scored(model, tokenizer, rows, fmt):
+    scored = score_rows(model, tokenizer, rows, fmt, batch_size=4, progress=False)
+    return {**summarize(scored), "row_scores": scored["score"].tolist()}
+
+
+def _source(folder, model, tokenizer, deltas):
+    """A weight_steering run folder as the notebook writes it, scored here with `score_rows` directly."""
+    split = split_items(LOADERS["honesty"](), 2, 2, 4, 0)
+    fmt = ws.FORMATS["ab_paren"]
+    rows = to_rows(split["test"], fmt)
+    entries = [{"method": "none", "adapter": "-", "seed": -1, "coeff": 0.0, **_scored(model, tokenizer, rows, fmt)}]
+    for family, by_seed in deltas.items():
+        for seed, delta in by_seed.items():
+            delta.save(folder / "deltas" / f"honesty_{family}_seed{seed}")
+            for c in PARAMS["weight_coeffs"]:
+                if c:
+                    with apply_delta(model, delta, c):
+                        entries.append({"method": "weight", "adapter": family, "seed": seed, "coeff": c,
+                                        **_scored(model, tokenizer, rows, fmt)})
+    write_json(folder / "run.json", {"notebook": "weight_steering", "parameters": PARAMS, "status": "ok"})
+    write_json(folder / "honesty_partial.json", {
+        "entries": entries, "format": "ab_paren", "rows_digest": ws.rows_digest("honesty", fmt, split, "written"),
+        "split_ids": {part: [i.id for i in items] for part, items in split.items()}})
+    return folder
+
+
+def _cfg(folder, **change):
+    values = {"deltas_from": [str(folder)], "coefficients": [-2.0, 2.0], "ks": [2], "base_ranks": [4],
+              "n_random": 1, "batch_size": 4, "groups": ["roles", "thirds", "basis", "controls"]}
+    return wa.WeightAblationConfig(**{**values, **change})
+
+
+@pytest.fixture(scope="module")
+def planted(small, tmp_path_factory):
+    """Two families whose dW lives in block 1 only, three seeds of lora (the noise), ablated once."""
+    model, tokenizer = small
+    folder = tmp_path_factory.mktemp("source")
+    deltas = {"lora": {s: _layer1_delta(model, 0.08, seed=s) for s in range(3)},
+              "pissa": {0: _layer1_delta(model, 0.06, seed=10)}}
+    _source(folder, model, tokenizer, deltas)
+    cfg = _cfg(folder)
+    out = folder / "ablation"
+    state = wa.run_ablation(cfg, model, tokenizer, out, progress=False, log=lambda message: None)
+    table = wa.retained_table(state["store"], state["owners"], cfg)
+    return model, tokenizer, folder, cfg, out, state, table, deltas
+
+
+def test_planted_block_local_delta_is_retained_exactly_where_it_lives(planted):
+    """Crops that hold all of dW score it bit for bit (retained 1), crops that hold none score the base (0), and the
+    split parts sum back. Catches a variant applied at the wrong coefficient, retained read against the base instead
+    of the full swing, and the thirds assigning block 1 to the wrong third."""
+    *_, state, table, deltas = planted
+    by = table.set_index(["family", "variant"])
+    for family in ("lora", "pissa"):
+        assert by.loc[(family, "full"), "retained"] == 1.0
+        assert by.loc[(family, "mid"), "retained"] == 1.0 and by.loc[(family, "mid"), "norm_ratio"] == 1.0
+        assert by.loc[(family, "early"), "retained"] == 0.0 and by.loc[(family, "early"), "empty"]
+        assert by.loc[(family, "zero"), "retained"] == 0.0
+        assert by.loc[(family, "attn_read"), "retained"] == 0.0  # no q/k/v in the delta
+        assert abs(by.loc[(family, "full"), "swing"]) > 1e-3  # there is an effect to retain
+    writes = by.loc[("lora", "writes"), "retained"]
+    assert 0 < by.loc[("lora", "writes"), "norm_ratio"] < 1 and not math.isclose(writes, 1.0)
+    assert state["reproduced"]["lora"] < 1e-5 and state["reproduced"]["pissa"] < 1e-5
+
+
+def test_retained_matches_a_hand_recompute_of_one_variant(planted):
+    """The mlp crop re-scored by hand with apply_delta + score_rows: its swing over the full dW's swing."""
+    model, tokenizer, folder, cfg, out, state, table, deltas = planted
+    full = deltas["lora"][0]
+    mlp = WeightDelta({n: d for n, d in full.deltas.items() if ".mlp." in n})
+    rows, fmt = state["evals"].rows, state["evals"].fmt
+
+    def swing(delta):
+        scores = {}
+        for c in (2.0, -2.0):
+            with apply_delta(model, delta, c):
+                scores[c] = _scored(model, tokenizer, rows, fmt)["score"]
+        return scores[2.0] - scores[-2.0]
+
+    expected = swing(mlp) / swing(full)
+    got = table.set_index(["family", "variant"]).loc[("lora", "mlp"), "retained"]
+    assert got == pytest.approx(expected, rel=1e-5, abs=1e-7)
+
+
+def test_sufficiency_controls_follow_crops_that_retain(planted):
+    """Every crop that retains >= sufficient at a smaller norm gets its @norm and ~rand controls, and no other."""
+    *_, cfg, out, state, table, deltas = planted
+    crops = table[(table.retained >= cfg.sufficient) & (table.norm_ratio < 0.95) & (table.group != "sufficiency")
+                  & ~table.variant.str.contains("@norm|~rand") & (table.variant != "full")]
+    for _, crop in crops.iterrows():
+        names = set(table[table.family == crop.family].variant)
+        assert {f"{crop.variant}@norm", f"{crop.variant}~rand"} <= names
+    rescaled = table[table.variant.str.endswith("@norm")]
+    assert (rescaled.norm_ratio.sub(1).abs() < 1e-5).all()
+    controls = table[table.variant.str.endswith("~rand")]
+    for _, control in controls.iterrows():
+        crop = table[(table.family == control.family) & (table.variant == control.variant.removesuffix("~rand"))]
+        assert control.norm_ratio == pytest.approx(float(crop.norm_ratio.iloc[0]), rel=1e-5)
+
+
+def test_resume_rescores_nothing_and_another_grid_is_refused(planted, monkeypatch):
+    model, tokenizer, folder, cfg, out, state, table, deltas = planted
+    calls = []
+    real = wa.measure
+    monkeypatch.setattr(wa, "measure", lambda *a, **k: calls.append(1) or real(*a, **k))
+    again = wa.run_ablation(cfg, model, tokenizer, out, progress=False, log=lambda message: None)
+    assert calls == [] and len(again["store"].records) == len(state["store"].records)
+    with pytest.raises(ValueError, match="coefficient grids differ"):
+        wa.run_ablation(_cfg(folder, coefficients=[-2.0, -1.0, 1.0, 2.0]), model, tokenizer, out, progress=False)
+
+
+def test_a_tampered_delta_or_saved_score_is_refused(small, tmp_path):
+    """Catches dropping `check_reproduces_run`: the ablation would report retention of another dW."""
+    model, tokenizer = small
+    folder = _source(tmp_path / "src", model, tokenizer, {"lora": {0: _layer1_delta(model, 0.08)}})
+    (_layer1_delta(model, 0.08) * 1.5).save(folder / "deltas" / "honesty_lora_seed0")
+    with pytest.raises(ValueError, match="lora: the full dW re-scored here differs from the run's saved scores"):
+        wa.run_ablation(_cfg(folder, groups=["controls"]), model, tokenizer, tmp_path / "a", progress=False,
+                        log=lambda message: None)
+    state = json.loads((folder / "honesty_partial.json").read_text())
+    state["entries"][0]["row_scores"][0] += 0.5  # the base row the run saved
+    write_json(folder / "honesty_partial.json", state)
+    with pytest.raises(ValueError, match="base model scores the rows differently"):
+        wa.run_ablation(_cfg(folder, groups=["controls"]), model, tokenizer, tmp_path / "b", progress=False)
+
+
+def test_bad_config_and_sources_name_the_fix(small, tmp_path):
+    model, tokenizer = small
+    with pytest.raises(ValueError, match=r"need a pair \+c and -c"):
+        wa.WeightAblationConfig(coefficients=[1.0, 2.0])
+    with pytest.raises(ValueError, match="distinct and non-zero"):
+        wa.WeightAblationConfig(coefficients=[-1.0, 0.0, 1.0])
+    with pytest.raises(ValueError, match="groups='layers' must be one of"):
+        wa.WeightAblationConfig(groups=["layers"])
+    with pytest.raises(ValueError, match="removes=0.8 and sufficient=0.7"):
+        wa.WeightAblationConfig(removes=0.8)
+    with pytest.raises(FileNotFoundError, match="no run.json.*save_deltas=True"):
+        _cfg(tmp_path / "nothing").check_inputs()
+    folder = _source(tmp_path / "src", model, tokenizer, {"lora": {0: _layer1_delta(model, 0.08)}})
+    with pytest.raises(ValueError, match=r"\[-4.0, 4.0\] not in the weight_coeffs"):
+        _cfg(folder, coefficients=[-4.0, 4.0]).check_inputs()
+    with pytest.raises(ValueError, match=r"no delta for seed=1 .*saved seeds \[0\]"):
+        _cfg(folder, seed=1).check_inputs()
+    with pytest.raises(ValueError, match=r"families=\['dora'\] have no saved honesty delta"):
+        _cfg(folder, families=["dora"]).check_inputs()
+    with pytest.raises(ValueError, match="model='other' but"):
+        _cfg(folder, model="other").check_inputs()
+    with pytest.raises(FileNotFoundError, match=r"no sycophancy results \(it has \['honesty'\]\)"):
+        _cfg(folder, behaviour="sycophancy").check_inputs()
+    with pytest.raises(ValueError, match="family 'lora' has deltas in both"):
+        _cfg(folder, deltas_from=[str(folder), str(folder)]).check_inputs()
+    state = json.loads((folder / "honesty_partial.json").read_text())
+    for entry in state["entries"]:
+        if entry["method"] == "weight":
+            entry |= {"loss_positive": [2.5, 9.0, 6.0, 5.7], "loss_negative": [2.5, 2.0, 1.0, 0.8]}
+    write_json(folder / "honesty_partial.json", state)
+    with pytest.raises(ValueError, match=r"families \['lora'\]: the adapter training of seed 0 diverged"):
+        _cfg(folder).check_inputs()
+
+
+def _table(values: dict[str, dict[str, float]]) -> pd.DataFrame:
+    rows = [{"family": f, "group": "g", "variant": v, "retained": r, "swing": 1.0 if v == "full" else r,
+             "norm_ratio": 0.5} for f, by in values.items() for v, r in by.items()]
+    return pd.DataFrame(rows)
+
+
+def _effects(families, swing=1.0, noise=0.1):
+    return pd.DataFrame([{"family": f, "swing": swing, "swing_se": noise, "seed_swing_std": noise, "n_seeds": 3,
+                          "identifiable": abs(swing) > 2 * noise} for f in families])
+
+
+def test_full_effects_name_the_noise_of_each_metric():
+    """The full dW is identifiable only when its swing exceeds twice the larger of its row SE and its seeds' std;
+    the preference, with no seeds recorded, against its pairs' SE."""
+    table = pd.DataFrame([{"family": f, "variant": "full", "swing": 0.3, "swing_se": se, "preference_swing": 0.5,
+                           "preference_se": pse} for f, se, pse in (("a", 0.05, 0.1), ("b", 0.2, 0.3))])
+    noise = {"a": {"n_seeds": 3, "swing_std": 0.1, "sign_agreement": 1.0},
+             "b": {"n_seeds": 3, "swing_std": 0.01, "sign_agreement": 1.0}}
+    effects = wa.full_effects(table, noise).set_index("family")
+    assert effects.loc["a", "noise"] == 0.1 and effects.loc["a", "identifiable"]  # 0.3 > 2 x 0.1 (seeds)
+    assert effects.loc["b", "noise"] == 0.2 and not effects.loc["b", "identifiable"]  # 0.3 < 2 x 0.2 (rows)
+    assert effects.loc["a", "preference_identifiable"] and not effects.loc["b", "preference_identifiable"]
+
+
+def test_verdict_rules_fire_on_the_numbers_they_name():
+    cfg = wa.WeightAblationConfig(ks=[8, 32])
+    shared = {f: {"full": 1.0, "shared8_keep": 0.5, "shared8_drop": 0.5, "rand8_keep": 0.1,
+                  "shared32_keep": 0.9, "shared32_drop": 0.1, "rand32_keep": 0.05,
+                  "early": 0.0, "mid": 0.9, "late": 0.05, "non_block": 0.0,
+                  "attention": 0.6, "mlp": 0.55, "other": 0.0} for f in ("lora", "pissa")}
+    rules = {r["rule"]: r for r in wa.verdict(_table(shared), _effects(shared), cfg)}
+    assert rules["shared subspace K=32"]["fired"] and not rules["shared subspace K=8"]["fired"]
+    assert rules["not identifiable with basis K=8"]["fired"]  # keep 0.5 and drop 0.5
+    localised = [r for r in wa.verdict(_table(shared), _effects(shared), cfg) if r["rule"].startswith("localised")]
+    assert {(r["family"], r["part"]) for r in localised} == {("lora", "mid"), ("pissa", "mid")}
+    distributed = [r for r in wa.verdict(_table(shared), _effects(shared), cfg) if r["rule"].startswith("distrib")]
+    assert {r["rule"] for r in distributed} == {"distributed (attention/mlp/other)"}
+    shared["pissa"]["rand32_keep"] = 0.5  # the random null retains as much: no shared-subspace claim
+    assert not {r["rule"]: r for r in wa.verdict(_table(shared), _effects(shared), cfg)}[
+        "shared subspace K=32"]["fired"]
+    within_noise = wa.verdict(_table(shared), _effects(shared, swing=0.15, noise=0.1), cfg)
+    assert [r["rule"] for r in within_noise] == ["identifiable", "verdict"]
+    assert "not identifiable" in within_noise[-1]["text"]
