@@ -40,8 +40,9 @@ model = "smollm2-135m"
 dtype = "auto"  # "auto": bfloat16 on a GPU, float32 on CPU
 device_map = ""  # "": one device; "auto": spread over the GPUs
 attn_implementation = ""
-deltas_from = ["out/weight_steering/adapters=lora,pissa,delora_behaviours=honesty_contrast_source=written_save_deltas=True"]  # noqa: E501
+deltas_from = ["adapters=lora,pissa,delora_behaviours=honesty_contrast_source=written_save_deltas=True"]
 behaviour = "honesty"
+# deltas_from: weight_steering run folders, or run slugs under out/weight_steering/
 families = []  # []: every family the runs saved
 seed = 0  # the adapter seed whose dW is ablated; the others give the full dW's noise
 coefficients = [-1.0, 1.0]  # inside the KL budget; at 4 the model breaks (KL ~3 nats/token)

@@ -52,9 +52,9 @@ from lib.memory import Workload
 from lib.models import find_layers
 from lib.weights import WeightDelta, apply_delta
 
-# The journal's run (RESEARCH_JOURNAL.md, 2026-12-01, weight steering over families): honesty, written replies.
-DEFAULT_SOURCE = ("out/weight_steering/adapters=lora,pissa,delora_behaviours=honesty_contrast_source=written_"
-                  "save_deltas=True")
+# The journal's run (RESEARCH_JOURNAL.md, 2026-12-01, weight steering over families): honesty, written replies; a
+# run slug under out/weight_steering/ (`source_folder`).
+DEFAULT_SOURCE = "adapters=lora,pissa,delora_behaviours=honesty_contrast_source=written_save_deltas=True"
 GROUPS = ("roles", "thirds", "layer_only", "layer_out", "svd", "base_svd", "dora", "basis", "controls")
 PARTITIONS = {  # disjoint parts whose retentions a verdict compares (each set sums to the full delta)
     "writes/reads": ("writes", "reads"),
@@ -145,8 +145,16 @@ def _make_hint(folder: Path, behaviour: str) -> str:
             f"parameters) writes one; {folder} is not such a run")
 
 
-def read_source(folder: str | Path, behaviour: str) -> SourceRun:
+def source_folder(folder: str | Path) -> Path:
+    """A run folder as given (absolute, or relative to the repository), else a run slug under
+    out/weight_steering/ (what `./just run weight_steering ...` printed)."""
     path = repo_path(folder)
+    slug = repo_path("out/weight_steering") / str(folder)
+    return slug if not path.exists() and slug.exists() else path
+
+
+def read_source(folder: str | Path, behaviour: str) -> SourceRun:
+    path = source_folder(folder)
     record = path / "run.json"
     if not record.exists():
         raise FileNotFoundError(f"deltas_from: {path} has no run.json. {_make_hint(path, behaviour)}")
@@ -521,7 +529,17 @@ def retained_table(store: Evaluations, owners: Mapping[str, Any], cfg: WeightAbl
                 point = points[repr(sign * c)]
                 row[f"pmass{label}"], row[f"kl{label}"] = point["pmass"], point["kl"]
             rows.append(row)
-    return pd.DataFrame(rows)
+    frame = pd.DataFrame(rows)
+    # The basis variants split the residual writes only (o and down projections), so beside their share of the full
+    # dW's swing they get their share of the writes' own swing: within the writes, does the subspace carry it?
+    for column, base in (("retained", "swing"), ("retained_preference", "preference_swing")):
+        if column not in frame or frame.empty:
+            continue
+        writes = frame[frame.variant == "writes"].set_index("family")[base]
+        frame[f"{column}_of_writes"] = [
+            row[base] / writes[row.family] if row.group == "basis" and row.family in writes.index
+            and abs(writes[row.family]) > 1e-12 else math.nan for _, row in frame.iterrows()]
+    return frame
 
 
 def full_effects(table: pd.DataFrame, noise: Mapping[str, Mapping[str, Any]]) -> pd.DataFrame:
@@ -553,8 +571,10 @@ def verdict(table: pd.DataFrame, effects: pd.DataFrame, cfg: WeightAblationConfi
     """The seed's decision rules, each with whether it fired and its numbers (on `column`: "retained" for the
     choice score, "retained_preference" for the held-out reply preference):
     - identifiable: the full dW's swing exceeds 2x its noise (row SE, seed std); without it no rule below counts;
-    - shared subspace: for some K, every family's shared<K>_keep retains >= sufficient, its shared<K>_drop <=
-      removes, and the rank-matched random keep <= removes;
+    - shared subspace: for some K, every family's shared<K>_keep retains >= sufficient of the residual writes' own
+      swing (the basis splits the writes only; `<column>_of_writes`, the writes' share of the full dW beside it),
+      its shared<K>_drop <= removes, and the rank-matched random keep <= removes; K at or above the stacked
+      deltas' rank keeps all of the writes and is reported as degenerate;
     - not identifiable with this basis: for some K, keep and drop both retain >= 0.5 in most families;
     - localised: in a partition, one part retains >= sufficient, the others <= removes, and the part's `~rand`
       control <= removes (when the part is a crop);
@@ -575,18 +595,27 @@ def verdict(table: pd.DataFrame, effects: pd.DataFrame, cfg: WeightAblationConfi
         rules.append({"rule": "verdict", "fired": True, "text": "not identifiable: the full dW's effect is within "
                       "noise, so no retention ratio means anything (negative result)"})
         return rules
+    within = f"{column}_of_writes" if f"{column}_of_writes" in table else column
+    writes_share = {f: _retained(table, f, "writes", column) for f in ok}
     for k in cfg.ks:
-        keep = {f: _retained(table, f, f"shared{k}_keep", column) for f in ok}
-        drop = {f: _retained(table, f, f"shared{k}_drop", column) for f in ok}
-        rand = {f: _retained(table, f, f"rand{k}_keep", column) for f in ok}
+        keep = {f: _retained(table, f, f"shared{k}_keep", within) for f in ok}
+        drop = {f: _retained(table, f, f"shared{k}_drop", within) for f in ok}
+        rand = {f: _retained(table, f, f"rand{k}_keep", within) for f in ok}
         if any(math.isnan(v) for v in keep.values()):
+            continue
+        numbers = {f: {"keep": round(keep[f], 3), "drop": round(drop[f], 3), "rand_keep": round(rand[f], 3),
+                       "writes_of_full": round(writes_share[f], 3)} for f in ok}
+        empty_drop = table[(table.family.isin(ok)) & (table.variant == f"shared{k}_drop")].norm_ratio
+        if len(empty_drop) and (empty_drop < 1e-6).all():
+            rules.append({"rule": f"shared subspace K={k}", "fired": False, "numbers": numbers,
+                          "text": f"K={k}: degenerate, at or above the stacked deltas' rank (drop is empty): keep is "
+                                  "all of the writes"})
             continue
         shared = all(keep[f] >= cfg.sufficient and drop[f] <= cfg.removes and abs(rand[f]) <= cfg.removes for f in ok)
         both = sum(keep[f] >= 0.5 and drop[f] >= 0.5 for f in ok) > len(ok) / 2
-        numbers = {f: {"keep": round(keep[f], 3), "drop": round(drop[f], 3), "rand_keep": round(rand[f], 3)}
-                   for f in ok}
         rules.append({"rule": f"shared subspace K={k}", "fired": shared, "numbers": numbers,
-                      "text": f"K={k}: keep {_fmt(keep)}, drop {_fmt(drop)}, random keep {_fmt(rand)}"})
+                      "text": f"K={k}, of the writes' swing: keep {_fmt(keep)}, drop {_fmt(drop)}, random keep "
+                              f"{_fmt(rand)} (the writes carry {_fmt(writes_share)} of the full dW's)"})
         if both:
             rules.append({"rule": f"not identifiable with basis K={k}", "fired": True, "numbers": numbers,
                           "text": f"K={k}: both keep and drop retain >= 0.5 in most families"})

@@ -121,6 +121,17 @@ def test_retained_matches_a_hand_recompute_of_one_variant(planted):
     assert got == pytest.approx(expected, rel=1e-5, abs=1e-7)
 
 
+def test_basis_variants_are_also_read_against_the_residual_writes(planted):
+    """The basis splits the writes only: its variants' share of the writes' swing sits beside their share of the
+    full dW's. Catches dividing by the full swing twice (the two columns would be equal) or by another crop."""
+    *_, table, deltas = planted
+    by = table.set_index(["family", "variant"])
+    writes = by.loc[("lora", "writes"), "swing"]
+    keep = by.loc[("lora", "shared2_keep")]
+    assert keep.retained_of_writes == pytest.approx(keep.swing / writes)
+    assert math.isnan(by.loc[("lora", "mlp"), "retained_of_writes"])  # only basis variants get one
+
+
 def test_sufficiency_controls_follow_crops_that_retain(planted):
     """Every crop that retains >= sufficient at a smaller norm gets its @norm and ~rand controls, and no other."""
     *_, cfg, out, state, table, deltas = planted
@@ -175,6 +186,7 @@ def test_bad_config_and_sources_name_the_fix(small, tmp_path):
         wa.WeightAblationConfig(removes=0.8)
     with pytest.raises(FileNotFoundError, match="no run.json.*save_deltas=True"):
         _cfg(tmp_path / "nothing").check_inputs()
+
     folder = _source(tmp_path / "src", model, tokenizer, {"lora": {0: _layer1_delta(model, 0.08)}})
     with pytest.raises(ValueError, match=r"\[-4.0, 4.0\] not in the weight_coeffs"):
         _cfg(folder, coefficients=[-4.0, 4.0]).check_inputs()
@@ -237,6 +249,23 @@ def test_verdict_rules_fire_on_the_numbers_they_name():
     shared["pissa"]["rand32_keep"] = 0.5  # the random null retains as much: no shared-subspace claim
     assert not {r["rule"]: r for r in wa.verdict(_table(shared), _effects(shared), cfg)}[
         "shared subspace K=32"]["fired"]
+    degenerate = {f: {**values, "shared8_drop": 0.0} for f, values in shared.items()}
+    table = _table(degenerate)
+    table.loc[table.variant == "shared8_drop", "norm_ratio"] = 0.0  # K at the stack's rank: nothing to drop
+    rule = {r["rule"]: r for r in wa.verdict(table, _effects(degenerate), cfg)}["shared subspace K=8"]
+    assert not rule["fired"] and "degenerate" in rule["text"]
     within_noise = wa.verdict(_table(shared), _effects(shared, swing=0.15, noise=0.1), cfg)
     assert [r["rule"] for r in within_noise] == ["identifiable", "verdict"]
     assert "not identifiable" in within_noise[-1]["text"]
+
+
+def test_a_source_is_a_folder_or_a_weight_steering_run_slug(tmp_path, monkeypatch):
+    from pathlib import Path
+
+    monkeypatch.setattr(wa, "repo_path", lambda p: Path(p) if Path(p).is_absolute() else tmp_path / p)
+    run = tmp_path / "out" / "weight_steering" / "adapters=lora_behaviours=honesty"
+    run.mkdir(parents=True)
+    assert wa.source_folder("adapters=lora_behaviours=honesty") == run
+    assert wa.source_folder("out/weight_steering/adapters=lora_behaviours=honesty") == run
+    assert wa.source_folder(str(run)) == run
+    assert wa.source_folder("missing") == tmp_path / "missing"  # reported by read_source as not a run

@@ -24,9 +24,34 @@ RUNS = {
 }
 
 
+HEADROOM = {"smollm2-135m": "stop_after=headroom",
+            "gemma3-270m": "model=gemma3-270m_stop_after=headroom_vector_layers=3,6,9,12,15"}
+
+
+def headroom_table() -> pd.DataFrame:
+    """Per model and behaviour: the answer format chosen, the base score and position bias, and the engineered
+    prompt's shift with its paired bootstrap interval (`./just run weight_steering stop_after=headroom`)."""
+    rows = []
+    for model, folder in HEADROOM.items():
+        for behaviour in ("honesty", "sycophancy"):
+            partial = ROOT / "out" / "weight_steering" / folder / f"{behaviour}_partial.json"
+            if not partial.exists():
+                continue
+            state = json.loads(partial.read_text())
+            base = next(e for e in state["entries"] if e["method"] == "none")
+            h = state["headroom"]
+            rows.append({"model": model, "behaviour": behaviour, "format": state["format"],
+                         "format_pmass": state["format_pmass"][state["format"]]["pmass"], "base_score": base["score"],
+                         "base_first_bias": base.get("first_bias"), "engineered_shift": h["mean_shift"],
+                         "ci_low": h["ci_low"], "ci_high": h["ci_high"], "frac_rows_up": h["frac_rows_up"],
+                         "has_headroom": h["has_headroom"], "n": h["n"]})
+    return pd.DataFrame(rows)
+
+
 def swing_table(table: pd.DataFrame) -> pd.DataFrame:
-    """Per behaviour, adapter and c > 0: the swing score(+c) - score(-c) per seed, then mean, std, sign agreement."""
-    weights = table[table.method == "weight"]
+    """Per behaviour, adapter and c > 0: the swing score(+c) - score(-c) per seed (seeds whose training diverged
+    left out, as in the seed table), then mean, std, sign agreement."""
+    weights = table[(table.method == "weight") & ~table.diverged]
     rows = []
     for (behaviour, adapter), group in weights.groupby(["behaviour", "adapter"]):
         for c in sorted(x for x in group.coeff.unique() if x > 0):
@@ -68,7 +93,10 @@ def main() -> None:
     swings = swing_table(table)
     swings.to_csv(HERE / "swings.csv", index=False)
     ws.matched_table(table, 0.25).to_csv(HERE / "matched.csv", index=False)
+    headroom = headroom_table()
+    headroom.to_csv(HERE / "headroom.csv", index=False)
     with pd.option_context("display.width", 200, "display.max_columns", 20):
+        print(headroom.round(3).to_string(index=False))
         print(seeds.round(3).to_string(index=False))
         print(swings.round(3).to_string(index=False))
 
