@@ -464,7 +464,8 @@ def run_ablation(cfg: WeightAblationConfig, model: nn.Module, tokenizer: Any, ou
         reproduced[family] = check_reproduces_run(store.records[Evaluations.key(family, "full")]["points"],
                                                   saved_scores(owners[family], family, cfg.seed), family)
     table = retained_table(store, owners, cfg)
-    retaining = table[(table.retained >= cfg.sufficient) & (table.norm_ratio < 0.95) & (table.variant != "full")
+    best = table[[c for c in ("retained", "retained_preference") if c in table]].max(axis=1)  # either metric
+    retaining = table[(best >= cfg.sufficient) & (table.norm_ratio < 0.95) & (table.variant != "full")
                       & ~table.group.isin(["sufficiency", "control"]) & ~table.variant.str.endswith("@norm")]
     for family, names in retaining.groupby("family").variant:
         wanted = set(names)
@@ -606,7 +607,7 @@ def verdict(table: pd.DataFrame, effects: pd.DataFrame, cfg: WeightAblationConfi
         numbers = {f: {"keep": round(keep[f], 3), "drop": round(drop[f], 3), "rand_keep": round(rand[f], 3),
                        "writes_of_full": round(writes_share[f], 3)} for f in ok}
         empty_drop = table[(table.family.isin(ok)) & (table.variant == f"shared{k}_drop")].norm_ratio
-        if len(empty_drop) and (empty_drop < 1e-6).all():
+        if len(empty_drop) and (empty_drop < 1e-3).all():  # float32 merge noise, not a direction
             rules.append({"rule": f"shared subspace K={k}", "fired": False, "numbers": numbers,
                           "text": f"K={k}: degenerate, at or above the stacked deltas' rank (drop is empty): keep is "
                                   "all of the writes"})
@@ -630,11 +631,15 @@ def verdict(table: pd.DataFrame, effects: pd.DataFrame, cfg: WeightAblationConfi
             rand = {p: _retained(table, family, f"{p}~rand", column) for p in strong}
             if len(strong) == 1 and len(weak) == len(values) - 1:
                 control = rand[strong[0]]
-                fired = math.isnan(control) or abs(control) <= cfg.removes
+                norm = table[(table.family == family) & (table.variant == strong[0])].norm_ratio
+                whole = bool(len(norm)) and float(norm.iloc[0]) >= 0.95  # holds the norm: no crop to control
+                fired = whole or (not math.isnan(control) and abs(control) <= cfg.removes)
+                note = ("it holds >= 95% of the norm" if whole else "its ~rand control not scored yet (resume the run)"
+                        if math.isnan(control) else f"its ~rand control {control:.2f}")
                 rules.append({"rule": f"localised ({partition})", "family": family, "fired": fired,
                               "part": strong[0], "numbers": values, "control": control,
                               "text": f"{family}: {strong[0]} retains {values[strong[0]]:.2f}, the rest <= "
-                                      f"{cfg.removes}; its random control {control:.2f}"})
+                                      f"{cfg.removes}; {note}"})
             half = [p for p, v in values.items() if v >= 0.5]
             if len(half) >= 2:
                 rules.append({"rule": f"distributed ({partition})", "family": family, "fired": True, "parts": half,

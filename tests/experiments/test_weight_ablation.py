@@ -238,7 +238,7 @@ def test_verdict_rules_fire_on_the_numbers_they_name():
     shared = {f: {"full": 1.0, "shared8_keep": 0.5, "shared8_drop": 0.5, "rand8_keep": 0.1,
                   "shared32_keep": 0.9, "shared32_drop": 0.1, "rand32_keep": 0.05,
                   "early": 0.0, "mid": 0.9, "late": 0.05, "non_block": 0.0,
-                  "attention": 0.6, "mlp": 0.55, "other": 0.0} for f in ("lora", "pissa")}
+                  "attention": 0.6, "mlp": 0.55, "other": 0.0, "mid~rand": 0.1} for f in ("lora", "pissa")}
     rules = {r["rule"]: r for r in wa.verdict(_table(shared), _effects(shared), cfg)}
     assert rules["shared subspace K=32"]["fired"] and not rules["shared subspace K=8"]["fired"]
     assert rules["not identifiable with basis K=8"]["fired"]  # keep 0.5 and drop 0.5
@@ -246,6 +246,11 @@ def test_verdict_rules_fire_on_the_numbers_they_name():
     assert {(r["family"], r["part"]) for r in localised} == {("lora", "mid"), ("pissa", "mid")}
     distributed = [r for r in wa.verdict(_table(shared), _effects(shared), cfg) if r["rule"].startswith("distrib")]
     assert {r["rule"] for r in distributed} == {"distributed (attention/mlp/other)"}
+    bare = _table({f: {k: v for k, v in values.items()} for f, values in shared.items()})
+    bare = bare[~bare.variant.str.endswith("~rand")]
+    unchecked = [r for r in wa.verdict(bare, _effects(shared), cfg) if r["rule"].startswith("localised")]
+    assert unchecked and not any(r["fired"] for r in unchecked)  # a crop's claim waits for its ~rand control
+    assert "not scored yet" in unchecked[0]["text"]
     shared["pissa"]["rand32_keep"] = 0.5  # the random null retains as much: no shared-subspace claim
     assert not {r["rule"]: r for r in wa.verdict(_table(shared), _effects(shared), cfg)}[
         "shared subspace K=32"]["fired"]
