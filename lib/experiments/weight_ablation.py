@@ -217,8 +217,7 @@ def read_sources(cfg: WeightAblationConfig) -> list[SourceRun]:
         if cfg.seed not in source.deltas[family]:
             raise ValueError(f"family {family!r}: no delta for seed={cfg.seed} in {source.folder} (saved seeds "
                              f"{sorted(source.deltas[family])})")
-        scored = {e["coeff"] for e in source.state["entries"]
-                  if e["method"] == "weight" and e["adapter"] == family and e["seed"] == cfg.seed}
+        scored = set(saved_scores(source, family, cfg.seed))
         if not set(cfg.coefficients) <= scored:
             raise ValueError(f"family {family!r} seed {cfg.seed}: the run has not scored coefficients "
                              f"{sorted(set(cfg.coefficients) - scored)} yet (resume it first)")
@@ -227,9 +226,7 @@ def read_sources(cfg: WeightAblationConfig) -> list[SourceRun]:
 
 def diverged(source: SourceRun, family: str, seed: int) -> bool:
     """Whether the run flagged (or its loss curves show) that this family's training diverged at `seed`."""
-    entries = [e for e in source.state["entries"]
-               if e["method"] == "weight" and e["adapter"] == family and e["seed"] == seed]
-    return any(e.get("diverged") for e in ws.mark_diverged(entries))
+    return any(e.get("diverged") for e in ws.mark_diverged(list(saved_scores(source, family, seed).values())))
 
 
 def family_sources(cfg: WeightAblationConfig, sources: Sequence[SourceRun]) -> dict[str, SourceRun]:

@@ -540,13 +540,16 @@ def training_diverged(losses: Sequence[float]) -> bool:
         return False
     if not all(math.isfinite(x) for x in losses):
         return True
+    return _last_quarter(losses) > losses[0]
+
+
+def _last_quarter(losses: Sequence[float]) -> float:
     quarter = max(1, len(losses) // 4)
-    return sum(losses[-quarter:]) / quarter > losses[0]
+    return sum(losses[-quarter:]) / quarter
 
 
 def _loss_ends(losses: Sequence[float]) -> str:
-    quarter = max(1, len(losses) // 4)
-    return f"{losses[0]:.2f} -> {sum(losses[-quarter:]) / quarter:.2f}"
+    return f"{losses[0]:.2f} -> {_last_quarter(losses):.2f}"
 
 
 def mark_diverged(entries: list[dict[str, Any]]) -> list[dict[str, Any]]:
