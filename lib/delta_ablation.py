@@ -477,6 +477,59 @@ def dora_variants(delta: WeightDelta, base: nn.Module | Mapping[str, torch.Tenso
             Variant(res.name, res.group, res.delta, res.family, res.empty, {"residual_fraction": fraction})]
 
 
+# ----------------------------------------------------------------------------- IA3: attention vs MLP gates
+
+
+def ia3_gates(delta: WeightDelta, base: nn.Module | Mapping[str, torch.Tensor],
+              transposed: Collection[str] | None = None, rtol: float = 1e-2) -> dict[str, dict[str, Any]]:
+    """The gate vector behind each tensor of an IA3 delta, or an error if the delta is not one.
+
+    IA3 (Liu et al. 2022) learns one scaling vector l per module: on the output of most modules, on the input of
+    the feed-forward down projection. Merged, dW = diag(l - 1) W0 (output gate: rows of W0 scaled) or
+    W0 diag(l - 1) (input gate: columns); a weight-steering difference of two IA3 adapters keeps that form. Per
+    tensor the gate g is the least-squares row (or column) scale of W0 that gives dW, the side with the smaller
+    relative residual wins, and a residual above `rtol` raises: the "ia3" ablation group means something only
+    for deltas of this shape. Returns {name: {"side": "output"|"input", "gate": g, "residual": r}}."""
+    params, transposed = _base_params(base, transposed)
+    gates: dict[str, dict[str, Any]] = {}
+    for n, _, dw, w0 in _matrices_with_base(delta, params, transposed, {}):
+        w0 = w0.double()
+        size = dw.norm()
+        if size == 0:
+            gates[n] = {"side": "output", "gate": torch.zeros(w0.shape[0], dtype=torch.float64), "residual": 0.0}
+            continue
+        fits = {}
+        for side, axis in (("output", 1), ("input", 0)):
+            gate = (dw * w0).sum(axis) / (w0 * w0).sum(axis).clamp_min(1e-300)
+            fitted = gate[:, None] * w0 if axis == 1 else w0 * gate[None, :]
+            fits[side] = (float((dw - fitted).norm() / size), gate)
+        side = min(fits, key=lambda k: fits[k][0])
+        residual, gate = fits[side]
+        if residual > rtol:
+            raise ValueError(f"{n}: the delta is no row or column scaling of the base weight (relative residual "
+                             f"{residual:.3g} > {rtol}), so it is not an IA3 delta: use the 'ia3' group on IA3 "
+                             "deltas only (families=['ia3'])")
+        gates[n] = {"side": side, "gate": gate, "residual": residual}
+    return gates
+
+
+def ia3_variants(delta: WeightDelta, base: nn.Module | Mapping[str, torch.Tensor],
+                 roles: Mapping[str, str] | None = None, transposed: Collection[str] | None = None,
+                 rtol: float = 1e-2) -> list[Variant]:
+    """Group "ia3": keep the attention gates (q, k, v, o) or the MLP gates (gate, up, down) of an IA3 delta, with
+    `other` for anything else, so the three sum to dW. `ia3_gates` first checks that dW is IA3-shaped;
+    `meta["gate_norms"]` holds each tensor's |l_pos - l_neg| (the size of the gate the behaviour moved)."""
+    gates = ia3_gates(delta, base, transposed, rtol)
+    role = {n: module_role(n, roles) for n in delta.names}
+    norms = {n: float(g["gate"].norm()) for n, g in gates.items()}
+    picks = {"attention_gates": lambda n: role[n] in ATTENTION, "mlp_gates": lambda n: role[n] in MLP,
+             "ia3_other": lambda n: role[n] not in ATTENTION | MLP}
+    variants = [select(delta, pick, name, "ia3") for name, pick in picks.items()]
+    return [Variant(v.name, v.group, v.delta, v.family, v.empty,
+                    {**v.meta, "gate_norms": {n: norms[n] for n in v.delta.names if n in norms}})
+            for v in variants]
+
+
 # ----------------------------------------------------------------------------- cross-adapter bases
 
 
@@ -507,7 +560,7 @@ def random_orthonormal(dim: int, k: int, generator: torch.Generator) -> torch.Te
 
 def basis_variants(deltas: Mapping[str, WeightDelta], ks: Sequence[int] = (8, 32, 64),
                    roles: Mapping[str, str] | None = None, normalize: bool = True, seed: int = 0,
-                   transposed: Collection[str] | None = None) -> list[Variant]:
+                   transposed: Collection[str] | None = None, cross: bool = True) -> list[Variant]:
     """Is there one residual-stream subspace that every adapter family writes the behaviour into?
 
     For each residual-writing tensor (o, down: output space = the residual stream; see `residual_write_names`) the
@@ -517,7 +570,11 @@ def basis_variants(deltas: Mapping[str, WeightDelta], ks: Sequence[int] = (8, 32
     - `shared<K>_keep` = U_K U_K^T dW_f and `shared<K>_drop` = (I - U_K U_K^T) dW_f;
     - `own<K>_keep` / `own<K>_drop`: the same with f's own top-K left singular vectors (top-k and tail);
     - `rand<K>_keep` / `rand<K>_drop`: a seeded random orthonormal basis of the same rank per tensor, the null:
-      a linear readout keeps K/d of the effect on average.
+      a linear readout keeps K/d of the effect on average;
+    - with `cross`, `in_<g><K>_keep` / `in_<g><K>_drop` for every other family g: f projected on g's own top-K.
+      The shared basis is fitted to f's own delta too, so it can keep f's effect by holding f's top directions
+      alone (journal 2026-12-01: own-basis keep as high as shared); g's basis never saw f, so retention there is
+      evidence that the families write into one subspace.
     Only residual-writing tensors appear, so each keep + drop is `select(... writes)` of dW_f; `meta["k"]` has the
     rank used per tensor; `transposed`: see `output_axis`."""
     if not deltas:
@@ -539,15 +596,21 @@ def basis_variants(deltas: Mapping[str, WeightDelta], ks: Sequence[int] = (8, 32
             shared = _left_basis(stack, k)
             null = random_orthonormal(shared.shape[0], shared.shape[1], generator)  # rank-matched to the shared basis
             for family, m in mats.items():
-                for label, basis in (("shared", shared), ("own", own_bases[family][:, :k]), ("rand", null)):
+                bases = [("shared", shared), ("own", own_bases[family][:, :k]), ("rand", null)]
+                if cross:
+                    bases += [(f"in_{g}", own_bases[g][:, :k] if g in own_bases else m.new_zeros(m.shape[0], 0))
+                              for g in deltas if g != family]  # g without this tensor: an empty basis
+                for label, basis in bases:
                     keep = basis @ (basis.T @ m)
                     for part, value in (("keep", keep), ("drop", m - keep)):
                         parts[family, f"{label}{k}_{part}"][n] = from_matrix(n, value, transposed).to(deltas[family][n])
                     ranks[family, f"{label}{k}"][n] = basis.shape[1]
+    labels = {f: ["shared", "own", "rand"] + ([f"in_{g}" for g in deltas if g != f] if cross else [])
+              for f in deltas}
     return [_variant(f"{label}{k}_{part}", "basis", parts[family, f"{label}{k}_{part}"], delta, family,
                      k=ranks[family, f"{label}{k}"])
-            for family, delta in deltas.items() for k in ks for label in ("shared", "own", "rand")
-            for part in ("keep", "drop")]
+            for family, delta in deltas.items() for k in ks for label in labels[family]
+            for part in ("keep", "drop") if (family, f"{label}{k}_{part}") in parts]
 
 
 # ----------------------------------------------------------------------------- rows and retention

@@ -10,7 +10,8 @@ outside the config: layer indices against the model's config (no weights loaded)
 input folders of earlier runs. Each run lands in
 `out/<notebook>/<run-slug>/` with the executed notebook and `run.json` (resolved parameters,
 git commit, timing, library versions, status). A finished run is never re-run or overwritten
-silently: `run` and `sweep` skip it (so a sweep resumes) unless `run --force`. An interrupted run
+silently: `run` and `sweep` skip it (so a sweep resumes) unless `run --force` (replace it) or `run --extend`
+(run it again in its folder, keeping what it saved). An interrupted run
 keeps its folder, and re-running it resumes from what the notebook saved there. A sweep's runs go
 through an executor (lib.kits.executors): here, one after another, by default; on a Ray cluster with
 `--executor ray`, where each run's files come back to this machine into the same folders.
@@ -160,36 +161,48 @@ def run_status(run_dir: Path) -> str | None:
 
 
 def run_notebook(name: str, overrides: dict[str, Any], force: bool = False, out_root: Path | None = None,
-                 progress_bar: bool = True) -> Path:
+                 progress_bar: bool = True, extend: bool = False) -> Path:
     """Execute one notebook; returns its run folder. A finished run is kept (re-running is a no-op)
-    unless `force`; an unfinished or failed one runs again in the same folder, so it can resume."""
+    unless `force` (replace it) or `extend` (run it again in its folder, keeping what it saved: a notebook that
+    resumes adds only what is new, e.g. weight_ablation's variants added since); an unfinished or failed one
+    runs again in the same folder, so it can resume."""
+    if force and extend:
+        raise ValueError("--force replaces a finished run and --extend keeps its saved work: pass one of them")
     path = notebook_path(name)
     resolved, _ = validate(name, overrides)
     run_dir = (out_root or REPO_ROOT / "out") / path.stem / run_slug(overrides)
     # one writer per run folder: a second launch of the same run stops here, naming the first one's pid
     with folder_lock(run_dir, f"./just run {name} {run_slug(overrides)}"):
-        return _run_locked(path, run_dir, overrides, resolved, force, progress_bar)
+        return _run_locked(path, run_dir, overrides, resolved, force, progress_bar, extend)
 
 
 def _run_locked(path: Path, run_dir: Path, overrides: dict[str, Any], resolved: dict[str, Any], force: bool,
-                progress_bar: bool) -> Path:
+                progress_bar: bool, extend: bool = False) -> Path:
     import jupytext
 
     status = run_status(run_dir)
-    if status == "ok" and not force:
-        print(f"[done already] {run_dir} (pass --force to run again and replace it)")
+    if status == "ok" and extend:
+        print(f"[extend] {run_dir}: the finished run runs again in its folder, keeping what it saved")
+    elif status == "ok" and not force:
+        print(f"[done already] {run_dir} (pass --force to run again and replace it, or --extend to run it again "
+              "keeping what it saved)")
         return run_dir
-    if status == "ok":
+    if status == "ok" and force:
         print(f"[force] replacing the finished run in {run_dir}")
         for child in run_dir.iterdir():  # the folder itself stays: it holds our lock
             if child.name != ".lock":
                 shutil.rmtree(child) if child.is_dir() else child.unlink()
-    elif status is not None:
+    elif status is not None and not extend:
         # An interrupted or failed run keeps its folder: notebooks resume from what it holds (checkpoints,
         # finished evaluations) instead of losing it.
         print(f"[resume] {run_dir} (previous status: {status})")
+    extra = None
+    if status == "ok" and extend:  # the run it extends: when and from which commit its saved work came
+        before = json.loads((run_dir / "run.json").read_text())
+        extra = {"extends": {k: before.get(k) for k in ("started", "git_commit", "seconds", "extends")}}
     run_dir.mkdir(parents=True, exist_ok=True)
-    record = _execute(jupytext.read(path), path.stem, run_dir, overrides, resolved, git_commit(), progress_bar)
+    record = _execute(jupytext.read(path), path.stem, run_dir, overrides, resolved, git_commit(), progress_bar,
+                      extra)
     print(f"[done] {run_dir} in {record['seconds']} s")
     return run_dir
 
@@ -416,6 +429,8 @@ def main(argv: list[str] | None = None) -> int:
     run_parser.add_argument("notebook")
     run_parser.add_argument("assignments", nargs="*", help="key=value")
     run_parser.add_argument("--force", action="store_true", help="replace an existing run folder")
+    run_parser.add_argument("--extend", action="store_true",
+                            help="run a finished run again in its folder, keeping what it saved (new work only)")
     sweep_parser = sub.add_parser("sweep", help="execute the grid of comma-separated values")
     sweep_parser.add_argument("notebook")
     sweep_parser.add_argument("assignments", nargs="+", help="key=v1,v2,...")
@@ -428,11 +443,18 @@ def main(argv: list[str] | None = None) -> int:
     check_parser = sub.add_parser("check", help="validate parameters without running")
     check_parser.add_argument("notebook")
     check_parser.add_argument("assignments", nargs="*")
-    args = parser.parse_args(argv)
+    # flags may come anywhere: `run nb --extend a=1` leaves a=1 to parse_known_args (argparse ends a nargs="*"
+    # positional at the first flag); anything else unknown is an error
+    args, rest = parser.parse_known_args(argv)
+    unknown = [item for item in rest if item.startswith("-")]
+    if unknown or (rest and not hasattr(args, "assignments")):
+        parser.error(f"unrecognized arguments: {' '.join(unknown or rest)}")
+    if rest:
+        args.assignments = [*args.assignments, *rest]
     try:
         if args.command == "run":
             overrides = {k: v[0] for k, v in parse_assignments(args.assignments, grid=False).items()}
-            run_notebook(args.notebook, overrides, force=args.force)
+            run_notebook(args.notebook, overrides, force=args.force, extend=args.extend)
         elif args.command == "sweep":
             from lib.kits.executors import parse_resources
 

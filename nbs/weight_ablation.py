@@ -25,8 +25,10 @@
 #   sum back to dW);
 # - **base_svd**: dW projected on the base weight's top singular subspaces (does dW ride pretrained directions?);
 # - **dora**: the change of each output row's norm (DoRA's magnitude) vs of its direction;
+# - **ia3**: IA3's attention gates vs its MLP gates (the IA3 family only; its dW is checked to be gate-shaped);
 # - **basis**: the families' residual-output deltas stacked per tensor, top-K shared directions kept or dropped, with
-#   each family's own top-K and a rank-matched random basis as nulls;
+#   each family's own top-K, every other family's own top-K (`in_<family>K`: a basis that never saw this family)
+#   and a rank-matched random basis as nulls;
 # - **controls**: zero and norm-matched random deltas; crops that retain get `@norm` (rescaled to the full norm) and
 #   `~rand` (random with the crop's norms on the same tensors) controls.
 #
@@ -46,7 +48,7 @@ behaviour = "honesty"
 families = []  # []: every family the runs saved
 seed = 0  # the adapter seed whose dW is ablated; the others give the full dW's noise
 coefficients = [-1.0, 1.0]  # inside the KL budget; at 4 the model breaks (KL ~3 nats/token)
-groups = ["roles", "thirds", "layer_only", "layer_out", "svd", "base_svd", "dora", "basis", "controls"]
+groups = ["roles", "thirds", "layer_only", "layer_out", "svd", "base_svd", "dora", "ia3", "basis", "controls"]
 ks = [8, 32, 64]
 base_ranks = [8, 32]
 n_random = 2

@@ -54,6 +54,7 @@ sft_steps = 16
 sft_batch_size = 4
 learning_rate = 0.001
 family_learning_rates = {}  # e.g. {"delora": 1e-4}: overrides learning_rate per adapter family
+family_peft_options = {}  # e.g. {"delora": {"delora_lambda": 1.0}}: PEFT config fields per family
 rank = 8
 max_length = 256
 weight_coeffs = [-4.0, -2.0, -1.0, 0.0, 1.0, 2.0, 4.0]

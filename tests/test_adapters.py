@@ -63,3 +63,25 @@ def test_unknown_family_and_bad_rank_are_rejected(base):
         peft_config("lokr", base)
     with pytest.raises(ValueError, match="rank=0"):
         peft_config("lora", base, rank=0)
+
+
+def test_peft_options_reach_the_adapter_and_bound_delora(base, tokenizer):
+    # DeLoRA's boundary caps each tensor's delta near lambda * |W| (Bini et al. 2025): lambda 0.01 against 1.0 must
+    # shrink the delta about 100x; with the option dropped on the way to PEFT both would train at the default 15.
+    assert peft_config("delora", base, delora_lambda=0.5).delora_lambda == 0.5
+    norms = {}
+    for boundary in (0.01, 1.0):
+        delta, _ = train_adapter(base, tokenizer, PAIRS, "delora", steps=1, batch_size=3, learning_rate=1e-3,
+                                 progress=False, delora_lambda=boundary)
+        norms[boundary] = delta.norm()
+    assert 30 < norms[1.0] / norms[0.01] < 300
+
+
+def test_peft_options_are_checked_by_name_before_training(base):
+    with pytest.raises(ValueError, match=r"'delora_lamda', which DeloraConfig \(delora\) has no field.*delora_lambda"):
+        peft_config("delora", base, delora_lamda=1.0)
+    with pytest.raises(ValueError, match="sets 'r', which steerlab sets for lora: use rank"):
+        peft_config("lora", base, r=4)
+    with pytest.raises(ValueError, match="sets 'use_dora'.*family name"):
+        peft_config("lora", base, use_dora=True)
+    peft_config("oft", base, oft_block_size=16)  # a real field passes

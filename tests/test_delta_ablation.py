@@ -271,6 +271,51 @@ def test_dora_magnitude_and_direction_match_peft_parameters(arch, targets):
         assert cosine_rows(dirn, w0 + low_rank.double()).min() > 1 - 1e-9
 
 
+# ----------------------------------------------------------------------------- IA3
+
+
+def _ia3_delta(base, seed: int) -> tuple[WeightDelta, dict[str, torch.Tensor]]:
+    """PEFT's own IA3 on every linear of a tiny llama (down_proj gated on its input), with random gates, merged;
+    and the gate vectors PEFT holds, by parameter name."""
+    torch.manual_seed(seed)
+    targets = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
+    config = peft.IA3Config(target_modules=targets, feedforward_modules=["down_proj"], init_ia3_weights=False)
+    model = peft.get_peft_model(copy.deepcopy(base), config)
+    gates = {}
+    for module_name, module in model.named_modules():
+        if isinstance(module, peft.tuners.ia3.IA3Layer):
+            gates[module_name.removeprefix("base_model.model.") + ".weight"] = \
+                module.ia3_l["default"].detach().flatten().clone()
+    return merge_to_delta(base, model), gates
+
+
+def test_ia3_gates_are_read_back_from_peft_ia3_and_split_attention_from_mlp():
+    """Against PEFT's own IA3 (random gates l, merged): each tensor's gate read from dense weights is PEFT's l - 1
+    (on the output rows, on the input columns for down_proj), and also l_pos - l_neg for a weight-steering
+    difference; attention + MLP gates sum to dW; a LoRA-shaped delta is refused. Catches: the gate sides swapped,
+    the fit over the wrong axis, or the roles mixed up (o_proj counted as MLP)."""
+    base = tiny_model("llama", n_layers=2, seed=1)
+    positive, l_pos = _ia3_delta(base, 0)
+    negative, l_neg = _ia3_delta(base, 1)
+    for delta, expected in ((positive, {n: g - 1 for n, g in l_pos.items()}),
+                            (positive - negative, {n: l_pos[n] - l_neg[n] for n in l_pos})):
+        gates = da.ia3_gates(delta, base)
+        assert set(gates) == set(expected) == set(delta.names)
+        for name, found in gates.items():
+            assert found["side"] == ("input" if "down_proj" in name else "output"), name
+            torch.testing.assert_close(found["gate"], expected[name].double(), atol=1e-4, rtol=1e-4)
+            assert found["residual"] < 1e-4
+        parts = by_name(da.ia3_variants(delta, base))
+        da.check_sums_to(delta, parts.values(), what="ia3 gates")
+        assert parts["ia3_other"].empty
+        assert {n.split(".")[-2] for n in parts["attention_gates"].delta.names} == {"q_proj", "k_proj", "v_proj",
+                                                                                   "o_proj"}
+        assert {n.split(".")[-2] for n in parts["mlp_gates"].delta.names} == {"gate_proj", "up_proj", "down_proj"}
+        assert parts["mlp_gates"].meta["gate_norms"].keys() == set(parts["mlp_gates"].delta.names)
+    with pytest.raises(ValueError, match="not an IA3 delta.*families=\\['ia3'\\]"):
+        da.ia3_gates(dense_delta(base), base)
+
+
 # ----------------------------------------------------------------------------- cross-adapter bases
 
 
@@ -419,3 +464,34 @@ def test_retained_and_its_negligible_effect_policy():
         da.retained(1.0, float("nan"))
     out = da.retained([1.0, 1.0, 1.0], [2.0, 1e-9, float("nan")], on_negligible="nan")
     assert out[0] == 0.5 and math.isnan(out[1]) and math.isnan(out[2])
+
+
+def test_cross_family_basis_keeps_a_shared_subspace_and_not_a_private_one():
+    """f projected on g's own top-K (`in_<g><K>_keep`): with the planted shared rank-4 span every family keeps all
+    of its writes in every other family's basis; with a private span per family (orthogonal) it keeps nothing, while
+    the shared basis, fitted to f too, still keeps f's writes (the case the cross control exists for). Catches the
+    cross basis taken from f itself, or from the stack, and keep + drop not summing to the writes."""
+    families, _ = planted_families(noise=0.0)
+    variants = da.basis_variants(families, ks=(4,))
+    for family, delta in families.items():
+        writes = by_name(da.role_variants(delta))["writes"]
+        found = by_name(variants, family)
+        others = [g for g in families if g != family]
+        assert {f"in_{g}4_keep" for g in others} <= set(found) and f"in_{family}4_keep" not in found
+        for g in others:
+            assert found[f"in_{g}4_keep"].norm() / writes.norm() > 0.9999
+            da.check_sums_to(writes, [found[f"in_{g}4_keep"], found[f"in_{g}4_drop"]], what=f"{family} in {g}")
+    private = {}  # each family writes into its own rank-2 span, orthogonal to the others'
+    frame = orthonormal(64, 6, 7)
+    generator = torch.Generator().manual_seed(3)
+    for i, family in enumerate(("lora", "pissa", "dora")):
+        span = frame[:, 2 * i: 2 * i + 2]
+        private[family] = WeightDelta({"model.layers.0.self_attn.o_proj.weight":
+                                       (span @ torch.randn(2, 64, generator=generator, dtype=torch.float64)).float()})
+    found = by_name(da.basis_variants(private, ks=(2,)), "lora")
+    writes = private["lora"]
+    assert max(found[f"in_{g}2_keep"].norm() for g in ("pissa", "dora")) / writes.norm() < 1e-5
+    assert found["own2_keep"].norm() / writes.norm() > 0.9999
+    by_k = by_name(da.basis_variants(private, ks=(6,)), "lora")  # the stacked basis of rank 6 holds lora's span
+    assert by_k["shared6_keep"].norm() / writes.norm() > 0.9999 and by_k["in_pissa6_keep"].norm() / writes.norm() < 1e-5
+    assert not any(v.name.startswith("in_") for v in da.basis_variants(private, ks=(2,), cross=False))

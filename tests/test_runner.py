@@ -176,3 +176,46 @@ def test_a_run_folder_has_one_writer(tmp_path, monkeypatch):
             pass
         raise RuntimeError("boom")
     assert not (run_dir / ".lock").exists()
+
+
+def test_extend_runs_a_finished_run_again_keeping_its_files(tmp_path, monkeypatch, capsys):
+    """A finished run is skipped by default, replaced (files deleted) by --force, and run again in place with its
+    files kept by --extend, so weight_ablation scores only variants added since. Catches --extend deleting like
+    --force, or being ignored (the run skipped as done)."""
+    import json
+
+    import lib.runner as runner
+
+    executed = []
+    monkeypatch.setattr(runner, "_execute", lambda *a, **k: executed.append(a[2]) or {"seconds": 0.0})
+    run_dir = tmp_path / "toy_sweep" / "default"
+    run_dir.mkdir(parents=True)
+    (run_dir / "run.json").write_text(json.dumps({"status": "ok"}))
+    (run_dir / "evaluations.json").write_text("{}")
+    runner.run_notebook("toy_sweep", {}, out_root=tmp_path)
+    assert executed == [] and "--extend" in capsys.readouterr().out
+    (run_dir / "run.json").write_text(json.dumps({"status": "ok", "git_commit": "abc", "started": "then"}))
+    extra = []
+    monkeypatch.setattr(runner, "_execute", lambda *a, **k: executed.append(a[2]) or extra.append(a[7]) or
+                        {"seconds": 0.0})
+    runner.run_notebook("toy_sweep", {}, out_root=tmp_path, extend=True)
+    assert executed == [run_dir] and (run_dir / "evaluations.json").exists()
+    assert extra[0]["extends"]["git_commit"] == "abc"  # the record keeps which run's work it extends
+    with pytest.raises(ValueError, match="pass one of them"):
+        runner.run_notebook("toy_sweep", {}, out_root=tmp_path, extend=True, force=True)
+    runner.run_notebook("toy_sweep", {}, out_root=tmp_path, force=True)
+    assert executed == [run_dir, run_dir] and not (run_dir / "evaluations.json").exists()
+
+
+def test_run_flags_may_come_before_or_after_the_assignments(monkeypatch):
+    """argparse stops a nargs="*" positional at the first flag: `run nb --extend a=1` must still pass a=1."""
+    import lib.runner as runner
+
+    calls = []
+    monkeypatch.setattr(runner, "run_notebook", lambda name, overrides, **k: calls.append((name, overrides, k)))
+    for argv in (["run", "toy_sweep", "--extend", "n=2", "lr=0.5"], ["run", "toy_sweep", "n=2", "--extend", "lr=0.5"],
+                 ["run", "toy_sweep", "n=2", "lr=0.5", "--extend"]):
+        assert runner.main(argv) == 0
+        assert calls.pop() == ("toy_sweep", {"n": 2, "lr": 0.5}, {"force": False, "extend": True})
+    with pytest.raises(SystemExit):
+        runner.main(["run", "toy_sweep", "--extnd", "n=2"])

@@ -32,7 +32,7 @@ from __future__ import annotations
 import json
 import math
 import time
-from collections.abc import Callable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, ClassVar
@@ -55,12 +55,15 @@ from lib.weights import WeightDelta, apply_delta
 # The journal's run (RESEARCH_JOURNAL.md, 2026-12-01, weight steering over families): honesty, written replies; a
 # run slug under out/weight_steering/ (`source_folder`).
 DEFAULT_SOURCE = "adapters=lora,pissa,delora_behaviours=honesty_contrast_source=written_save_deltas=True"
-GROUPS = ("roles", "thirds", "layer_only", "layer_out", "svd", "base_svd", "dora", "basis", "controls")
+GROUPS = ("roles", "thirds", "layer_only", "layer_out", "svd", "base_svd", "dora", "ia3", "basis", "controls")
+FAMILY_GROUPS = {"ia3": "ia3"}  # group -> the one family it reads
+KEPT_META = ("norm_scale", "residual_fraction", "seed", "of", "gate_norms")  # variant meta saved with its scores
 PARTITIONS = {  # disjoint parts whose retentions a verdict compares (each set sums to the full delta)
     "writes/reads": ("writes", "reads"),
     "attention/mlp/other": ("attention", "mlp", "other"),
     "early/mid/late": ("early", "mid", "late", "non_block"),
     "svd bands": ("svd_top25", "svd_mid50", "svd_bottom25", "non_matrix"),
+    "ia3 gates": ("attention_gates", "mlp_gates", "ia3_other"),
 }
 
 
@@ -201,6 +204,11 @@ def read_sources(cfg: WeightAblationConfig) -> list[SourceRun]:
                                  "list one of them in deltas_from")
             owners[family] = source.folder
     wanted = cfg.families or sorted(owners)
+    explicit = list(cfg.groups) != list(GROUPS)
+    for group, family_of in FAMILY_GROUPS.items():
+        if explicit and group in cfg.groups and family_of not in wanted:
+            raise ValueError(f"groups has {group!r}, which reads {family_of} deltas only, but families={wanted} has "
+                             f"none: add a run with {family_of} deltas to deltas_from, or drop {group!r} from groups")
     unknown = [f for f in wanted if f not in owners]
     if not unknown:
         broken = [f for f in wanted if diverged(next(s for s in sources if f in s.deltas), f, cfg.seed)]
@@ -352,7 +360,7 @@ class Evaluations:
             "family": family, "variant": variant.name, "group": variant.group, "empty": variant.empty,
             "norm": variant.norm(), "norm_ratio": variant.norm() / full_norm if full_norm > 0 else math.nan,
             "grid": self.grid.digest, "points": points,
-            "meta": {k: v for k, v in variant.meta.items() if k in ("norm_scale", "residual_fraction", "seed", "of")}}
+            "meta": {k: v for k, v in variant.meta.items() if k in KEPT_META}}
         self.save()
 
     def save(self) -> None:
@@ -397,6 +405,12 @@ def group_variants(group: str, family: str, deltas: Mapping[str, WeightDelta], m
         yield from (v for v in variants if v.group == "base_svd")
     elif group == "dora":
         yield from da.dora_variants(delta, model)
+    elif group == "ia3":
+        if family != FAMILY_GROUPS["ia3"]:
+            return  # run_ablation logs the skip
+        variants = da.ia3_variants(delta, model)
+        da.check_sums_to(delta, variants, what="ia3 gates")
+        yield from variants
     elif group == "basis":
         for k in cfg.ks:  # one K at a time: 6 dense copies of the residual writes per family, not 6 per K
             variants = da.basis_variants(deltas, ks=[k], seed=cfg.seed + k)
@@ -450,6 +464,10 @@ def run_ablation(cfg: WeightAblationConfig, model: nn.Module, tokenizer: Any, ou
                                       low_pmass, cfg.batch_size)
             store.add(family, variant, points, deltas[family].norm())
 
+    for group, family_of in FAMILY_GROUPS.items():
+        skipped = [f for f in owners if f != family_of]
+        if group in cfg.groups and skipped:
+            log(f"group {group} reads {family_of} deltas only: skipped for {', '.join(skipped)}")
     for group in cfg.groups:
         for family in owners:
             group_started = time.time()
@@ -573,6 +591,8 @@ def verdict(table: pd.DataFrame, effects: pd.DataFrame, cfg: WeightAblationConfi
       swing (the basis splits the writes only; `<column>_of_writes`, the writes' share of the full dW beside it),
       its shared<K>_drop <= removes, and the rank-matched random keep <= removes; K at or above the stacked
       deltas' rank keeps all of the writes and is reported as degenerate;
+    - cross-family subspace: for some K, each family projected on every other family's own top-K keeps >=
+      sufficient and drops <= removes (the shared basis saw the family itself; this one did not);
     - not identifiable with this basis: for some K, keep and drop both retain >= 0.5 in most families;
     - localised: in a partition, one part retains >= sufficient, the others <= removes, and the part's `~rand`
       control <= removes (when the part is a crop);
@@ -611,9 +631,20 @@ def verdict(table: pd.DataFrame, effects: pd.DataFrame, cfg: WeightAblationConfi
             continue
         shared = all(keep[f] >= cfg.sufficient and drop[f] <= cfg.removes and abs(rand[f]) <= cfg.removes for f in ok)
         both = sum(keep[f] >= 0.5 and drop[f] >= 0.5 for f in ok) > len(ok) / 2
+        cross_keep, cross_drop = _cross(table, ok, k, "keep", within, min), _cross(table, ok, k, "drop", within, max)
         rules.append({"rule": f"shared subspace K={k}", "fired": shared, "numbers": numbers,
                       "text": f"K={k}, of the writes' swing: keep {_fmt(keep)}, drop {_fmt(drop)}, random keep "
-                              f"{_fmt(rand)} (the writes carry {_fmt(writes_share)} of the full dW's)"})
+                              f"{_fmt(rand)} (the writes carry {_fmt(writes_share)} of the full dW's)"
+                              + (f"; but in another family's own basis only {_fmt(cross_keep)} (weak: the stacked "
+                                 "basis holds each family's own directions)"
+                                 if shared and cross_keep and min(cross_keep.values()) < cfg.sufficient else "")})
+        if cross_keep:
+            across = all(cross_keep[f] >= cfg.sufficient and cross_drop[f] <= cfg.removes for f in cross_keep)
+            rules.append({"rule": f"cross-family subspace K={k}", "fired": across,
+                          "numbers": {f: {"keep_min": round(cross_keep[f], 3), "drop_max": round(cross_drop[f], 3)}
+                                      for f in cross_keep},
+                          "text": f"K={k}, each family projected on every other family's own top-{k}: keep (worst) "
+                                  f"{_fmt(cross_keep)}, drop (worst) {_fmt(cross_drop)}"})
         if both:
             rules.append({"rule": f"not identifiable with basis K={k}", "fired": True, "numbers": numbers,
                           "text": f"K={k}: both keep and drop retain >= 0.5 in most families"})
@@ -661,6 +692,19 @@ def verdict(table: pd.DataFrame, effects: pd.DataFrame, cfg: WeightAblationConfi
                       "text": "widest cross-family retention gaps " + _fmt(widest.to_dict())
                               + f"; within-family noise ({spread_of} / |full swing|) " + _fmt(noise)})
     return rules
+
+
+def _cross(table: pd.DataFrame, families: Sequence[str], k: int, part: str, column: str,
+           worst: Callable[[Iterable[float]], float]) -> dict[str, float]:
+    """Per family, the worst retention of its `in_<g><k>_<part>` variants over the other families g (min for keep,
+    max for drop); families with none scored are left out."""
+    found = {}
+    for f in families:
+        values = [_retained(table, f, f"in_{g}{k}_{part}", column) for g in families if g != f]
+        values = [v for v in values if not math.isnan(v)]
+        if values:
+            found[f] = float(worst(values))
+    return found
 
 
 def _fmt(values: Mapping[str, float]) -> str:

@@ -90,6 +90,8 @@ class WeightSteeringConfig(ModelConfig):
     sft_batch_size: int = 4
     learning_rate: float = 1e-3
     family_learning_rates: dict[str, float] = field(default_factory=dict)  # e.g. {"delora": 1e-4}
+    # PEFT config fields per family, e.g. {"delora": {"delora_lambda": 1.0}} (PEFT's default 15 diverges here)
+    family_peft_options: dict[str, dict[str, Any]] = field(default_factory=dict)
     rank: int = 8
     max_length: int = 256
     weight_coeffs: tuple[float, ...] | list[float] = (-4.0, -2.0, -1.0, 0.0, 1.0, 2.0, 4.0)
@@ -107,7 +109,7 @@ class WeightSteeringConfig(ModelConfig):
 
     def __post_init__(self) -> None:
         super().__post_init__()
-        from lib.kits.adapters import ADAPTER_FAMILIES
+        from lib.kits.adapters import ADAPTER_FAMILIES, check_peft_options
 
         self.behaviours, self.adapters = [str(b) for b in self.behaviours], [str(a) for a in self.adapters]
         if not self.behaviours:
@@ -127,6 +129,12 @@ class WeightSteeringConfig(ModelConfig):
                 raise ValueError(f"family_learning_rates names {family!r}, which is not in adapters={self.adapters}: "
                                  "add it to adapters or drop it from family_learning_rates")
             check_positive(f"family_learning_rates[{family!r}]", rate)
+        self.family_peft_options = {str(f): dict(o) for f, o in (self.family_peft_options or {}).items()}
+        for family, options in self.family_peft_options.items():
+            if family not in self.adapters:
+                raise ValueError(f"family_peft_options names {family!r}, which is not in adapters={self.adapters}: "
+                                 "add it to adapters or drop it from family_peft_options")
+            check_peft_options(family, options, f"family_peft_options[{family!r}]")
         check_positive("gen_temperature", self.gen_temperature, allow_zero=True)
         check_choice("vector_method", self.vector_method, ("mean_difference", "pca_direction"))
         check_contrast_source(self.contrast_source, self.behaviours)
@@ -144,6 +152,9 @@ class WeightSteeringConfig(ModelConfig):
 
     def learning_rate_of(self, family: str) -> float:
         return float(self.family_learning_rates.get(family, self.learning_rate))
+
+    def peft_options_of(self, family: str) -> dict[str, Any]:
+        return dict(self.family_peft_options.get(family, {}))
 
     def workload(self) -> Workload:
         # adapters train on rows of max_length tokens; evaluation batches are inference
@@ -479,20 +490,22 @@ def run_behaviour(cfg: WeightSteeringConfig, model: nn.Module, tokenizer: Any, b
                 deltas[side], losses[side] = train_adapter(
                     model, tokenizer, pairs[side], adapter, seed=seed, steps=cfg.sft_steps,
                     batch_size=cfg.sft_batch_size, learning_rate=cfg.learning_rate_of(adapter), rank=cfg.rank,
-                    max_length=cfg.max_length)
+                    max_length=cfg.max_length, **cfg.peft_options_of(adapter))
             delta: WeightDelta = deltas["positive"] - deltas["negative"]
             if cfg.save_deltas:
                 delta.save(out / "deltas" / f"{behaviour}_{adapter}_seed{seed}")
             info = {"loss_positive": losses["positive"], "loss_negative": losses["negative"],
                     "delta_norm": delta.norm(), "layer_norms": delta.layer_norms(),
                     "cos_pos_neg": _cosine(deltas["positive"], deltas["negative"]),
-                    "learning_rate": cfg.learning_rate_of(adapter),
+                    "learning_rate": cfg.learning_rate_of(adapter), "peft_options": cfg.peft_options_of(adapter),
                     "diverged": any(training_diverged(losses[side]) for side in losses)}
             if info["diverged"]:
                 note(f"[{behaviour}] WARNING: {adapter} seed {seed} diverged in training (loss, first step -> last "
                      f"quarter: {_loss_ends(losses['positive'])} positive, {_loss_ends(losses['negative'])} "
                      f"negative); its rows are flagged `diverged` and left out of the seed and matched tables. Lower "
-                     f"family_learning_rates['{adapter}'] (now {cfg.learning_rate_of(adapter):g})")
+                     f"family_learning_rates['{adapter}'] (now {cfg.learning_rate_of(adapter):g})"
+                     + (" or DeLoRA's boundary, family_peft_options={'delora': {'delora_lambda': 1.0}} "
+                        "(PEFT's default is 15)" if adapter == "delora" else ""))
             for coeff in cfg.weight_coeffs:
                 if coeff == 0.0:
                     continue  # coeff 0 is the base exactly (tests/test_weights.py): the "none" entry

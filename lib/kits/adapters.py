@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import copy
 import random
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -50,14 +50,48 @@ def linear_module_names(model: nn.Module) -> list[str]:
     return sorted(names)
 
 
+# PEFT fields steerlab sets itself: overriding them through options would change the family or dodge a parameter
+_MANAGED_FIELDS = {"r": "rank", "target_modules": "target_modules", "task_type": "nothing (always CAUSAL_LM)",
+                   "use_dora": "the family name (dora)", "init_lora_weights": "the family name (lora, pissa)",
+                   "feedforward_modules": "nothing (the feed-forward down projections)"}
+
+
+def peft_config_class(family: str) -> Any:
+    """PEFT's config class of an adapter family (LoRA, DoRA and PiSSA share LoraConfig)."""
+    import peft
+
+    if family not in ADAPTER_FAMILIES:
+        raise ValueError(f"adapter={family!r} is not an adapter family; choose one of {ADAPTER_FAMILIES}")
+    return {"lora": peft.LoraConfig, "dora": peft.LoraConfig, "pissa": peft.LoraConfig, "delora": peft.DeloraConfig,
+            "oft": peft.OFTConfig, "ia3": peft.IA3Config}[family]
+
+
+def check_peft_options(family: str, options: Mapping[str, Any], parameter: str = "options") -> None:
+    """Extra PEFT config fields for one family (e.g. DeLoRA's `delora_lambda`), checked by name against the
+    family's PEFT config class before anything trains: a misspelt field would otherwise raise only after the
+    baselines ran, or, for a field PEFT ignores, never."""
+    import dataclasses
+
+    cls = peft_config_class(family)
+    known = {f.name for f in dataclasses.fields(cls)}
+    for name in options:
+        if name in _MANAGED_FIELDS:
+            raise ValueError(f"{parameter} sets {name!r}, which steerlab sets for {family}: use "
+                             f"{_MANAGED_FIELDS[name]} instead")
+        if name not in known:
+            close = sorted(k for k in known if k.split("_")[0] == str(name).split("_")[0] or name in k)
+            raise ValueError(f"{parameter} sets {name!r}, which {cls.__name__} ({family}) has no field for"
+                             + (f"; did you mean one of {close}?" if close else
+                                "; see the fields of peft." + cls.__name__))
+
+
 def peft_config(family: str, model: nn.Module, rank: int = 8, alpha: float | None = None,
                 target_modules: Sequence[str] | None = None, **overrides: Any) -> Any:
     """The PEFT config of an adapter family; `rank` is r for the low-rank families and ignored by IA3 and OFT
     (OFT uses blocks of `oft_block_size`, default 32, which must divide the layers' widths)."""
     import peft
 
-    if family not in ADAPTER_FAMILIES:
-        raise ValueError(f"adapter={family!r} is not an adapter family; choose one of {ADAPTER_FAMILIES}")
+    check_peft_options(family, overrides)
     if not isinstance(rank, int) or rank < 1:
         raise ValueError(f"rank={rank!r} must be a positive int")
     targets = list(target_modules) if target_modules else linear_module_names(model)

@@ -198,6 +198,8 @@ def test_bad_config_and_sources_name_the_fix(small, tmp_path):
         _cfg(folder, model="other").check_inputs()
     with pytest.raises(FileNotFoundError, match=r"no sycophancy results \(it has \['honesty'\]\)"):
         _cfg(folder, behaviour="sycophancy").check_inputs()
+    with pytest.raises(ValueError, match=r"groups has 'ia3', which reads ia3 deltas only, but families=\['lora'\]"):
+        _cfg(folder, groups=["roles", "ia3"]).check_inputs()
     with pytest.raises(ValueError, match="family 'lora' has deltas in both"):
         _cfg(folder, deltas_from=[str(folder), str(folder)]).check_inputs()
     state = json.loads((folder / "honesty_partial.json").read_text())
@@ -259,6 +261,17 @@ def test_verdict_rules_fire_on_the_numbers_they_name():
     table.loc[table.variant == "shared8_drop", "norm_ratio"] = 0.0  # K at the stack's rank: nothing to drop
     rule = {r["rule"]: r for r in wa.verdict(table, _effects(degenerate), cfg)}["shared subspace K=8"]
     assert not rule["fired"] and "degenerate" in rule["text"]
+    crossed = {f: {**values, "rand32_keep": 0.05} for f, values in shared.items()}
+    for f, g in (("lora", "pissa"), ("pissa", "lora")):  # each keeps little in the other's own basis
+        crossed[f].update({f"in_{g}32_keep": 0.2, f"in_{g}32_drop": 0.8})
+    rules = {r["rule"]: r for r in wa.verdict(_table(crossed), _effects(crossed), cfg)}
+    assert rules["shared subspace K=32"]["fired"] and "weak" in rules["shared subspace K=32"]["text"]
+    assert not rules["cross-family subspace K=32"]["fired"] and "cross-family subspace K=8" not in rules
+    crossed["lora"].update({"in_pissa32_keep": 0.95, "in_pissa32_drop": 0.05})
+    crossed["pissa"].update({"in_lora32_keep": 0.8, "in_lora32_drop": 0.1})
+    rules = {r["rule"]: r for r in wa.verdict(_table(crossed), _effects(crossed), cfg)}
+    assert rules["cross-family subspace K=32"]["fired"] and "weak" not in rules["shared subspace K=32"]["text"]
+    assert rules["cross-family subspace K=32"]["numbers"]["pissa"] == {"keep_min": 0.8, "drop_max": 0.1}
     within_noise = wa.verdict(_table(shared), _effects(shared, swing=0.15, noise=0.1), cfg)
     assert [r["rule"] for r in within_noise] == ["identifiable", "verdict"]
     assert "not identifiable" in within_noise[-1]["text"]
@@ -274,3 +287,31 @@ def test_a_source_is_a_folder_or_a_weight_steering_run_slug(tmp_path, monkeypatc
     assert wa.source_folder("out/weight_steering/adapters=lora_behaviours=honesty") == run
     assert wa.source_folder(str(run)) == run
     assert wa.source_folder("missing") == tmp_path / "missing"  # reported by read_source as not a run
+
+
+def _gated_delta(model, scale: float, seed: int = 0) -> WeightDelta:
+    """An IA3-shaped delta on block 1: output rows of o_proj and up_proj scaled, input columns of down_proj."""
+    generator = torch.Generator().manual_seed(seed)
+    tensors = {}
+    for name in ("model.layers.1.self_attn.o_proj.weight", "model.layers.1.mlp.up_proj.weight",
+                 "model.layers.1.mlp.down_proj.weight"):
+        w0 = model.get_parameter(name).detach()
+        axis = 0 if "down_proj" in name else 1
+        gate = scale * torch.randn(w0.shape[1 - axis], generator=generator)
+        tensors[name] = w0 * (gate[None, :] if axis == 0 else gate[:, None])
+    return WeightDelta(tensors)
+
+
+def test_the_ia3_group_scores_the_ia3_family_only_and_says_so(small, tmp_path):
+    """Catches the ia3 branch dropped from group_variants (no gate variants scored), run on other families (a
+    LoRA delta is not gate-shaped: it would raise), or skipped without a word."""
+    model, tokenizer = small
+    folder = _source(tmp_path / "src", model, tokenizer, {"ia3": {0: _gated_delta(model, 0.3)},
+                                                          "lora": {0: _layer1_delta(model, 0.08)}})
+    messages = []
+    state = wa.run_ablation(_cfg(folder, groups=["ia3"]), model, tokenizer, tmp_path / "out", progress=False,
+                            log=messages.append)
+    scored = {(r["family"], r["variant"]) for r in state["store"].records.values()}
+    assert {("ia3", "attention_gates"), ("ia3", "mlp_gates")} <= scored
+    assert not any(family == "lora" and variant != "full" for family, variant in scored)
+    assert any("group ia3 reads ia3 deltas only: skipped for lora" in m for m in messages)

@@ -157,16 +157,22 @@ def test_adapters_and_vector_train_on_the_chosen_source(source, small, monkeypat
                         measure(m, t, pairs, **k))
     name = "model.layers.0.mlp.down_proj.weight"
 
+    options = []
+
     def fake_train(base, tok, pairs, family, *, seed, **kwargs):
         trained.append(list(pairs))
+        options.append(kwargs.get("lora_dropout"))
         generator = torch.Generator().manual_seed(len(trained))
         return WeightDelta({name: 0.01 * torch.randn(base.get_parameter(name).shape, generator=generator)}), [1.0]
 
     monkeypatch.setattr(ws, "train_adapter", fake_train)
     cfg = ws.WeightSteeringConfig(behaviours=["honesty"], contrast_source=source, n_seeds=1, n_train=6, n_val=2,
                                   n_test=4, n_paraphrases=1, weight_coeffs=[-1.0, 0.0, 1.0],
-                                  vector_coeffs=[-1.0, 0.0, 1.0], vector_layers=[0, 1], batch_size=8)
+                                  vector_coeffs=[-1.0, 0.0, 1.0], vector_layers=[0, 1], batch_size=8,
+                                  family_peft_options={"lora": {"lora_dropout": 0.1}})
     state = ws.run_behaviour(cfg, model, tokenizer, "honesty", tmp_path, log=lambda message: None)
+    assert options == [0.1, 0.1]  # both sides train with the family's PEFT options
+    assert all(e["peft_options"] == {"lora_dropout": 0.1} for e in state["entries"] if e["method"] == "weight")
 
     items = {item.id: item for item in choice_data.load_honesty()}
     train = [items[i] for i in state["split_ids"]["train"]]  # in the split's order
@@ -263,3 +269,12 @@ def test_family_learning_rates_are_checked_and_used():
         ws.WeightSteeringConfig(family_learning_rates={"oft": 1e-2})
     with pytest.raises(ValueError, match=r"family_learning_rates\['lora'\]=0 must be a positive number"):
         ws.WeightSteeringConfig(family_learning_rates={"lora": 0})
+
+
+def test_family_peft_options_are_checked_against_adapters_and_peft():
+    cfg = ws.WeightSteeringConfig(adapters=["lora", "delora"], family_peft_options={"delora": {"delora_lambda": 1.0}})
+    assert cfg.peft_options_of("delora") == {"delora_lambda": 1.0} and cfg.peft_options_of("lora") == {}
+    with pytest.raises(ValueError, match="family_peft_options names 'delora', which is not in adapters"):
+        ws.WeightSteeringConfig(family_peft_options={"delora": {"delora_lambda": 1.0}})
+    with pytest.raises(ValueError, match=r"family_peft_options\['delora'\] sets 'lambda'"):
+        ws.WeightSteeringConfig(adapters=["delora"], family_peft_options={"delora": {"lambda": 1.0}})
