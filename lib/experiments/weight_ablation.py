@@ -623,6 +623,14 @@ def verdict(table: pd.DataFrame, effects: pd.DataFrame, cfg: WeightAblationConfi
             continue
         numbers = {f: {"keep": round(keep[f], 3), "drop": round(drop[f], 3), "rand_keep": round(rand[f], 3),
                        "writes_of_full": round(writes_share[f], 3)} for f in ok}
+        cross_keep, cross_drop = _cross(table, ok, k, "keep", within, min), _cross(table, ok, k, "drop", within, max)
+        if cross_keep:  # another family's own basis is never degenerate for this one: read it at every K
+            across = all(cross_keep[f] >= cfg.sufficient and cross_drop[f] <= cfg.removes for f in cross_keep)
+            rules.append({"rule": f"cross-family subspace K={k}", "fired": across,
+                          "numbers": {f: {"keep_min": round(cross_keep[f], 3), "drop_max": round(cross_drop[f], 3)}
+                                      for f in cross_keep},
+                          "text": f"K={k}, each family projected on every other family's own top-{k}: keep (worst) "
+                                  f"{_fmt(cross_keep)}, drop (worst) {_fmt(cross_drop)}"})
         empty_drop = table[(table.family.isin(ok)) & (table.variant == f"shared{k}_drop")].norm_ratio
         if len(empty_drop) and (empty_drop < 1e-3).all():  # float32 merge noise, not a direction
             rules.append({"rule": f"shared subspace K={k}", "fired": False, "numbers": numbers,
@@ -631,20 +639,12 @@ def verdict(table: pd.DataFrame, effects: pd.DataFrame, cfg: WeightAblationConfi
             continue
         shared = all(keep[f] >= cfg.sufficient and drop[f] <= cfg.removes and abs(rand[f]) <= cfg.removes for f in ok)
         both = sum(keep[f] >= 0.5 and drop[f] >= 0.5 for f in ok) > len(ok) / 2
-        cross_keep, cross_drop = _cross(table, ok, k, "keep", within, min), _cross(table, ok, k, "drop", within, max)
         rules.append({"rule": f"shared subspace K={k}", "fired": shared, "numbers": numbers,
                       "text": f"K={k}, of the writes' swing: keep {_fmt(keep)}, drop {_fmt(drop)}, random keep "
                               f"{_fmt(rand)} (the writes carry {_fmt(writes_share)} of the full dW's)"
                               + (f"; but in another family's own basis only {_fmt(cross_keep)} (weak: the stacked "
                                  "basis holds each family's own directions)"
                                  if shared and cross_keep and min(cross_keep.values()) < cfg.sufficient else "")})
-        if cross_keep:
-            across = all(cross_keep[f] >= cfg.sufficient and cross_drop[f] <= cfg.removes for f in cross_keep)
-            rules.append({"rule": f"cross-family subspace K={k}", "fired": across,
-                          "numbers": {f: {"keep_min": round(cross_keep[f], 3), "drop_max": round(cross_drop[f], 3)}
-                                      for f in cross_keep},
-                          "text": f"K={k}, each family projected on every other family's own top-{k}: keep (worst) "
-                                  f"{_fmt(cross_keep)}, drop (worst) {_fmt(cross_drop)}"})
         if both:
             rules.append({"rule": f"not identifiable with basis K={k}", "fired": True, "numbers": numbers,
                           "text": f"K={k}: both keep and drop retain >= 0.5 in most families"})

@@ -272,6 +272,10 @@ def test_verdict_rules_fire_on_the_numbers_they_name():
     rules = {r["rule"]: r for r in wa.verdict(_table(crossed), _effects(crossed), cfg)}
     assert rules["cross-family subspace K=32"]["fired"] and "weak" not in rules["shared subspace K=32"]["text"]
     assert rules["cross-family subspace K=32"]["numbers"]["pissa"] == {"keep_min": 0.8, "drop_max": 0.1}
+    table = _table(crossed)
+    table.loc[table.variant == "shared32_drop", "norm_ratio"] = 0.0  # shared K=32 degenerate: the cross still reads
+    rules = {r["rule"]: r for r in wa.verdict(table, _effects(crossed), cfg)}
+    assert "degenerate" in rules["shared subspace K=32"]["text"] and rules["cross-family subspace K=32"]["fired"]
     within_noise = wa.verdict(_table(shared), _effects(shared, swing=0.15, noise=0.1), cfg)
     assert [r["rule"] for r in within_noise] == ["identifiable", "verdict"]
     assert "not identifiable" in within_noise[-1]["text"]

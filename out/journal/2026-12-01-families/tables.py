@@ -19,9 +19,22 @@ from lib.experiments import weight_steering as ws  # noqa: E402
 HERE = Path(__file__).parent
 RUNS = {
     "honesty": ["adapters=lora,pissa,delora_behaviours=honesty_contrast_source=written_save_deltas=True",
+                "adapters=delora_behaviours=honesty_contrast_source=written_family_peft_options=delora-delora-lambda-1.0"
+                "_save_deltas=True",
                 "adapters=dora,oft,ia3_behaviours=honesty_contrast_source=written_n_seeds=1_save_deltas=True"],
-    "sycophancy": ["adapters=lora,pissa_behaviours=sycophancy_contrast_source=labelled_save_deltas=True"],
+    "sycophancy": ["adapters=lora,pissa,delora_behaviours=sycophancy_contrast_source=labelled_family_peft_options="
+                   "delora-db45ebb5",
+                   "adapters=dora,oft,ia3_behaviours=sycophancy_contrast_source=labelled_n_seeds=1_save_deltas=True"],
 }
+
+
+def labelled(entry: dict) -> dict:
+    """An adapter trained with PEFT options is another arm (DeLoRA at lambda 15 diverged, at 1 it trains): its
+    options go into the adapter's name, e.g. `delora[delora_lambda=1.0]`."""
+    options = entry.get("peft_options") or {}
+    if not options:
+        return entry
+    return {**entry, "adapter": entry["adapter"] + "[" + ",".join(f"{k}={v}" for k, v in options.items()) + "]"}
 
 
 HEADROOM = {"smollm2-135m": "stop_after=headroom",
@@ -81,6 +94,7 @@ def main() -> None:
             if state["rows_digest"] != digests[behaviour]:
                 raise ValueError(f"{folder} scored other {behaviour} rows than the first run")
             state = ws.add_first_bias(state, behaviour)
+            state["entries"] = [labelled(e) for e in state["entries"]]
             seen = {(e["method"], e["adapter"], e["seed"], e["coeff"]) for e in entries if e["behaviour"] == behaviour}
             entries += [e for e in state["entries"] if (e["method"], e["adapter"], e["seed"], e["coeff"]) not in seen]
             for name in ("headroom", "contrast"):
