@@ -143,7 +143,7 @@ test-browser *ARGS:
     fi
     {{py}} -m pytest -q -rs -m browser tests/browser "$@"
 
-# execute one notebook: ./just run contrastive_steering layer=12 scale=4 [--force]
+# execute one notebook: ./just run contrastive_steering layer=12 scale=4 [--force | --extend]
 run NB *ARGS:
     {{py}} -m lib.runner run "$@"
 
