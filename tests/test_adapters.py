@@ -85,3 +85,23 @@ def test_peft_options_are_checked_by_name_before_training(base):
     with pytest.raises(ValueError, match="sets 'use_dora'.*family name"):
         peft_config("lora", base, use_dora=True)
     peft_config("oft", base, oft_block_size=16)  # a real field passes
+
+
+def test_training_set_loss_before_and_after_is_recorded_on_all_rows(base, tokenizer):
+    """The delta's meta carries the mean response-token loss over every training row before (the base) and after
+    (base + delta) training; checked against an independent recompute with the delta applied to the base. Catches
+    the loss taken on one batch, or on the wrong model."""
+    from lib.kits.adapters import _collate
+    from lib.weights import apply_delta
+
+    delta, _ = train_adapter(base, tokenizer, PAIRS, "lora", steps=3, batch_size=2, learning_rate=1e-2,
+                             progress=False)
+    rows = tokenize_pairs(tokenizer, PAIRS)
+    batch = _collate(rows, tokenizer.pad_token_id)
+    with torch.no_grad():
+        before = float(base(**batch).loss)
+        with apply_delta(base, delta, 1.0):
+            after = float(base(**batch).loss)
+    assert delta.meta["train_loss_before"] == pytest.approx(before, rel=1e-4)
+    assert delta.meta["train_loss_after"] == pytest.approx(after, rel=1e-3)
+    assert after < before  # three steps at lr 1e-2 on three rows learn something

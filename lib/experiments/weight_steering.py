@@ -494,15 +494,19 @@ def run_behaviour(cfg: WeightSteeringConfig, model: nn.Module, tokenizer: Any, b
             delta: WeightDelta = deltas["positive"] - deltas["negative"]
             if cfg.save_deltas:
                 delta.save(out / "deltas" / f"{behaviour}_{adapter}_seed{seed}")
+            full_set = {side: [deltas[side].meta.get("train_loss_before"), deltas[side].meta.get("train_loss_after")]
+                        for side in deltas}
             info = {"loss_positive": losses["positive"], "loss_negative": losses["negative"],
+                    "train_set_loss": full_set,
                     "delta_norm": delta.norm(), "layer_norms": delta.layer_norms(),
                     "cos_pos_neg": _cosine(deltas["positive"], deltas["negative"]),
                     "learning_rate": cfg.learning_rate_of(adapter), "peft_options": cfg.peft_options_of(adapter),
-                    "diverged": any(training_diverged(losses[side]) for side in losses)}
+                    "diverged": any(training_diverged(losses[side], *full_set[side]) for side in losses)}
             if info["diverged"]:
-                note(f"[{behaviour}] WARNING: {adapter} seed {seed} diverged in training (loss, first step -> last "
-                     f"quarter: {_loss_ends(losses['positive'])} positive, {_loss_ends(losses['negative'])} "
-                     f"negative); its rows are flagged `diverged` and left out of the seed and matched tables. Lower "
+                note(f"[{behaviour}] WARNING: {adapter} seed {seed} diverged in training (mean loss on its training "
+                     f"rows, before -> after: {_loss_ends(full_set['positive'])} positive, "
+                     f"{_loss_ends(full_set['negative'])} negative); its rows are flagged `diverged` and left out "
+                     "of the seed and matched tables. Lower "
                      f"family_learning_rates['{adapter}'] (now {cfg.learning_rate_of(adapter):g})"
                      + (" or DeLoRA's boundary, family_peft_options={'delora': {'delora_lambda': 1.0}} "
                         "(PEFT's default is 15)" if adapter == "delora" else ""))
@@ -544,15 +548,22 @@ def add_first_bias(state: dict[str, Any], behaviour: str) -> dict[str, Any]:
     return state
 
 
-def training_diverged(losses: Sequence[float]) -> bool:
-    """A training run whose loss ends above where it started (the mean of the last quarter of steps against the
-    first step's loss, the untouched model's), or is not finite: its delta is not an adapter that learned the pairs,
-    and ranking it with the others would report a broken model as a steering result (journal 2026-12-01: DeLoRA at
-    lr 1e-3 went 2.56 -> 10.5 after one step and ended at 5.7; a first-quarter mean would hide that spike)."""
+def training_diverged(losses: Sequence[float], before: float | None = None, after: float | None = None) -> bool:
+    """A training run that left the model worse on its own training rows, or whose loss is not finite: its delta is
+    not an adapter that learned the pairs, and ranking it with the others would report a broken model as a steering
+    result (journal 2026-12-01: DeLoRA at lambda 15 went 2.56 -> 10.5 after one step and ended at 5.7).
+
+    With `before` / `after` (the mean loss over every training row, untouched model vs trained adapter; recorded by
+    `train_adapter` since the second pass) the check is that paired one. Without them (entries saved earlier) it
+    falls back to the last quarter of the per-step losses against the first step's, which batch-to-batch noise can
+    trip on short rows (the sycophancy labelled pairs: steps swing 0.1-3), so the paired check is preferred."""
+    values = [*losses, *(x for x in (before, after) if x is not None)]
+    if not all(math.isfinite(x) for x in values):
+        return True
+    if before is not None and after is not None:
+        return after > before
     if not losses:
         return False
-    if not all(math.isfinite(x) for x in losses):
-        return True
     return _last_quarter(losses) > losses[0]
 
 
@@ -561,15 +572,17 @@ def _last_quarter(losses: Sequence[float]) -> float:
     return sum(losses[-quarter:]) / quarter
 
 
-def _loss_ends(losses: Sequence[float]) -> str:
-    return f"{losses[0]:.2f} -> {_last_quarter(losses):.2f}"
+def _loss_ends(before_after: Sequence[float | None]) -> str:
+    return " -> ".join("?" if x is None else f"{x:.2f}" for x in before_after)
 
 
 def mark_diverged(entries: list[dict[str, Any]]) -> list[dict[str, Any]]:
     """Fill `diverged` into weight entries saved before it was recorded, from their loss curves."""
     for entry in entries:
         if entry.get("method") == "weight" and "diverged" not in entry and "loss_positive" in entry:
-            entry["diverged"] = training_diverged(entry["loss_positive"]) or training_diverged(entry["loss_negative"])
+            full_set = entry.get("train_set_loss", {})
+            entry["diverged"] = any(training_diverged(entry[f"loss_{side}"], *full_set.get(side, (None, None)))
+                                    for side in ("positive", "negative"))
     return entries
 
 

@@ -169,13 +169,14 @@ def train_adapter(
     torch.manual_seed(seed)
     model = copy.deepcopy(base)
     model.train()
+    device = next(base.parameters()).device
+    pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
+    before = training_set_loss(model, rows, batch_size, pad_id, device)  # the untouched copy
     peft_model = peft.get_peft_model(model, peft_config(family, model, rank, alpha, target_modules, **overrides))
     trainable = [p for p in peft_model.parameters() if p.requires_grad]
     optimizer = torch.optim.AdamW(trainable, lr=learning_rate, weight_decay=0.0)
     order_rng = random.Random(seed)
     order: list[int] = []
-    device = next(base.parameters()).device
-    pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
     losses = []
     for _ in tqdm(range(steps), desc=f"train {family} seed={seed}", disable=not progress, leave=False):
         if len(order) < batch_size:  # epochs in a seeded order, never repeating a row within a batch
@@ -192,8 +193,28 @@ def train_adapter(
         optimizer.step()
         losses.append(loss.item())
     meta = {"adapter": family, "seed": seed, "steps": steps, "batch_size": batch_size, "learning_rate": learning_rate,
-            "rank": rank, "n_pairs": len(pairs), "final_loss": losses[-1]}
+            "rank": rank, "n_pairs": len(pairs), "final_loss": losses[-1],
+            "train_loss_before": before, "train_loss_after": training_set_loss(peft_model, rows, batch_size, pad_id,
+                                                                              device)}
     return merge_to_delta(base, peft_model, meta), losses
+
+
+def training_set_loss(model: nn.Module, rows: Sequence[tuple[list[int], list[int]]], batch_size: int, pad_id: int,
+                      device: torch.device) -> float:
+    """Mean response-token loss over every training row (no gradient): the same rows before and after training,
+    so a divergence check does not compare two different batches (per-step losses of short rows swing 0.1-3 from
+    batch to batch; journal 2026-12-01, sycophancy labelled pairs)."""
+    was_training = model.training
+    model.eval()
+    total, count = 0.0, 0
+    with torch.no_grad():
+        for start in range(0, len(rows), batch_size):
+            batch = {k: v.to(device) for k, v in _collate(rows[start: start + batch_size], pad_id).items()}
+            tokens = int((batch["labels"][:, 1:] != -100).sum())
+            total += float(model(**batch).loss) * tokens
+            count += tokens
+    model.train(was_training)
+    return total / max(count, 1)
 
 
 def merge_to_delta(base: nn.Module, peft_model: Any, meta: dict[str, Any] | None = None) -> WeightDelta:

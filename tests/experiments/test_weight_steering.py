@@ -248,6 +248,15 @@ def test_diverged_training_is_flagged_and_left_out_of_the_seed_and_matched_table
     assert ws.training_diverged([2.5, 10.0, 6.0, 5.7]) is True
     assert ws.training_diverged([2.56, 10.5, 9.0, 8.0, 7.0, 6.5, 6.1, 5.7]) is True  # the spike must not hide it
     assert ws.training_diverged([2.5, float("nan")]) is True and ws.training_diverged([]) is False
+    # the paired check on all training rows decides when recorded: noisy short-row batches (the sycophancy labelled
+    # pairs' LoRA seed 0, whose last quarter ends above its lucky first batch) are not divergence
+    noisy = [0.57, 0.3, 1.87, 2.39, 2.57, 0.37, 2.42, 0.65, 0.15, 0.12, 1.15, 1.36, 0.27, 1.46, 1.97, 0.2]
+    assert ws.training_diverged(noisy) is True  # the per-step fallback trips on it
+    assert ws.training_diverged(noisy, 1.9, 0.8) is False and ws.training_diverged([2.0, 1.0], 1.9, 2.4) is True
+    assert ws.training_diverged([2.0, 1.0], 1.9, float("inf")) is True
+    recorded = {**_entry("weight", 1.0, 0.1, 0.1, 0, "lora"), "loss_positive": noisy, "loss_negative": noisy,
+                "train_set_loss": {"positive": [1.9, 0.8], "negative": [2.0, 0.9]}}
+    assert ws.mark_diverged([recorded])[0]["diverged"] is False
     entries = [_entry("none", 0.0, 0.0, 0.0)]
     for seed, losses, up in ((0, [2.0, 1.0], 0.2), (1, [2.0, 1.1], 0.4), (2, [2.0, 6.0], 5.0)):
         for coeff, score in ((1.0, up), (-1.0, -up)):
