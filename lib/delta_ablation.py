@@ -610,7 +610,7 @@ def basis_variants(deltas: Mapping[str, WeightDelta], ks: Sequence[int] = (8, 32
     return [_variant(f"{label}{k}_{part}", "basis", parts[family, f"{label}{k}_{part}"], delta, family,
                      k=ranks[family, f"{label}{k}"])
             for family, delta in deltas.items() for k in ks for label in labels[family]
-            for part in ("keep", "drop") if (family, f"{label}{k}_{part}") in parts]
+            for part in ("keep", "drop")]
 
 
 # ----------------------------------------------------------------------------- rows and retention

@@ -25,7 +25,7 @@ import hashlib
 import json
 import math
 import time
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, ClassVar
@@ -500,8 +500,8 @@ def run_behaviour(cfg: WeightSteeringConfig, model: nn.Module, tokenizer: Any, b
                     "train_set_loss": full_set,
                     "delta_norm": delta.norm(), "layer_norms": delta.layer_norms(),
                     "cos_pos_neg": _cosine(deltas["positive"], deltas["negative"]),
-                    "learning_rate": cfg.learning_rate_of(adapter), "peft_options": cfg.peft_options_of(adapter),
-                    "diverged": any(training_diverged(losses[side], *full_set[side]) for side in losses)}
+                    "learning_rate": cfg.learning_rate_of(adapter), "peft_options": cfg.peft_options_of(adapter)}
+            info["diverged"] = entry_diverged(info)
             if info["diverged"]:
                 note(f"[{behaviour}] WARNING: {adapter} seed {seed} diverged in training (mean loss on its training "
                      f"rows, before -> after: {_loss_ends(full_set['positive'])} positive, "
@@ -576,13 +576,19 @@ def _loss_ends(before_after: Sequence[float | None]) -> str:
     return " -> ".join("?" if x is None else f"{x:.2f}" for x in before_after)
 
 
+def entry_diverged(entry: Mapping[str, Any]) -> bool:
+    """Whether either side of a weight entry's adapter pair diverged, from its per-step losses and, where recorded,
+    its loss on all training rows before and after (`train_set_loss`)."""
+    full_set = entry.get("train_set_loss", {})
+    return any(training_diverged(entry[f"loss_{side}"], *full_set.get(side, (None, None)))
+               for side in ("positive", "negative"))
+
+
 def mark_diverged(entries: list[dict[str, Any]]) -> list[dict[str, Any]]:
     """Fill `diverged` into weight entries saved before it was recorded, from their loss curves."""
     for entry in entries:
         if entry.get("method") == "weight" and "diverged" not in entry and "loss_positive" in entry:
-            full_set = entry.get("train_set_loss", {})
-            entry["diverged"] = any(training_diverged(entry[f"loss_{side}"], *full_set.get(side, (None, None)))
-                                    for side in ("positive", "negative"))
+            entry["diverged"] = entry_diverged(entry)
     return entries
 
 
