@@ -560,7 +560,8 @@ def random_orthonormal(dim: int, k: int, generator: torch.Generator) -> torch.Te
 
 def basis_variants(deltas: Mapping[str, WeightDelta], ks: Sequence[int] = (8, 32, 64),
                    roles: Mapping[str, str] | None = None, normalize: bool = True, seed: int = 0,
-                   transposed: Collection[str] | None = None, cross: bool = True) -> list[Variant]:
+                   transposed: Collection[str] | None = None, cross: bool = True,
+                   families: Collection[str] | None = None) -> list[Variant]:
     """Is there one residual-stream subspace that every adapter family writes the behaviour into?
 
     For each residual-writing tensor (o, down: output space = the residual stream; see `residual_write_names`) the
@@ -576,9 +577,14 @@ def basis_variants(deltas: Mapping[str, WeightDelta], ks: Sequence[int] = (8, 32
       alone (journal 2026-12-01: own-basis keep as high as shared); g's basis never saw f, so retention there is
       evidence that the families write into one subspace.
     Only residual-writing tensors appear, so each keep + drop is `select(... writes)` of dW_f; `meta["k"]` has the
-    rank used per tensor; `transposed`: see `output_axis`."""
+    rank used per tensor; `transposed`: see `output_axis`. `families` builds the variants of those families only
+    (every family still shapes the shared basis): one family at a time holds a sixth of the dense copies."""
     if not deltas:
         raise ValueError("deltas is empty: give {family: WeightDelta}")
+    wanted = list(deltas) if families is None else list(families)
+    unknown = sorted(set(wanted) - set(deltas))
+    if unknown:
+        raise ValueError(f"families={unknown} have no delta; choose from {sorted(deltas)}")
     names = sorted({n for delta in deltas.values() for n in residual_write_names(delta, roles)})
     if not names:
         raise ValueError("no residual-writing (o_proj / down_proj / c_proj) 2-D tensor in any delta; pass roles=")
@@ -596,6 +602,8 @@ def basis_variants(deltas: Mapping[str, WeightDelta], ks: Sequence[int] = (8, 32
             shared = _left_basis(stack, k)
             null = random_orthonormal(shared.shape[0], shared.shape[1], generator)  # rank-matched to the shared basis
             for family, m in mats.items():
+                if family not in wanted:
+                    continue
                 bases = [("shared", shared), ("own", own_bases[family][:, :k]), ("rand", null)]
                 if cross:
                     bases += [(f"in_{g}", own_bases[g][:, :k] if g in own_bases else m.new_zeros(m.shape[0], 0))
@@ -609,7 +617,7 @@ def basis_variants(deltas: Mapping[str, WeightDelta], ks: Sequence[int] = (8, 32
               for f in deltas}
     return [_variant(f"{label}{k}_{part}", "basis", parts[family, f"{label}{k}_{part}"], delta, family,
                      k=ranks[family, f"{label}{k}"])
-            for family, delta in deltas.items() for k in ks for label in labels[family]
+            for family, delta in deltas.items() if family in wanted for k in ks for label in labels[family]
             for part in ("keep", "drop")]
 
 

@@ -29,12 +29,8 @@ from torch import nn
 
 from lib.generation import encode, render_chat, run_batches
 from lib.hooks import REDUCTIONS, Activations, active_interventions, check_layers, record
-from lib.io import atomic_write, write_json
+from lib.io import atomic_write, file_sha256, write_json
 from lib.models import cache_dir, find_layers, model_fingerprint
-
-
-def _file_sha(path: Path) -> str:
-    return hashlib.sha256(path.read_bytes()).hexdigest()
 
 
 def cache_key(model: nn.Module, token_ids: Sequence[Sequence[int]], reduction: str,
@@ -54,7 +50,7 @@ def _load_cached(path: Path) -> dict[int, torch.Tensor] | None:
         return None
     try:
         expected = json.loads(sidecar.read_text())["sha256"]
-        if _file_sha(path) != expected:
+        if file_sha256(path) != expected:
             raise ValueError("checksum mismatch")
         return {int(k): v for k, v in load_file(path).items()}
     except Exception as error:  # corrupt, truncated or sidecar missing: never use it

@@ -12,6 +12,7 @@ the holder's pid instead of interleaving writes with it.
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import json
 import os
 import platform
@@ -46,6 +47,15 @@ def atomic_write(path: str | Path, data: bytes | str | Callable[[str], Any]) -> 
     finally:
         tmp.unlink(missing_ok=True)
     return path
+
+
+def file_sha256(path: str | Path) -> str:
+    """sha256 of a file's bytes, read in 4 MiB chunks (weight files can be larger than memory wants to hold)."""
+    digest = hashlib.sha256()
+    with open(path, "rb") as handle:
+        for chunk in iter(lambda: handle.read(1 << 22), b""):
+            digest.update(chunk)
+    return digest.hexdigest()
 
 
 def write_json(path: str | Path, data: Any) -> Path:

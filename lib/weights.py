@@ -13,6 +13,7 @@ Face folder, so any serving engine runs the steered model without hooks.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import re
 from collections import defaultdict
@@ -27,7 +28,7 @@ from safetensors.torch import load_file, save_file
 from torch import nn
 
 from lib.hooks import editing_weights
-from lib.io import atomic_write, write_json
+from lib.io import atomic_write, file_sha256, write_json
 
 _LAYER_INDEX = re.compile(r"\.(\d+)\.")
 
@@ -118,23 +119,44 @@ class WeightDelta:
         return WeightDelta({name: d.to(*args, **kwargs) for name, d in self.deltas.items()}, dict(self.meta))
 
     # -- files
+    def content_digest(self) -> str:
+        """sha256 of the names, dtypes, shapes and bytes of every tensor (not the meta): equal digests mean the same
+        delta, whatever it is called (the ablation scores a variant once when two groups build the same one)."""
+        digest = hashlib.sha256()
+        for name, d in self.deltas.items():
+            flat = d.detach().cpu().contiguous().reshape(-1)
+            digest.update(f"{name}|{flat.dtype}|{tuple(d.shape)}|".encode())
+            digest.update(flat.view(torch.uint8).numpy().tobytes())
+        return digest.hexdigest()
+
     def save(self, path: str | Path) -> Path:
-        """Write `<path>.safetensors` (tensors) and `<path>.json` (metadata and norms); returns the tensor file."""
+        """Write `<path>.safetensors` (tensors) and `<path>.json` (metadata, norms and the "sha256" of the
+        tensor file, checked by `load`); returns the tensor file."""
         base = Path(path).with_suffix("")
+        file = base.with_suffix(".safetensors")
         tensors = {name: d.detach().cpu().contiguous() for name, d in self.deltas.items()}
         meta = {**self.meta, "norm": self.norm(), "layer_norms": self.layer_norms(), "n_params": len(self)}
-        atomic_write(base.with_suffix(".safetensors"), lambda tmp: save_file(tensors, tmp))
-        write_json(base.with_suffix(".json"), meta)
-        return base.with_suffix(".safetensors")
+        atomic_write(file, lambda tmp: save_file(tensors, tmp))
+        write_json(base.with_suffix(".json"), {**meta, "sha256": file_sha256(file)})
+        return file
 
     @classmethod
     def load(cls, path: str | Path) -> WeightDelta:
+        """Read a delta written by `save`. A sidecar with "sha256" must match the tensor file, else ValueError
+        naming both (corrupt, or changed after saving); a sidecar written before checksums, or none, loads
+        unverified (as `SteeringVector.load`)."""
         base = Path(path).with_suffix("")
-        if not base.with_suffix(".safetensors").exists():
-            raise FileNotFoundError(f"{base.with_suffix('.safetensors')} does not exist (saved with WeightDelta.save?)")
-        tensors = load_file(base.with_suffix(".safetensors"))
-        meta_path = base.with_suffix(".json")
-        meta = json.loads(meta_path.read_text()) if meta_path.exists() else {}
+        file, sidecar = base.with_suffix(".safetensors"), base.with_suffix(".json")
+        if not file.exists():
+            raise FileNotFoundError(f"{file} does not exist (saved with WeightDelta.save?)")
+        meta = json.loads(sidecar.read_text()) if sidecar.exists() else {}
+        if "sha256" in meta:
+            expected, actual = meta.pop("sha256"), file_sha256(file)
+            if expected != actual:
+                raise ValueError(f"{file}: sha256 {actual} does not match {expected!r} recorded in {sidecar}: the "
+                                 "file is corrupt or was changed after saving; re-create it (rerun what saved it), or "
+                                 f"if the change was intended, delete \"sha256\" from {sidecar} to load it unverified")
+        tensors = load_file(file)
         for derived in ("norm", "layer_norms", "n_params"):
             meta.pop(derived, None)
         return cls(dict(tensors), meta)

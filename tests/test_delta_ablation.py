@@ -495,3 +495,22 @@ def test_cross_family_basis_keeps_a_shared_subspace_and_not_a_private_one():
     by_k = by_name(da.basis_variants(private, ks=(6,)), "lora")  # the stacked basis of rank 6 holds lora's span
     assert by_k["shared6_keep"].norm() / writes.norm() > 0.9999 and by_k["in_pissa6_keep"].norm() / writes.norm() < 1e-5
     assert not any(v.name.startswith("in_") for v in da.basis_variants(private, ks=(2,), cross=False))
+
+
+def test_basis_variants_of_one_family_are_those_of_the_whole_call():
+    """`families=[f]` (the notebook builds one family at a time) must give f's variants of the full call exactly:
+    the shared basis still sees every family and the random null draws the same frames. Catches the filter applied
+    before stacking (the shared basis would be f's own) or the random draw moved inside the family loop."""
+    families, _ = planted_families()
+    whole = da.basis_variants(families, ks=(4, 8), seed=3)
+    for family in families:
+        alone = da.basis_variants(families, ks=(4, 8), seed=3, families=[family])
+        assert {v.family for v in alone} == {family}
+        expected = by_name(whole, family)
+        assert [v.name for v in alone] == list(expected)
+        for variant in alone:
+            other = expected[variant.name]
+            assert variant.meta["k"] == other.meta["k"]
+            assert all(torch.equal(variant.delta[n], other.delta[n]) for n in other.delta.names)
+    with pytest.raises(ValueError, match=r"families=\['nope'\] have no delta"):
+        da.basis_variants(families, ks=(4,), families=["nope"])

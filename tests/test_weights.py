@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import copy
+import hashlib
 import json
 
 import peft
@@ -142,6 +143,37 @@ def test_arithmetic_norms_and_files(tmp_path):
     assert json.loads((tmp_path / "delta.json").read_text())["norm"] == pytest.approx(diff.norm())
     with pytest.raises(ValueError, match="NaN"):
         WeightDelta({"x": torch.tensor([float("nan")])})
+
+
+def test_saved_delta_is_checksummed(tmp_path):
+    delta = WeightDelta({"model.layers.0.mlp.w": torch.arange(6.0).reshape(2, 3)}, {"adapter": "lora"})
+    path = delta.save(tmp_path / "delta")
+    sidecar = tmp_path / "delta.json"
+    recorded = json.loads(sidecar.read_text())["sha256"]
+    assert recorded == hashlib.sha256(path.read_bytes()).hexdigest()  # independent: hash of the bytes on disk
+    assert "sha256" not in WeightDelta.load(path).meta  # never mistaken for a later save's checksum
+    data = bytearray(path.read_bytes())
+    data[-1] ^= 1  # one flipped bit in the last tensor byte: still parses, values differ
+    path.write_bytes(bytes(data))
+    with pytest.raises(ValueError, match="sha256.*delta.json"):
+        WeightDelta.load(path)
+    legacy = json.loads(sidecar.read_text())
+    del legacy["sha256"]  # a sidecar written before checksums loads unverified
+    sidecar.write_text(json.dumps(legacy))
+    assert not torch.equal(WeightDelta.load(path)["model.layers.0.mlp.w"], delta["model.layers.0.mlp.w"])
+
+
+def test_content_digest_sees_values_dtypes_and_names_not_meta():
+    w = torch.arange(6.0).reshape(2, 3)
+    delta = WeightDelta({"a.w": w}, {"adapter": "lora"})
+    assert delta.content_digest() == WeightDelta({"a.w": w.clone()}, {"other": 1}).content_digest()
+    changed = w.clone()
+    changed[1, 2] += 1e-6
+    assert delta.content_digest() != WeightDelta({"a.w": changed}).content_digest()
+    assert delta.content_digest() != WeightDelta({"b.w": w}).content_digest()
+    assert delta.content_digest() != WeightDelta({"a.w": w.double()}).content_digest()
+    assert delta.content_digest() != WeightDelta({"a.w": w.reshape(3, 2)}).content_digest()
+    assert WeightDelta({"a.w": w.bfloat16()}).content_digest() == WeightDelta({"a.w": w.bfloat16()}).content_digest()
 
 
 def test_bad_deltas_are_rejected_by_name(base):

@@ -29,6 +29,7 @@ coefficient, so neither a large nor a small retention of a crop means anything w
 
 from __future__ import annotations
 
+import copy
 import json
 import math
 import time
@@ -355,13 +356,21 @@ class Evaluations:
     def __contains__(self, key: str) -> bool:
         return key in self.records
 
-    def add(self, family: str, variant: da.Variant, points: dict[str, dict[str, Any]], full_norm: float) -> None:
+    def add(self, family: str, variant: da.Variant, points: dict[str, dict[str, Any]], full_norm: float,
+            digest: str = "", same_as: str = "") -> None:
+        """`digest`: the variant's `content_digest`; `same_as`: the variant whose scores these are (equal tensors)."""
         self.records[self.key(family, variant.name)] = {
             "family": family, "variant": variant.name, "group": variant.group, "empty": variant.empty,
             "norm": variant.norm(), "norm_ratio": variant.norm() / full_norm if full_norm > 0 else math.nan,
-            "grid": self.grid.digest, "points": points,
-            "meta": {k: v for k, v in variant.meta.items() if k in KEPT_META}}
+            "grid": self.grid.digest, "points": points, "digest": digest,
+            "meta": {k: v for k, v in variant.meta.items() if k in KEPT_META} | ({"same_as": same_as} if same_as
+                                                                                  else {})}
         self.save()
+
+    def scored_as(self, family: str, digest: str) -> str | None:
+        """The name of an already-scored variant of `family` with these exact tensors, if any."""
+        return next((r["variant"] for r in self.records.values()
+                     if r["family"] == family and digest and r.get("digest") == digest), None)
 
     def save(self) -> None:
         write_json(self.path, {"grid": self.grid.as_dict(), "base": self.base, "variants": self.records})
@@ -413,8 +422,7 @@ def group_variants(group: str, family: str, deltas: Mapping[str, WeightDelta], m
         yield from variants
     elif group == "basis":
         for k in cfg.ks:  # one K at a time: 6 dense copies of the residual writes per family, not 6 per K
-            variants = da.basis_variants(deltas, ks=[k], seed=cfg.seed + k)
-            yield from (v for v in variants if v.family == family)
+            yield from da.basis_variants(deltas, ks=[k], seed=cfg.seed + k, families=[family])
     elif group == "controls":
         yield da.zero_variant(delta)
         for seed in range(cfg.n_random):
@@ -460,9 +468,14 @@ def run_ablation(cfg: WeightAblationConfig, model: nn.Module, tokenizer: Any, ou
     def run(family: str, variants: Sequence[da.Variant], desc: str) -> None:
         todo = [v for v in variants if Evaluations.key(family, v.name) not in store]
         for variant in tqdm(todo, desc=desc, disable=not progress or not todo, leave=False):
-            points = evaluate_variant(model, tokenizer, variant, cfg.coefficients, evals, reference, store.base,
-                                      low_pmass, cfg.batch_size)
-            store.add(family, variant, points, deltas[family].norm())
+            digest = variant.delta.content_digest()
+            twin = store.scored_as(family, digest)  # e.g. IA3's attention_gates is roles' attention
+            if twin is not None:
+                points = copy.deepcopy(store.records[Evaluations.key(family, twin)]["points"])
+            else:
+                points = evaluate_variant(model, tokenizer, variant, cfg.coefficients, evals, reference, store.base,
+                                          low_pmass, cfg.batch_size)
+            store.add(family, variant, points, deltas[family].norm(), digest, twin or "")
 
     for group, family_of in FAMILY_GROUPS.items():
         skipped = [f for f in owners if f != family_of]

@@ -319,3 +319,26 @@ def test_the_ia3_group_scores_the_ia3_family_only_and_says_so(small, tmp_path):
     assert {("ia3", "attention_gates"), ("ia3", "mlp_gates")} <= scored
     assert not any(family == "lora" and variant != "full" for family, variant in scored)
     assert any("group ia3 reads ia3 deltas only: skipped for lora" in m for m in messages)
+
+
+def test_a_variant_built_twice_is_scored_once(small, tmp_path, monkeypatch):
+    """IA3's attention/MLP gates are roles' attention/mlp crops under other names: the second of each is not
+    re-scored but carries the first's points and says so. Catches the content check dropped (each scored again) or
+    matching by something looser than the tensors (a different crop would inherit the wrong scores)."""
+    model, tokenizer = small
+    folder = _source(tmp_path / "src", model, tokenizer, {"ia3": {0: _gated_delta(model, 0.3)}})
+    scored = []
+    real = wa.evaluate_variant
+    monkeypatch.setattr(wa, "evaluate_variant",
+                        lambda m, t, v, *a, **k: scored.append(v.name) or real(m, t, v, *a, **k))
+    state = wa.run_ablation(_cfg(folder, groups=["roles", "ia3"]), model, tokenizer, tmp_path / "out", progress=False,
+                            log=lambda message: None)
+    records = state["store"].records
+    for twin, first in (("attention_gates", "attention"), ("mlp_gates", "mlp")):
+        assert twin not in scored and first in scored
+        assert records[f"ia3/{twin}"]["meta"]["same_as"] == first
+        assert records[f"ia3/{twin}"]["points"] == records[f"ia3/{first}"]["points"]
+    assert len(scored) == len(set(scored))
+    # a crop with other tensors is scored itself, and its own points differ
+    assert "same_as" not in records["ia3/writes"]["meta"]
+    assert records["ia3/writes"]["points"] != records["ia3/attention"]["points"]
