@@ -81,6 +81,40 @@ def swing_table(table: pd.DataFrame) -> pd.DataFrame:
     return pd.DataFrame(rows)
 
 
+def family_table(entries: list[dict]) -> pd.DataFrame:
+    """The journal's family tables (2026-12-02 entry): per behaviour and adapter, mean score at c = -1 / +1, the swing
+    with its seed std and its row SE (mean over seeds; rows paired across +1 and -1), KL, pmass, |dW| and the mean loss
+    over all training rows after training (`train_set_loss`, recorded since the paired divergence check)."""
+    import numpy as np
+
+    rows = []
+    weights = [e for e in ws.mark_diverged(entries) if e["method"] == "weight" and not e["diverged"]]
+    for behaviour, adapter in sorted({(e["behaviour"], e["adapter"]) for e in weights}):
+        by_seed: dict[int, dict[float, dict]] = {}
+        for e in weights:
+            if (e["behaviour"], e["adapter"]) == (behaviour, adapter):
+                by_seed.setdefault(e["seed"], {})[e["coeff"]] = e
+        seeds = [s for s in by_seed.values() if 1.0 in s and -1.0 in s]
+        if not seeds:
+            continue
+        swings = [s[1.0]["score"] - s[-1.0]["score"] for s in seeds]
+        row_se = [float(np.std(np.subtract(s[1.0]["row_scores"], s[-1.0]["row_scores"]), ddof=1)
+                        / np.sqrt(len(s[1.0]["row_scores"]))) for s in seeds]
+        losses = [s[1.0].get("train_set_loss") for s in seeds]
+        rows.append({"behaviour": behaviour, "adapter": adapter, "n_seeds": len(seeds),
+                     "delta_norm": np.mean([s[1.0]["delta_norm"] for s in seeds]),
+                     "score-1": np.mean([s[-1.0]["score"] for s in seeds]),
+                     "score+1": np.mean([s[1.0]["score"] for s in seeds]),
+                     "swing": np.mean(swings), "swing_seed_std": np.std(swings, ddof=1) if len(seeds) > 1 else np.nan,
+                     "swing_row_se": np.mean(row_se), "kl-1": np.mean([s[-1.0]["kl"] for s in seeds]),
+                     "kl+1": np.mean([s[1.0]["kl"] for s in seeds]),
+                     "pmass-1": np.mean([s[-1.0]["pmass"] for s in seeds]),
+                     "pmass+1": np.mean([s[1.0]["pmass"] for s in seeds]),
+                     "train_loss_after_pos": np.mean([x["positive"][1] for x in losses]) if all(losses) else np.nan,
+                     "train_loss_after_neg": np.mean([x["negative"][1] for x in losses]) if all(losses) else np.nan})
+    return pd.DataFrame(rows)
+
+
 def main() -> None:
     entries, digests = [], {}
     for behaviour, folders in RUNS.items():
@@ -100,6 +134,8 @@ def main() -> None:
             for name in ("headroom", "contrast"):
                 if name in state:
                     (HERE / f"{behaviour}_{name}.json").write_text(json.dumps(state[name], indent=1))
+    families = family_table(entries)
+    families.to_csv(HERE / "families.csv", index=False)
     table = ws.comparison_table(entries)
     table.to_csv(HERE / "comparison.csv", index=False)
     seeds = ws.seed_table(table)
@@ -113,6 +149,7 @@ def main() -> None:
         print(headroom.round(3).to_string(index=False))
         print(seeds.round(3).to_string(index=False))
         print(swings.round(3).to_string(index=False))
+        print(families.round(3).to_string(index=False))
 
 
 if __name__ == "__main__":
