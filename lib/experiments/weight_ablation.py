@@ -25,6 +25,9 @@ dW re-scored here must reproduce the run's saved per-row scores.
 Sufficiency: a crop that keeps the effect at a smaller norm is compared with itself at the full norm (`@norm`) and
 with a random delta of its own per-tensor norms on the same tensors (`~rand`); the model is non-linear in the
 coefficient, so neither a large nor a small retention of a crop means anything without them.
+
+Each variant is scored once: one whose tensors equal an already-scored variant of the same family (`content_digest`;
+e.g. IA3's attention gates are the roles group's attention crop) copies its points and records `same_as`.
 """
 
 from __future__ import annotations
