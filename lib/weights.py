@@ -126,7 +126,7 @@ class WeightDelta:
         for name, d in self.deltas.items():
             flat = d.detach().cpu().contiguous().reshape(-1)
             digest.update(f"{name}|{flat.dtype}|{tuple(d.shape)}|".encode())
-            digest.update(flat.view(torch.uint8).numpy().tobytes())
+            digest.update(flat.view(torch.uint8).numpy())  # the buffer itself, no copy
         return digest.hexdigest()
 
     def save(self, path: str | Path) -> Path:
