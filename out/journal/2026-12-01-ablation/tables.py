@@ -12,6 +12,7 @@ import sys
 from pathlib import Path
 
 import matplotlib
+import pandas as pd
 
 matplotlib.use("Agg")
 ROOT = Path(__file__).resolve().parents[3]
@@ -23,7 +24,9 @@ HERE = Path(__file__).parent
 RUN = ROOT / "out" / "weight_ablation" / "families=lora,pissa_groups=roles,basis,thirds,controls,svd,dora,base-svd"
 
 
-def main(run: Path = RUN) -> None:
+def load(run: Path) -> tuple[dict, wa.WeightAblationConfig, dict, wa.Evaluations, pd.DataFrame]:
+    """A run folder's run.json record, config, family sources, evaluations and retained table (also for a run still
+    going: every variant scored so far)."""
     record = json.loads((run / "run.json").read_text())
     params = {k: v for k, v in record["parameters"].items() if k in wa.WeightAblationConfig.field_names()}
     cfg = wa.WeightAblationConfig(**params)
@@ -31,7 +34,11 @@ def main(run: Path = RUN) -> None:
     owners = wa.family_sources(cfg, sources)
     evals = wa.eval_set(sources[0], cfg.behaviour)
     store = wa.Evaluations(run / "evaluations.json", da.eval_grid(evals.rows, cfg.coefficients))
-    table = wa.retained_table(store, owners, cfg)
+    return record, cfg, owners, store, wa.retained_table(store, owners, cfg)
+
+
+def main(run: Path = RUN) -> None:
+    record, cfg, owners, store, table = load(run)
     noise = {family: wa.seed_noise(owners[family], family, max(cfg.coefficients)) for family in owners}
     effects = wa.full_effects(table, noise)
     rules = {column: wa.verdict(table, effects, cfg, column) for column in ("retained", "retained_preference")

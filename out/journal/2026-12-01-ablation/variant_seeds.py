@@ -9,36 +9,19 @@ each cross-family gap (LoRA - PiSSA) beside the two families' seed stds.
 
 from __future__ import annotations
 
-import json
 import math
 import sys
 from pathlib import Path
 
-import matplotlib
 import pandas as pd
 
-matplotlib.use("Agg")
 ROOT = Path(__file__).resolve().parents[3]
-sys.path.insert(0, str(ROOT))
-from lib import delta_ablation as da  # noqa: E402
-from lib.experiments import weight_ablation as wa  # noqa: E402
+sys.path.insert(0, str(Path(__file__).parent))  # tables.py puts the repository on the path
+from tables import load  # noqa: E402
 
 HERE = Path(__file__).parent
 FAMILIES = ("lora", "pissa")
 COLUMNS = ("retained", "retained_preference", "retained_preference_of_writes")
-
-
-def retained(folder: Path) -> pd.DataFrame:
-    """A run's retained table, built with the notebook's own functions from its evaluations.json (also for a run
-    still going: every variant scored so far)."""
-    record = json.loads((folder / "run.json").read_text())
-    params = {k: v for k, v in record["parameters"].items() if k in wa.WeightAblationConfig.field_names()}
-    cfg = wa.WeightAblationConfig(**params)
-    sources = wa.read_sources(cfg)
-    owners = wa.family_sources(cfg, sources)
-    evals = wa.eval_set(sources[0], cfg.behaviour)
-    store = wa.Evaluations(folder / "evaluations.json", da.eval_grid(evals.rows, cfg.coefficients))
-    return wa.retained_table(store, owners, cfg).assign(seed=cfg.seed, run=folder.name)
 
 
 def read_runs() -> pd.DataFrame:
@@ -46,7 +29,8 @@ def read_runs() -> pd.DataFrame:
     for folder in sorted((ROOT / "out" / "weight_ablation").iterdir()):
         if not (folder / "evaluations.json").exists():
             continue
-        table = retained(folder)
+        _, cfg, _, _, table = load(folder)  # the journal's ablation tables read a run the same way
+        table = table.assign(seed=cfg.seed, run=folder.name)
         table = table[table.family.isin(FAMILIES)].copy()
         for family in FAMILIES:  # f in the other family's own basis: one name for both, to compare them
             other = next(g for g in FAMILIES if g != family)
