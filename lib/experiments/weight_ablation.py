@@ -612,7 +612,10 @@ def verdict(table: pd.DataFrame, effects: pd.DataFrame, cfg: WeightAblationConfi
     - not identifiable with this basis: for some K, keep and drop both retain >= 0.5 in most families;
     - localised: in a partition, one part retains >= sufficient, the others <= removes, and the part's `~rand`
       control <= removes (when the part is a crop);
-    - distributed: in a partition, two or more disjoint parts each retain >= 0.5;
+    - distributed: in a partition, two or more disjoint parts each retain >= 0.5 (the partitions include the
+      single layers when `layer_only` was scored);
+    - necessary layer: leaving one block out (`L<i>_out`) keeps <= removes; beside it "no layer necessary" when
+      every leave-one-layer-out keeps >= sufficient;
     - cross-family gaps: the spread of a variant's retention across families against the within-family noise
       (seed std / |swing|)."""
     families = sorted(set(table.family))
@@ -665,7 +668,7 @@ def verdict(table: pd.DataFrame, effects: pd.DataFrame, cfg: WeightAblationConfi
             rules.append({"rule": f"not identifiable with basis K={k}", "fired": True, "numbers": numbers,
                           "text": f"K={k}: both keep and drop retain >= 0.5 in most families"})
     for family in ok:
-        for partition, parts in PARTITIONS.items():
+        for partition, parts in _partitions(table, family).items():
             values = {p: _retained(table, family, p, column) for p in parts}
             values = {p: v for p, v in values.items() if not math.isnan(v)}
             if len(values) < 2:
@@ -688,6 +691,20 @@ def verdict(table: pd.DataFrame, effects: pd.DataFrame, cfg: WeightAblationConfi
             if len(half) >= 2:
                 rules.append({"rule": f"distributed ({partition})", "family": family, "fired": True, "parts": half,
                               "numbers": values, "text": f"{family}: {', '.join(half)} each retain >= 0.5"})
+        left_out = {p: _retained(table, family, p, column) for p in _layer_names(table, family, "out")}
+        left_out = {p: v for p, v in left_out.items() if not math.isnan(v)}
+        if left_out:
+            lowest = min(left_out, key=left_out.__getitem__)
+            necessary = [p for p, v in left_out.items() if v <= cfg.removes]
+            redundant = all(v >= cfg.sufficient for v in left_out.values())
+            rules.append({"rule": "necessary layer", "family": family, "fired": bool(necessary), "parts": necessary,
+                          "lowest": {lowest: round(left_out[lowest], 3)},
+                          "text": f"{family}: leaving out {', '.join(necessary) or 'any one block'} "
+                                  + (f"keeps <= {cfg.removes}" if necessary else f"keeps more than {cfg.removes}")
+                                  + f" (lowest: {lowest} {left_out[lowest]:.2f})"})
+            rules.append({"rule": "no layer necessary", "family": family, "fired": redundant,
+                          "text": f"{family}: every leave-one-layer-out keeps "
+                                  + (f">= {cfg.sufficient}" if redundant else f"at least {left_out[lowest]:.2f}")})
     if len(ok) > 1:
         # within-family noise in retention units: the full swing's spread over seeds (score), or its pairs' SE
         # (preference: the source run recorded no seeds of it), over |full swing|
@@ -708,6 +725,18 @@ def verdict(table: pd.DataFrame, effects: pd.DataFrame, cfg: WeightAblationConfi
                       "text": "widest cross-family retention gaps " + _fmt(widest.to_dict())
                               + f"; within-family noise ({spread_of} / |full swing|) " + _fmt(noise)})
     return rules
+
+
+def _layer_names(table: pd.DataFrame, family: str, kind: str) -> list[str]:
+    """The family's scored `L<i>_only` or `L<i>_out` variants, in block order."""
+    names = table[(table.family == family) & table.variant.str.fullmatch(rf"L\d+_{kind}")].variant
+    return sorted(names, key=lambda n: int(n[1:].split("_")[0]))
+
+
+def _partitions(table: pd.DataFrame, family: str) -> dict[str, tuple[str, ...]]:
+    """PARTITIONS, plus "single layers" (every `L<i>_only` and non_block) when the layer_only group was scored."""
+    layers = _layer_names(table, family, "only")
+    return {**PARTITIONS, "single layers": (*layers, "non_block")} if layers else dict(PARTITIONS)
 
 
 def _cross(table: pd.DataFrame, families: Sequence[str], k: int, part: str, column: str,

@@ -281,6 +281,34 @@ def test_verdict_rules_fire_on_the_numbers_they_name():
     assert "not identifiable" in within_noise[-1]["text"]
 
 
+def test_single_layer_rules_read_layer_only_and_layer_out():
+    """Single-layer keep is a partition of its own (with non_block), read by the localised and distributed rules;
+    leave-one-layer-out gives "necessary layer" (<= removes) and "no layer necessary" (all >= sufficient). Catches
+    the layer partition dropped, `L<i>_out` read as `L<i>_only`, or the lowest leave-one-out misnamed."""
+    cfg = wa.WeightAblationConfig(ks=[8])
+    one = {"full": 1.0, "L0_only": 0.02, "L1_only": 0.9, "L2_only": 0.05, "L10_only": 0.0, "non_block": 0.0,
+           "L0_out": 0.97, "L1_out": 0.1, "L2_out": 0.95, "L10_out": 0.99}
+    rules = wa.verdict(_table({"lora": one}), _effects(["lora"]), cfg)
+    localised = [r for r in rules if r["rule"] == "localised (single layers)"]
+    assert [(r["part"], r["fired"]) for r in localised] == [("L1_only", False)]  # no L1_only~rand: waits
+    assert "not scored yet" in localised[0]["text"]
+    rules = wa.verdict(_table({"lora": {**one, "L1_only~rand": 0.01}}), _effects(["lora"]), cfg)
+    by_rule = {r["rule"]: r for r in rules}
+    assert by_rule["localised (single layers)"]["fired"] and by_rule["localised (single layers)"]["part"] == "L1_only"
+    assert by_rule["necessary layer"]["fired"] and by_rule["necessary layer"]["parts"] == ["L1_out"]
+    assert by_rule["necessary layer"]["lowest"] == {"L1_out": 0.1}
+    assert not by_rule["no layer necessary"]["fired"]
+    spread = {**one, "L1_only": 0.6, "L2_only": 0.55, "L1_out": 0.8}
+    by_rule = {r["rule"]: r for r in wa.verdict(_table({"lora": spread}), _effects(["lora"]), cfg)}
+    assert by_rule["distributed (single layers)"]["parts"] == ["L1_only", "L2_only"]
+    assert "localised (single layers)" not in by_rule
+    assert not by_rule["necessary layer"]["fired"] and by_rule["no layer necessary"]["fired"]
+    assert "lowest: L1_out 0.80" in by_rule["necessary layer"]["text"]
+    without = {k: v for k, v in one.items() if not k.startswith("L")}
+    names = {r["rule"] for r in wa.verdict(_table({"lora": without}), _effects(["lora"]), cfg)}
+    assert not any("layer" in n for n in names)  # not scored: no layer rule at all
+
+
 def test_a_source_is_a_folder_or_a_weight_steering_run_slug(tmp_path, monkeypatch):
     from pathlib import Path
 
