@@ -108,6 +108,9 @@ if "retained_preference" in table:
 
 # %% [markdown]
 # ## Single layers
+# Each block alone (`L<i>_only`) and every block but one (`L<i>_out`). The verdict reads the first as one more
+# partition (localised / distributed) and the second as "necessary layer": does leaving one block out remove
+# the effect?
 
 # %%
 if table.variant.str.match(r"L\d+_(only|out)$").any():
