@@ -37,12 +37,25 @@ def load(run: Path) -> tuple[dict, wa.WeightAblationConfig, dict, wa.Evaluations
     return record, cfg, owners, store, wa.retained_table(store, owners, cfg)
 
 
-def main(run: Path = RUN) -> None:
-    record, cfg, owners, store, table = load(run)
+def verdicts(table: pd.DataFrame, owners: dict, cfg: wa.WeightAblationConfig) -> tuple[pd.DataFrame, dict]:
+    """The full dW's effects (with the source runs' seed noise) and the verdict rules on both metrics."""
     noise = {family: wa.seed_noise(owners[family], family, max(cfg.coefficients)) for family in owners}
     effects = wa.full_effects(table, noise)
     rules = {column: wa.verdict(table, effects, cfg, column) for column in ("retained", "retained_preference")
              if column in table}
+    return effects, rules
+
+
+def print_rules(rules: dict) -> None:
+    for column, fired in rules.items():
+        print(f"--- {column}")
+        for rule in fired:
+            print(("FIRED  " if rule["fired"] else "       ") + f"{rule['rule']}: {rule['text']}")
+
+
+def main(run: Path = RUN) -> None:
+    record, cfg, owners, store, table = load(run)
+    effects, rules = verdicts(table, owners, cfg)
     table.to_csv(HERE / "retained.csv", index=False)
     effects.to_csv(HERE / "full_effects.csv", index=False)
     (HERE / "verdict.json").write_text(json.dumps(rules, indent=1, default=str))
@@ -54,10 +67,7 @@ def main(run: Path = RUN) -> None:
     columns = ["family", "group", "variant", "norm_ratio", "swing", "swing_se", "retained", "preference_swing",
                "retained_preference", "kl+", "kl-", "pmass+", "pmass-"]
     print(table[[c for c in columns if c in table]].round(3).to_string(index=False))
-    for column, fired in rules.items():
-        print(f"--- {column}")
-        for rule in fired:
-            print(("FIRED  " if rule["fired"] else "       ") + f"{rule['rule']}: {rule['text']}")
+    print_rules(rules)
 
 
 if __name__ == "__main__":

@@ -18,7 +18,7 @@ import pandas as pd
 
 ROOT = Path(__file__).resolve().parents[3]
 sys.path.insert(0, str(ROOT / "out" / "journal" / "2026-12-01-ablation"))  # tables.py puts the repo on the path
-from tables import load  # noqa: E402
+from tables import load, print_rules, verdicts  # noqa: E402
 
 from lib.experiments import weight_ablation as wa  # noqa: E402
 
@@ -66,9 +66,7 @@ def main(run: Path = RUN) -> None:
           for v, r in zip(thirds.variant, thirds.retained_preference, strict=True)),
     ])
     sums.round(4).to_csv(HERE / "sums.csv", index=False)
-    noise = {family: wa.seed_noise(owners[family], family, max(cfg.coefficients)) for family in owners}
-    effects = wa.full_effects(table, noise)
-    rules = {c: wa.verdict(table, effects, cfg, c) for c in ("retained", "retained_preference") if c in table}
+    effects, rules = verdicts(table, owners, cfg)
     (HERE / "verdict.json").write_text(json.dumps(rules, indent=1, default=str))
     effects.to_csv(HERE / "full_effects.csv", index=False)
     wa.layer_figure(table, "retained_preference", HERE / "layers.png")
@@ -76,10 +74,7 @@ def main(run: Path = RUN) -> None:
     print(effects.round(3).to_string(index=False))
     print(wide.round(3).to_string(index=False))
     print(sums.round(3).to_string(index=False))
-    for column, fired in rules.items():
-        print(f"--- {column}")
-        for rule in fired:
-            print(("FIRED  " if rule["fired"] else "       ") + f"{rule['rule']}: {rule['text']}")
+    print_rules(rules)
 
 
 if __name__ == "__main__":
