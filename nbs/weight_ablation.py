@@ -30,7 +30,8 @@
 #   each family's own top-K, every other family's own top-K (`in_<family>K`: a basis that never saw this family)
 #   and a rank-matched random basis as nulls;
 # - **controls**: zero and norm-matched random deltas; crops that retain get `@norm` (rescaled to the full norm) and
-#   `~rand` (random with the crop's norms on the same tensors) controls.
+#   `~rand` (random with the crop's norms on the same tensors) controls, on the metrics whose full swing is
+#   identifiable (a ratio to a swing inside noise is noise).
 #
 # `retained = swing(variant) / swing(full dW)` with `swing = score(+c) - score(-c)` at the largest coefficient, beside
 # pmass and KL on neutral text. For honesty a second metric, `preference` (held-out written honest minus deceptive

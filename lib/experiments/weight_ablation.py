@@ -444,8 +444,9 @@ def sufficiency_controls(variant: da.Variant, full: WeightDelta, seed: int) -> l
 
 def run_ablation(cfg: WeightAblationConfig, model: nn.Module, tokenizer: Any, out: Path,
                  log: Callable[[str], Any] = print, progress: bool = True) -> dict[str, Any]:
-    """Every group's variants for every family, then the sufficiency controls of the crops that retain; resumable
-    from `out/evaluations.json`. Returns what the tables need."""
+    """Every group's variants for every family, then the sufficiency controls of the crops that retain on an
+    identifiable metric (`crops_to_control`); resumable from `out/evaluations.json`. Returns what the tables
+    need."""
     from tqdm.auto import tqdm
 
     started = time.time()
@@ -494,23 +495,38 @@ def run_ablation(cfg: WeightAblationConfig, model: nn.Module, tokenizer: Any, ou
         run(family, [full], f"{family} full")
         reproduced[family] = check_reproduces_run(store.records[Evaluations.key(family, "full")]["points"],
                                                   saved_scores(owners[family], family, cfg.seed), family)
+    noise = {family: seed_noise(owners[family], family, max(cfg.coefficients)) for family in owners}
     table = retained_table(store, owners, cfg)
-    best = table[[c for c in ("retained", "retained_preference") if c in table]].max(axis=1)  # either metric
-    retaining = table[(best >= cfg.sufficient) & (table.norm_ratio < 0.95) & (table.variant != "full")
-                      & ~table.group.isin(["sufficiency", "control"]) & ~table.variant.str.endswith("@norm")]
-    for family, names in retaining.groupby("family").variant:
+    for family, names in crops_to_control(table, full_effects(table, noise), cfg).groupby("family").variant:
         wanted = set(names)
         built = [v for group in cfg.groups for v in group_variants(group, family, deltas, model, cfg, n_layers)
                  if v.name in wanted]
         controls = [c for v in built for c in sufficiency_controls(v, deltas[family], cfg.seed)]
         run(family, controls, f"{family} sufficiency")
     log(f"[{time.time() - started:7.1f} s] all variants scored")
-    noise = {family: seed_noise(owners[family], family, max(cfg.coefficients)) for family in owners}
     return {"store": store, "owners": owners, "evals": evals, "reproduced": reproduced, "noise": noise,
             "deltas": deltas, "seconds": time.time() - started}
 
 
 # ----------------------------------------------------------------------------- tables and verdict
+
+
+IDENTIFIABLE = {"retained": "identifiable", "retained_preference": "preference_identifiable"}
+
+
+def crops_to_control(table: pd.DataFrame, effects: pd.DataFrame, cfg: WeightAblationConfig) -> pd.DataFrame:
+    """The crops that get `@norm` / `~rand` controls: smaller than the full dW and retaining >= sufficient on a
+    metric whose full swing is identifiable for that family (a ratio to a swing inside noise is noise, and its
+    controls would cost a scored variant each for nothing)."""
+    flags = effects.set_index("family")
+    readable = pd.DataFrame(index=table.index)
+    for column, flag in IDENTIFIABLE.items():
+        if column in table and flag in flags:
+            ok = table.family.map(lambda f, flag=flag: f in flags.index and bool(flags.loc[f, flag]))
+            readable[column] = table[column].where(ok)
+    best = readable.max(axis=1) if len(readable.columns) else pd.Series(math.nan, index=table.index)
+    return table[(best >= cfg.sufficient) & (table.norm_ratio < 0.95) & (table.variant != "full")
+                 & ~table.group.isin(["sufficiency", "control"]) & ~table.variant.str.endswith("@norm")]
 
 
 def swing(points: Mapping[str, Mapping[str, Any]], c: float, key: str = "score") -> float:
