@@ -521,9 +521,8 @@ def crops_to_control(table: pd.DataFrame, effects: pd.DataFrame, cfg: WeightAbla
     flags = effects.set_index("family")
     readable = pd.DataFrame(index=table.index)
     for column, flag in IDENTIFIABLE.items():
-        if column in table and flag in flags:
-            ok = table.family.map(lambda f, flag=flag: f in flags.index and bool(flags.loc[f, flag]))
-            readable[column] = table[column].where(ok)
+        if column in table and flag in flags:  # a family without a flag counts as not identifiable
+            readable[column] = table[column].where(table.family.map(flags[flag]).fillna(False).astype(bool))
     best = readable.max(axis=1) if len(readable.columns) else pd.Series(math.nan, index=table.index)
     return table[(best >= cfg.sufficient) & (table.norm_ratio < 0.95) & (table.variant != "full")
                  & ~table.group.isin(["sufficiency", "control"]) & ~table.variant.str.endswith("@norm")]
@@ -638,7 +637,7 @@ def verdict(table: pd.DataFrame, effects: pd.DataFrame, cfg: WeightAblationConfi
     if column not in table or table[column].isna().all():
         return [{"rule": "metric", "fired": False, "text": f"{column}: not measured"}]
     rules: list[dict[str, Any]] = []
-    flag = "identifiable" if column == "retained" else "preference_identifiable"
+    flag = IDENTIFIABLE[column]
     by_family = effects.set_index("family")
     ok = [f for f in families if f in by_family.index and bool(by_family.loc[f, flag])]
     rules.append({"rule": "identifiable", "fired": bool(ok), "families": ok,
