@@ -2,7 +2,10 @@
 
 The cache key is (model fingerprint, hash of the token ids the model sees, reduction, reduction starts, n).
 Hashing the token ids rather than the texts covers the tokenizer, the chat template, special tokens and
-separators at once; the fingerprint covers every byte of the weights (`lib.models.model_fingerprint`). While
+separators at once; the fingerprint covers every byte of the weights (`lib.models.model_fingerprint`), and the
+forward state what else decides the forward: training flags, PEFT's adapter switches (enabled, active, merged,
+scaling), autocast (`lib.models.forward_state`). A model in training mode, with offloaded weights or with adapter
+state that cannot be read is not cached (said once). While
 any intervention is active on the model (a `steer` block, another library's forward hooks, `apply_delta`),
 the cache is neither read nor written: those activations are computed fresh (journal, 2026-12-01: a cache
 keyed on texts alone served unsteered activations inside `steer`, and steered ones after it).
@@ -27,21 +30,37 @@ import torch
 from safetensors.torch import load_file, save
 from torch import nn
 
-from lib.generation import encode, render_chat, run_batches
+from lib.generation import check_rows, encode, render_chat, run_batches
 from lib.hooks import REDUCTIONS, Activations, active_interventions, check_layers, record
 from lib.io import atomic_write, file_sha256, write_json
-from lib.models import cache_dir, find_layers, model_fingerprint
+from lib.models import cache_dir, find_layers, forward_state, model_fingerprint
 
 
 def cache_key(model: nn.Module, token_ids: Sequence[Sequence[int]], reduction: str,
-              start_tokens: Sequence[int] | None = None) -> str:
+              start_tokens: Sequence[int] | None = None, state: str | None = None) -> str:
     """Name of the cache entry for these token rows: each row is hashed with its length, so no two different
-    batches of rows share a key (texts joined by a separator could)."""
+    batches of rows share a key (texts joined by a separator could). `state`: `forward_state(model)`'s digest
+    (computed here when not given)."""
+    state = forward_state(model)[0] if state is None else state
     digest = hashlib.sha256()
     for row in token_ids:
         digest.update(np.asarray([len(row), *row], dtype=np.int64).tobytes())
     digest.update(b"starts" + (b"-" if start_tokens is None else np.asarray(start_tokens, dtype=np.int64).tobytes()))
-    return f"{model_fingerprint(model)}-{digest.hexdigest()[:24]}-{reduction}-n{len(token_ids)}"
+    return f"{model_fingerprint(model)}-{state[:16]}-{digest.hexdigest()[:24]}-{reduction}-n{len(token_ids)}"
+
+
+_TOLD: set[str] = set()  # reasons already reported in this process
+
+
+def cacheable_state(model: nn.Module) -> str | None:
+    """`forward_state`'s digest, or None (with a warning, once per reason and process) when the activations must
+    not be cached: training mode, offloaded weights, unreadable adapter state."""
+    state, reasons = forward_state(model)
+    for reason in reasons:
+        if reason not in _TOLD:
+            _TOLD.add(reason)
+            warnings.warn(f"Activation cache off for this model: {reason}", stacklevel=3)
+    return None if reasons else state
 
 
 def _load_cached(path: Path) -> dict[int, torch.Tensor] | None:
@@ -107,7 +126,8 @@ def forward_batches(model: nn.Module, tokenizer: Any, texts: Sequence[str], batc
         with suppress(_StopForward):  # `_stop_after` ended the pass after the deepest layer read
             model(**batch)
 
-    run_batches(model, encoded, batch_size, tokenizer.pad_token_id, forward, desc=desc, progress=progress)
+    run_batches(model, encoded, batch_size, tokenizer.pad_token_id, forward, what="texts", desc=desc,
+                progress=progress)
 
 
 def extract(
@@ -142,16 +162,23 @@ def extract(
     wanted = list(range(n_layers)) if layers is None else list(layers)
     check_layers(model, wanted, blocks=blocks)
     token_ids = encode(tokenizer, texts, chat)
+    check_rows(model, token_ids, what="texts")  # before the cache is keyed: an empty text never gets an entry
+    if start_tokens is not None:
+        past = [i for i, (start, row) in enumerate(zip(start_tokens, token_ids, strict=True)) if start >= len(row)]
+        if past:
+            raise ValueError(f"start_tokens[{past[0]}]={start_tokens[past[0]]} leaves no token of texts[{past[0]}] "
+                             f"({len(token_ids[past[0]])} tokens) to reduce over: an empty completion?")
     # Inside `steer`, `apply_delta` or another library's hooks the activations are not the plain model's:
     # computed fresh, never read from or written to the cache.
     use_cache = use_cache and not active_interventions(model)
-    path = cache_dir() / "activations" / f"{cache_key(model, token_ids, reduction, start_tokens)}.safetensors" \
-        if use_cache else None
+    state = cacheable_state(model) if use_cache else None
+    path = cache_dir() / "activations" / f"{cache_key(model, token_ids, reduction, start_tokens, state)}.safetensors" \
+        if state is not None else None
     acts = _load_cached(path) if path is not None else None
     if acts is None:
         # A cached extraction keeps every layer; an uncached one reads only `wanted` and computes nothing after
         # the deepest of them (no later blocks, final norm or unembedding).
-        read = range(n_layers) if use_cache or not wanted else sorted(set(wanted))
+        read = range(n_layers) if path is not None or not wanted else sorted(set(wanted))
         with record(model, read, reduction) as recorded, _stop_after(blocks[max(read)]):
             forward_batches(model, tokenizer, texts, batch_size, chat, "extract", progress, recorded, start_tokens,
                             token_ids)

@@ -15,7 +15,8 @@ import torch
 from torch import nn
 from tqdm.auto import tqdm
 
-from lib.hooks import Steering, steering_context
+from lib.hooks import Steering, coefficient_values, steering_context
+from lib.models import max_positions
 
 T = TypeVar("T")
 
@@ -71,9 +72,24 @@ def batches(n: int, batch_size: int, desc: str | None = None, progress: bool = T
         yield slice(start, min(start + batch_size, n))
 
 
-def check_coefficients(coefficients: Sequence[float] | None, n: int) -> None:
-    if coefficients is not None and len(coefficients) != n:
-        raise ValueError(f"coefficients has {len(coefficients)} values for {n} rows; give one per row")
+def check_rows(model: nn.Module, rows: Sequence[Sequence[int]], new_tokens: int = 0, what: str = "rows") -> None:
+    """Refuse, before any forward pass, a row with no tokens (an empty text: it would run as all padding and give a
+    zero or garbage result) and a row that with `new_tokens` more would pass the model's maximum positions
+    (GPT-2 fails mid-forward with an IndexError; RoPE models run past their trained length silently). `what`
+    names the rows in the message (e.g. "texts", "prompts": row i is the caller's item i)."""
+    empty = [i for i, row in enumerate(rows) if len(row) == 0]
+    if empty:
+        raise ValueError(f"{what}[{empty[0]}] has no tokens ({len(empty)} of {len(rows)} rows are empty): "
+                         "drop empty texts, or give them content")
+    limit = max_positions(model)
+    if limit is not None:
+        long = [i for i, row in enumerate(rows) if len(row) + new_tokens > limit]
+        if long:
+            i = long[0]
+            more = f" + {new_tokens} new tokens" if new_tokens else ""
+            raise ValueError(f"{what}[{i}] has {len(rows[i])} tokens{more}, past the model's maximum of {limit} "
+                             f"positions ({len(long)} rows do): shorten or truncate it"
+                             + (", or ask for fewer new tokens" if new_tokens else ""))
 
 
 def run_batches(
@@ -86,6 +102,8 @@ def run_batches(
     steering: Steering | None = None,
     coefficients: Sequence[float] | None = None,
     positions: bool = True,
+    new_tokens: int = 0,
+    what: str = "rows",
     desc: str | None = None,
     progress: bool = True,
 ) -> list[T]:
@@ -93,8 +111,10 @@ def run_batches(
     unless `positions=False`, see `pad_batch`), moved to the model's device, and `forward(part, batch)` called for
     each with that batch's steering active (its rows' `coefficients`, and its rows' vectors when `steering` has
     one per row). Returns the forward results in order.
-    `part` is the slice of `rows` in the batch."""
-    check_coefficients(coefficients, len(rows))
+    `part` is the slice of `rows` in the batch. Rows are checked first (`check_rows`: none empty, none past the
+    model's maximum positions with `new_tokens` more), and so are the coefficients."""
+    check_rows(model, rows, new_tokens, what)
+    coefficient_values(coefficients, len(rows))
     if steering is not None and steering.rows is not None and steering.rows != len(rows):
         raise ValueError(f"steering has {steering.rows} per-row vectors for {len(rows)} rows; give one per row")
     if coefficients is not None and steering is None:
@@ -140,5 +160,6 @@ def generate(
 
     # `generate` computes its own positions from the mask: positions=False
     texts = run_batches(model, encoded, batch_size, tokenizer.pad_token_id, forward, steering=steering,
-                        coefficients=coefficients, positions=False, desc="generate", progress=progress)
+                        coefficients=coefficients, positions=False, new_tokens=max_new_tokens, what="prompts",
+                        desc="generate", progress=progress)
     return [text for batch_texts in texts for text in batch_texts]

@@ -15,17 +15,19 @@ from __future__ import annotations
 
 import contextlib
 import inspect
-import operator
+import math
+import numbers
 import weakref
 from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
+import numpy as np
 import torch
 from torch import nn
 
-from lib.models import find_layers, hidden_size
+from lib.models import find_layers, hidden_size, layer_index
 
 Reduction = Literal["all", "last", "mean"]
 PositionScope = Literal["all", "prompt", "generated"] | slice
@@ -33,6 +35,9 @@ REDUCTIONS = ("all", "last", "mean")
 
 
 READ_ONLY = "steerlab_reads_only"  # attribute set on hook functions that never change what the model computes
+# Other libraries' hooks that only read: transformers' output capture (installed on a model's first call with
+# output_hidden_states, and kept). tests/test_extract.py fails if a release moves it or makes it write.
+READ_ONLY_MODULES = ("transformers.utils.output_capturing",)
 _EDITS: weakref.WeakKeyDictionary[nn.Module, list[str]] = weakref.WeakKeyDictionary()
 
 
@@ -218,7 +223,9 @@ def editing_weights(model: nn.Module, what: str) -> Iterator[None]:
 def active_interventions(model: nn.Module) -> list[str]:
     """What may make `model` compute something other than its plain weights would now: declared weight edits, and
     every forward hook or pre-hook (on any submodule, or global) that is not marked `read_only` (a `steer`
-    block, or any other library's hooks). Activation caches must not read or write while this is non-empty.
+    block, or any other library's hooks). Hooks defined in `READ_ONLY_MODULES` (transformers' hidden-state capture,
+    which stays installed after a model's first call with output_hidden_states) only read, and are ignored too.
+    Activation caches must not read or write while this is non-empty.
 
     Reads torch's hook dictionaries (`_forward_hooks`, `_forward_pre_hooks` and the global ones): private names,
     guarded by tests/test_extract.py, which fails if they move."""
@@ -228,20 +235,52 @@ def active_interventions(model: nn.Module) -> list[str]:
     for name, module in model.named_modules():
         hook_dicts += [(name or "model", module._forward_hooks), (name or "model", module._forward_pre_hooks)]
     for where, hooks in hook_dicts:
-        writers = [hook for hook in hooks.values() if not getattr(hook, READ_ONLY, False)]
+        writers = [hook for hook in hooks.values() if not getattr(hook, READ_ONLY, False)
+                   and getattr(hook, "__module__", None) not in READ_ONLY_MODULES]
         found += [f"forward hook {getattr(hook, '__qualname__', type(hook).__name__)} on {where}" for hook in writers]
     return found
 
 
-def layer_index(layer: Any) -> int:
-    """A layer as a plain int: any integer type (int, numpy.int64, a 0-d integer tensor) is accepted; bool and
-    float are refused by type, not reported as out of range."""
-    if isinstance(layer, bool | float | str) or (isinstance(layer, torch.Tensor) and layer.dtype == torch.bool):
-        raise TypeError(f"layer {layer!r} is a {type(layer).__name__}; layers are integer indices (e.g. 3)")
-    try:
-        return operator.index(layer)
-    except TypeError as error:
-        raise TypeError(f"layer {layer!r} is a {type(layer).__name__}; layers are integer indices (e.g. 3)") from error
+def real_number(value: Any, name: str) -> float:
+    """`value` as a finite float; strings, bools and non-numbers are refused naming `name` (float("2.5") would
+    accept a string from a config file or a command line silently)."""
+    if isinstance(value, bool | str | bytes) or not isinstance(value, numbers.Real | torch.Tensor) or (
+            isinstance(value, torch.Tensor) and (value.numel() != 1 or value.dtype == torch.bool)):
+        raise ValueError(f"{name}={value!r} is a {type(value).__name__}; give a number, e.g. 2.5")
+    number = float(value)
+    if not math.isfinite(number):
+        raise ValueError(f"{name}={number} must be finite")
+    return number
+
+
+def coefficient_values(coefficients: Sequence[float] | torch.Tensor | None, rows: int | None = None,
+                       name: str = "coefficients") -> torch.Tensor | None:
+    """Per-row coefficients as a float32 vector, checked before any forward pass: a sequence (or 1-D tensor) of
+    finite numbers, one per row when `rows` is known. A string is refused by name, not iterated: "12" would be
+    two rows of "1" and "2". The one check for `steer`, `run_batches` and latent generation."""
+    if coefficients is None:
+        return None
+    if isinstance(coefficients, str | bytes | Mapping) or not hasattr(coefficients, "__iter__"):
+        raise ValueError(f"{name}={coefficients!r} is a {type(coefficients).__name__}; give one number per batch "
+                         "row, e.g. [1.0, 4.0] (a list, not a string)")
+    if hasattr(coefficients, "__array__") and not isinstance(coefficients, torch.Tensor):  # numpy, pandas
+        array = np.asarray(coefficients)
+        if array.dtype.kind not in "iuf":
+            raise ValueError(f"{name} is an array of {array.dtype}; give real numbers, one per batch row")
+        coefficients = torch.from_numpy(array.astype(np.float32))
+    if isinstance(coefficients, torch.Tensor):
+        if coefficients.dtype == torch.bool or coefficients.is_complex() or coefficients.dim() > 1:
+            raise ValueError(f"{name} is a {coefficients.dtype} tensor of shape {tuple(coefficients.shape)}; give a "
+                             "1-D real tensor, one value per batch row")
+        values = coefficients.detach().to(device="cpu", dtype=torch.float32).reshape(-1)
+    else:
+        values = torch.tensor([real_number(value, f"{name}[{i}]") for i, value in enumerate(coefficients)],
+                              dtype=torch.float32)
+    if not torch.isfinite(values).all():
+        raise ValueError(f"{name} contain NaN or inf")
+    if rows is not None and values.numel() != rows:
+        raise ValueError(f"{name} has {values.numel()} values for {rows} rows; give one per row")
+    return values
 
 
 def check_layers(model: nn.Module, layers: Sequence[Any], layers_path: str | None = None,
@@ -403,8 +442,11 @@ def _validate_scope(scope: Any) -> None:
         if scope.step not in (None, 1):
             raise ValueError(f"positions={scope!r}: slices with a step are not supported")
         for bound in (scope.start, scope.stop):
-            if bound is not None and (not isinstance(bound, int) or bound < 0):
+            if bound is not None and (isinstance(bound, bool) or not isinstance(bound, int) or bound < 0):
                 raise ValueError(f"positions={scope!r}: slice bounds must be non-negative ints (content positions)")
+        if scope.stop is not None and scope.stop <= (scope.start or 0):
+            raise ValueError(f"positions={scope!r} is empty: it would steer no token; the stop must be after the "
+                             f"start, e.g. slice({scope.start or 0}, {(scope.start or 0) + 1})")
     elif scope not in ("all", "prompt", "generated"):
         raise ValueError(f"positions={scope!r} must be 'all', 'prompt', 'generated' or a slice")
 
@@ -434,12 +476,9 @@ def layer_weights(layer_vectors: Mapping[int, torch.Tensor], weight: float | Map
         if not chosen:
             raise ValueError(f"weight has layers {sorted(weight)} but layers={list(layers or [])} selects none of "
                              "them: nothing would be steered")
-        weights = {layer: float(weight[layer]) for layer in chosen}
+        weights = {layer: real_number(weight[layer], f"weight[{layer}]") for layer in chosen}
     else:
-        weights = {layer: float(weight) for layer in chosen}
-    for layer, value in weights.items():
-        if not torch.isfinite(torch.tensor(value)):
-            raise ValueError(f"weight for layer {layer} is {value}; it must be finite")
+        weights = {layer: real_number(weight, "weight") for layer in chosen}
     return weights
 
 
@@ -517,15 +556,17 @@ def steer(
 
     The added delta is computed in float32 (coefficient x weight x vector, scope mask) and cast to the model's
     dtype once, so a bf16 model gets the bf16 rounding of the exact delta, not a product of rounded factors.
+
+    Hidden states: the hooks are put first on each block, so whatever else reads a block's output sees it steered:
+    `record` entered before or inside this block, and `output_hidden_states=True`. transformers 5.24 captures hidden
+    states with forward hooks it installs on a model's first such call; appended after them, `hidden_states[L + 1]`
+    looked unsteered at a steered layer L, or steered, depending on which came first (tests/test_hooks.py pins
+    both orders).
     """
     path, blocks = find_layers(model, layers_path)
     stacked, n_rows = _row_vectors(model, vectors, weight, layers, blocks)
     _validate_scope(positions)
-    row_coefficients = None
-    if coefficients is not None:
-        row_coefficients = torch.as_tensor(coefficients, dtype=torch.float32).reshape(-1)
-        if not torch.isfinite(row_coefficients).all():
-            raise ValueError("coefficients contain NaN or inf")
+    row_coefficients = coefficient_values(coefficients)
 
     handles = []
     with _tracked(model, path) as tracker:
@@ -563,7 +604,9 @@ def steer(
 
         try:
             for layer in stacked:
-                handles.append(blocks[layer].register_forward_hook(make_hook(layer)))
+                # prepend: the block's output is steered before any other hook sees it (transformers' hidden-state
+                # capture installs its hooks on first use, possibly before this block was entered)
+                handles.append(blocks[layer].register_forward_hook(make_hook(layer), prepend=True))
             yield
         finally:
             for handle in handles:

@@ -25,8 +25,8 @@ import torch
 from torch import nn
 from transformers import DynamicCache
 
-from lib.generation import Prompt, check_coefficients, encode, render_chat, run_batches
-from lib.hooks import check_layers, record, steer
+from lib.generation import Prompt, encode, render_chat, run_batches
+from lib.hooks import check_layers, coefficient_values, record, steer
 from lib.models import cache_argument, hidden_size
 
 
@@ -102,7 +102,7 @@ def latent_generate(
         raise ValueError(f"latent_steps={latent_steps} must be >= 0")
     if max_new_tokens < 1:
         raise ValueError(f"max_new_tokens={max_new_tokens} must be >= 1")
-    check_coefficients(coefficients, len(prompts))
+    coefficient_values(coefficients, len(prompts))
     if steering is not None:
         if latent_steps == 0:
             raise ValueError("steering needs latent_steps >= 1: latent steering acts at the latent positions only")
@@ -153,8 +153,9 @@ def latent_generate(
             _forward(model, state, cache, input_ids=token.unsqueeze(1))
         return _decode(tokenizer, answers, eos), steps
 
-    done_batches = run_batches(model, encoded, batch_size, tokenizer.pad_token_id, forward, desc="latent generate",
-                               progress=progress)
+    done_batches = run_batches(model, encoded, batch_size, tokenizer.pad_token_id, forward,
+                               new_tokens=latent_steps + len(end_ids) + max_new_tokens, what="prompts",
+                               desc="latent generate", progress=progress)
     texts = [text for batch_texts, _ in done_batches for text in batch_texts]
     latents = {layer: torch.cat([torch.stack([step[layer] for step in steps], dim=1) for _, steps in done_batches])
                for layer in layers}

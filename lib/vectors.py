@@ -27,6 +27,7 @@ from safetensors.torch import load as load_safetensors
 from safetensors.torch import save as save_safetensors
 
 from lib.io import atomic_write, write_json
+from lib.models import layer_index
 
 
 @dataclass
@@ -44,7 +45,15 @@ class SteeringVector:
         for layer, vector in self.vectors.items():
             if not torch.isfinite(vector).all():
                 raise ValueError(f"vector for layer {layer} contains NaN or inf")
-        self.vectors = {int(layer): v for layer, v in sorted(self.vectors.items())}
+        keys = {}
+        for layer in self.vectors:
+            try:
+                keys[layer] = layer_index(layer)
+            except (TypeError, ValueError) as error:  # 1.5 or True would become layer 1, -3 fail only at steer
+                raise ValueError(f"vectors has key {layer!r}: {error}") from None
+        if len(set(keys.values())) != len(keys):
+            raise ValueError(f"vectors has keys {list(self.vectors)} that name one layer twice")
+        self.vectors = {keys[layer]: v for layer, v in sorted(self.vectors.items(), key=lambda item: keys[item[0]])}
 
     # -- inspection
     @property

@@ -143,13 +143,22 @@ class WeightDelta:
     @classmethod
     def load(cls, path: str | Path) -> WeightDelta:
         """Read a delta written by `save`. A sidecar with "sha256" must match the tensor file, else ValueError
-        naming both (corrupt, or changed after saving); a sidecar written before checksums, or none, loads
-        unverified (as `SteeringVector.load`)."""
+        naming both (corrupt, or changed after saving); a sidecar that is not a JSON object is a ValueError naming
+        it; a sidecar written before checksums, or none, loads unverified (as `SteeringVector.load`)."""
         base = Path(path).with_suffix("")
         file, sidecar = base.with_suffix(".safetensors"), base.with_suffix(".json")
         if not file.exists():
             raise FileNotFoundError(f"{file} does not exist (saved with WeightDelta.save?)")
-        meta = json.loads(sidecar.read_text()) if sidecar.exists() else {}
+        meta: dict[str, Any] = {}
+        if sidecar.exists():
+            try:
+                meta = json.loads(sidecar.read_text())
+            except ValueError as error:  # JSONDecodeError, or bytes that are not text
+                raise ValueError(f"{sidecar}: unreadable metadata sidecar of {file} ({error}); restore it, re-create "
+                                 "both with WeightDelta.save (rerun what saved it), or delete the sidecar to load the "
+                                 "tensors unverified") from error
+            if not isinstance(meta, dict):
+                raise ValueError(f"{sidecar}: metadata sidecar must be a JSON object, got {type(meta).__name__}")
         if "sha256" in meta:
             expected, actual = meta.pop("sha256"), file_sha256(file)
             if expected != actual:

@@ -102,3 +102,26 @@ def test_start_tokens_average_only_the_tail(isolated_cache):
         torch.testing.assert_close(acts[1][i], hidden[starts[i]:].mean(0), rtol=1e-4, atol=1e-5)
     everything = extract(model, tokenizer, TEXTS, layers=[1], reduction="mean", chat=False)
     assert not torch.allclose(everything[1], acts[1])  # a different cache entry, not a stale hit
+
+
+def test_transformers_hidden_state_capture_does_not_switch_the_cache_off(isolated_cache):
+    """transformers 5.24 installs read-only capture hooks on a model's first call with output_hidden_states (latent
+    generation makes one) and keeps them: they must not count as interventions, or the cache would stay off for
+    that model silently. Fails if a release moves the capture module or if its hooks start writing."""
+    from lib.hooks import active_interventions
+
+    model, tokenizer = tiny_model("llama", seed=2), ByteTokenizer()
+    plain = extract(model, tokenizer, TEXTS, layers=[1], chat=False, use_cache=False, progress=False)
+    with torch.no_grad():
+        model(input_ids=torch.tensor([[1, 2, 3]]), output_hidden_states=True)
+    installed = [hook for module in model.modules() for hook in module._forward_hooks.values()]
+    assert installed, "transformers no longer installs capture hooks: READ_ONLY_MODULES may be stale"
+    assert active_interventions(model) == []
+    calls, handle = _counting(model)
+    try:
+        first = extract(model, tokenizer, TEXTS, layers=[1], chat=False, progress=False)
+        again = extract(model, tokenizer, TEXTS, layers=[1], chat=False, progress=False)
+    finally:
+        handle.remove()
+    assert calls["n"] == 1  # the second call was a hit
+    assert torch.equal(first[1], plain[1]) and torch.equal(again[1], plain[1])

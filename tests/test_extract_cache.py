@@ -7,6 +7,7 @@ shows up as a difference. Found on a fresh install (journal, 2026-12-01).
 
 from __future__ import annotations
 
+import pytest
 import torch
 from conftest import TEXTS, ByteTokenizer
 
@@ -167,3 +168,137 @@ def test_fingerprint_of_the_embedded_default_sees_one_embedding_row(embedded):
         finally:
             embedding[7] = saved
     assert model_fingerprint(model) == before["bytes"]
+
+
+# ----------------------------------------------------------------------------- forward state that is not a weight
+# Each test walks the model through states and checks every cached `extract` against a no-cache recompute, in an
+# order where a key blind to the switch would serve the previous state's entry (issue "Trust, second pass").
+
+
+def _lora(arch: str = "llama"):
+    from peft import LoraConfig, get_peft_model
+
+    targets = ["q_proj", "v_proj", "down_proj"]
+    model = get_peft_model(tiny_model(arch, seed=3), LoraConfig(r=4, target_modules=targets, init_lora_weights=False))
+    torch.manual_seed(5)  # the second adapter gets other random weights
+    model.add_adapter("second", LoraConfig(r=4, target_modules=targets, init_lora_weights=False))
+    return model.eval()
+
+
+def _check(model, tokenizer=None) -> torch.Tensor:
+    tokenizer = tokenizer or ByteTokenizer()
+    cached = _cached(model, tokenizer, TEXTS, layers=[2], chat=False)
+    _assert_same(cached, _fresh(model, tokenizer, TEXTS, layers=[2], chat=False))
+    return cached[2]
+
+
+def test_peft_adapter_switches_are_part_of_the_key(isolated_cache):
+    """Adapter on, disabled (`disable_adapter()`) and re-enabled, another named adapter, merged and unmerged, and a
+    LoRA scale change: each extraction equals its own recompute, and the states really differ (so a stale entry
+    would have shown). Two passes, then a hit."""
+    from peft.tuners.lora import LoraLayer
+
+    model = _lora()
+    lora_layers = [module for module in model.modules() if isinstance(module, LoraLayer)]
+
+    def states():
+        yield "default", _check(model)
+        with model.disable_adapter():
+            yield "disabled", _check(model)
+        yield "re-enabled", _check(model)
+        model.set_adapter("second")
+        yield "second", _check(model)
+        model.set_adapter("default")
+        model.merge_adapter()
+        yield "merged", _check(model)
+        model.unmerge_adapter()
+        yield "unmerged", _check(model)
+        for layer in lora_layers:
+            layer.scale_layer(0.5)
+        yield "scaled", _check(model)
+        for layer in lora_layers:
+            layer.unscale_layer()
+
+    first = dict(states())
+    second = dict(states())  # merge/unmerge round the base weights: their fingerprint moves, so misses again
+    entries = _entries(isolated_cache)
+    _check(model)
+    assert _entries(isolated_cache) == entries  # the same state again is a hit
+    for name in first:
+        assert torch.allclose(first[name], second[name], atol=1e-5), name
+    off = (first["default"] - first["disabled"]).abs().max()
+    assert off > 1e-2 and (first["default"] - first["second"]).abs().max() > 1e-2
+    assert (first["default"] - first["scaled"]).abs().max() > 1e-3
+    assert torch.allclose(first["default"], first["re-enabled"]) and torch.allclose(first["default"], first["merged"],
+                                                                                  atol=1e-4)
+
+
+def test_peft_public_state_is_where_the_key_reads_it():
+    """`forward_state` reads PEFT tuner layers through `PEFT_STATE` (public properties of BaseTunerLayer): this
+    fails if a PEFT release renames them, instead of the key silently losing them."""
+    from peft.tuners.tuners_utils import BaseTunerLayer
+
+    from lib.models import PEFT_STATE, forward_state
+
+    model = _lora()
+    layers = [module for module in model.modules() if isinstance(module, BaseTunerLayer)]
+    assert layers
+    for field in PEFT_STATE:
+        assert all(hasattr(layer, field) for layer in layers), field
+    before = forward_state(model)
+    with model.disable_adapter():
+        assert forward_state(model)[0] != before[0]
+    assert forward_state(model) == before and before[1] == []
+
+
+def test_train_mode_is_never_cached_nor_served(isolated_cache):
+    """GPT-2 with dropout: activations in train mode are one dropout draw; they are neither stored nor served to
+    eval mode (before: cached, then returned in eval mode, 0.04 off), and the reason is said once."""
+    import warnings
+
+    model, tokenizer = tiny_model("gpt2", seed=2), ByteTokenizer()
+    model.train()
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        noisy = _cached(model, tokenizer, TEXTS, layers=[2], chat=False)
+        _cached(model, tokenizer, TEXTS, layers=[2], chat=False)
+    told = [w for w in caught if "training mode" in str(w.message)]
+    assert _entries(isolated_cache) == 0 and len(told) <= 1
+    model.eval()
+    clean = _check(model, tokenizer)
+    assert not torch.allclose(noisy[2], clean)
+    assert _entries(isolated_cache) == 1
+
+
+def test_offloaded_model_is_extracted_uncached(isolated_cache, tmp_path):
+    """A model with a disk-offloaded block (accelerate, meta parameters): the fingerprint cannot read it, so the
+    cache is skipped with a note, and the result equals the same model not offloaded (before: NotImplementedError
+    'Cannot copy out of meta tensor' in model_fingerprint)."""
+    from accelerate import dispatch_model
+
+    tokenizer = ByteTokenizer()
+    reference = _fresh(tiny_model("llama", seed=3), tokenizer, TEXTS, layers=[2], chat=False)
+    placement = {"model.embed_tokens": "cpu", "model.layers.0": "cpu", "model.layers.1": "disk",
+                 "model.layers.2": "cpu", "model.norm": "cpu", "model.rotary_emb": "cpu", "lm_head": "cpu"}
+    model = dispatch_model(tiny_model("llama", seed=3), device_map=placement, offload_dir=str(tmp_path / "offload"))
+    assert any(p.device.type == "meta" for p in model.parameters())
+    with pytest.warns(UserWarning, match="meta device"):
+        offloaded = _cached(model, tokenizer, TEXTS, layers=[2], chat=False)
+    _assert_same(offloaded, reference)
+    assert _entries(isolated_cache) == 0
+
+
+def test_edits_through_data_change_the_fingerprint(isolated_cache):
+    """`.data` edits bypass torch's version counters (PEFT's merge writes that way): the fingerprint reads every
+    byte on every call, so it sees them, and the cache serves the edited model its own activations."""
+    model, tokenizer = tiny_model("llama", seed=4), ByteTokenizer()
+    weight = model.get_submodule("model.layers.1.mlp.down_proj").weight
+    before, plain = model_fingerprint(model), _check(model, tokenizer)
+    version, saved = weight._version, weight.data[3, 5].clone()
+    weight.data[3, 5] += 0.5
+    assert weight._version == version  # the premise: no version bump
+    assert model_fingerprint(model) != before
+    edited = _check(model, tokenizer)
+    assert not torch.allclose(edited, plain)
+    weight.data[3, 5] = saved
+    assert model_fingerprint(model) == before

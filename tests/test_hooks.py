@@ -191,7 +191,8 @@ def test_bad_input_raises_naming_the_parameter(tiny_models):
         pass
     with pytest.raises(ValueError, match="NaN or inf"), steer(model, {1: torch.full((size,), float("nan"))}):
         pass
-    with pytest.raises(ValueError, match="weight for layer 1"), steer(model, {1: torch.ones(size)}, float("inf")):
+    with pytest.raises(ValueError, match="weight=inf must be finite"), \
+            steer(model, {1: torch.ones(size)}, float("inf")):
         pass
     with pytest.raises(ValueError, match="positions="), steer(model, {1: torch.ones(size)}, positions="middle"):
         pass
@@ -205,13 +206,14 @@ def test_bad_input_raises_naming_the_parameter(tiny_models):
 def test_unexpected_block_output_type_raises(tiny_models):
     model = tiny_models["llama"]
     block = find_layers(model)[1][1]
-    handle = block.register_forward_hook(lambda module, args, output: {"hidden": output})
+    original = block.forward
+    block.forward = lambda *args, **kwargs: {"hidden": original(*args, **kwargs)}  # the block itself returns a dict
     try:
         with pytest.raises(TypeError, match="Block 1 returned dict"), torch.no_grad(), \
                 steer(model, _vector(model)):
             model(**padded_batch([3], "left"))
     finally:
-        handle.remove()
+        del block.forward
 
 
 def test_steering_nothing_is_an_error_not_a_no_op(tiny_models):
@@ -250,3 +252,52 @@ def test_layers_accept_integer_types_and_refuse_bool_and_float(tiny_models):
             pass
         with pytest.raises(TypeError, match="integer indices"), record(model, [bad]):
             pass
+
+
+@pytest.mark.parametrize(("kwargs", "named"), [
+    ({"weight": "2.5"}, "weight='2.5' is a str"),
+    ({"weight": {1: "2"}}, r"weight\[1\]='2' is a str"),
+    ({"weight": True}, "weight=True is a bool"),
+    ({"coefficients": "2"}, "coefficients='2' is a str"),
+    ({"coefficients": ["1", "2"]}, r"coefficients\[0\]='1' is a str"),
+    ({"coefficients": [1.0, None]}, r"coefficients\[1\]=None"),
+    ({"coefficients": 2.0}, "coefficients=2.0 is a float; give one number per batch row"),
+])
+def test_string_and_other_non_numbers_are_refused_by_name(tiny_models, kwargs, named):
+    """float("2.5") took a string weight silently, and torch's own message answered string coefficients without
+    the parameter's name."""
+    model = tiny_models["llama"]
+    with pytest.raises(ValueError, match=named), steer(model, _vector(model), **kwargs):
+        pass
+
+
+@pytest.mark.parametrize("first_call", ["before steer", "inside steer"])
+def test_hidden_states_and_record_see_the_steered_output_whatever_came_first(first_call):
+    """transformers 5.24 captures hidden states with forward hooks installed on a model's first call that asks
+    for them. Installed before `steer` was entered, they ran before its hook and hidden_states[L + 1] looked
+    unsteered at a steered layer L while the next entry and the logits were steered. steer's hooks now go first:
+    hidden states, and `record` entered before or inside `steer`, equal a hand-steered forward (own hook)."""
+    model, layer = tiny_model("llama", n_layers=4, seed=6), 1  # 4 blocks: the last entry has the final norm
+    vector = _vector(model)[layer] * 5
+    batch = padded_batch([5, 5], "left")  # no padding: the own hook adds at every position
+    with torch.no_grad():
+        if first_call == "before steer":
+            model(**batch, output_hidden_states=True)  # installs transformers' capture hooks now
+        # the independent route, on a twin model with no hooks of transformers: our own adding hook, then plain reads
+        twin, seen = tiny_model("llama", n_layers=4, seed=6), {}
+        blocks = find_layers(twin)[1]
+        handles = [blocks[layer].register_forward_hook(lambda module, args, output: output + vector)]
+        handles += [blocks[i].register_forward_hook(lambda module, args, output, i=i: seen.__setitem__(i, output))
+                    for i in (layer, layer + 1)]
+        try:
+            logits = twin(**batch).logits
+        finally:
+            for handle in handles:
+                handle.remove()
+        with record(model, [layer]) as outside, steer(model, {layer: vector}), record(model, [layer]) as inside:
+            out = model(**batch, output_hidden_states=True)
+    for index in (layer, layer + 1):
+        torch.testing.assert_close(out.hidden_states[index + 1], seen[index], rtol=0, atol=0)
+    torch.testing.assert_close(out.logits, logits, rtol=0, atol=0)
+    for recorded in (outside, inside):
+        torch.testing.assert_close(recorded[layer], seen[layer], rtol=0, atol=0)

@@ -205,3 +205,29 @@ def test_prompt_scopes_refuse_a_context_entered_after_the_prompt(models):
                 model(input_ids=torch.tensor([[9]]), **cache, use_cache=True)
         with steer(model, {LAYER: _vector(model)}, positions="all"):  # needs no prompt: allowed
             model(input_ids=torch.tensor([[9]]), **cache, use_cache=True)
+
+
+@pytest.mark.parametrize("scope", [slice(4, 2), slice(3, 3), slice(0, 0), slice(None, 0)])
+def test_an_empty_slice_is_refused_before_anything_runs(models, scope):
+    """An empty slice steered no token without a word (layers=[] raised); now it is refused at `steer`."""
+    model = models["llama"]
+    with pytest.raises(ValueError, match="is empty: it would steer no token"), \
+            steer(model, {LAYER: _vector(model)}, positions=scope):
+        pass
+
+
+def test_a_cache_cut_back_into_the_prompt_forgets_the_prompt_length(models):
+    """Prefix re-use and assisted decoding crop the KV cache back into the prompt; which tokens are prompt is then
+    unknown, so prompt/generated scopes raise instead of treating re-fed prompt tokens as generated (a mutation that
+    kept the old prompt length survived the suite)."""
+    from transformers import DynamicCache
+
+    model = models["llama"]
+    cache = DynamicCache()
+    arguments = {cache_argument(model): cache, "use_cache": True}
+    with torch.no_grad(), steer(model, {LAYER: _vector(model)}, positions="generated"):
+        model(input_ids=torch.tensor([[5, 6, 7, 8, 9]]), **arguments)  # the prompt: 5 tokens
+        model(input_ids=torch.tensor([[10]]), **arguments)  # a generated token: fine
+        cache.crop(-3)  # 6 cached tokens cut to 3: back into the prompt
+        with pytest.raises(ValueError, match="cut back"):
+            model(input_ids=torch.tensor([[8, 9]]), **arguments)

@@ -397,3 +397,16 @@ def test_a_notebook_run_in_jupyterlab_is_listed_as_interactive(out):
     assert row[header.index("status")].text == "interactive"
     assert row[header.index("main")].text == "4"
     assert "layer=3" in row[header.index("differs from defaults")].text
+
+
+def test_override_values_on_the_index_row_are_escaped(tmp_path):
+    """An override value holding markup, a quote and an ampersand shows as text on the index row (catches: `esc`
+    dropped around the values in `overrides_html`, which puts a live <script> on out/index.html)."""
+    value = '<script>alert(1)</script> "q" & more'
+    write_run(tmp_path / "out", "playground", "prompt=evil", {"status": "ok", "overrides": {"prompt": value}})
+    report = build(tmp_path / "out")
+    raw = report.index.read_text(encoding="utf-8")
+    assert "<script>alert(1)</script>" not in raw and '"q"' not in raw
+    assert "prompt=&lt;script&gt;alert(1)&lt;/script&gt; &quot;q&quot; &amp; more" in raw
+    header, rows = runs_table(report.index)
+    assert f"prompt={value}" in rows["playground/prompt=evil"][header.index("differs from defaults")].text

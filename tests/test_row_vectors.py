@@ -110,16 +110,15 @@ def test_bf16_delta_is_computed_in_float32_and_cast_once():
             captured[name] = (output[0] if isinstance(output, tuple) else output).detach().clone()
         return hook
 
-    before = block.register_forward_hook(capture("before"))
-    try:
-        with torch.no_grad(), steer(model, {1: vector}, weight, coefficients=coefficients):
-            after = block.register_forward_hook(capture("after"))
-            try:
-                model(**batch)
-            finally:
-                after.remove()
-    finally:
-        before.remove()
+    with torch.no_grad(), steer(model, {1: vector}, weight, coefficients=coefficients):
+        # steer's hook goes first on the block when entered; prepended later, "before" runs ahead of it
+        before = block.register_forward_hook(capture("before"), prepend=True)
+        after = block.register_forward_hook(capture("after"))
+        try:
+            model(**batch)
+        finally:
+            after.remove()
+            before.remove()
     mask = batch["attention_mask"].float()
     exact = (mask * torch.tensor(coefficients).unsqueeze(1)).unsqueeze(-1) * (vector * weight)  # float32
     assert torch.equal(captured["after"], captured["before"] + exact.to(torch.bfloat16))

@@ -257,3 +257,69 @@ def test_papermill_parameter_guesses_are_dropped_and_nothing_else(caplog):
     caplog.clear()
     _infer_parameters(notebook, name="python3", language="python")  # restored afterwards
     assert any(r.getMessage().startswith("Unable to parse line") for r in caplog.records)
+
+
+def test_a_locked_run_is_an_error_line_not_a_traceback(tmp_path, monkeypatch, capsys):
+    """`./just run` of a run another process holds prints `error:` with the holder's pid and returns 1, before
+    papermill (catches: FolderLocked escaping main as a traceback). The sweep path reports it as that run's
+    failure and leaves the holder's run.json alone (catches: the sweep booking the live run as failed)."""
+    import functools
+    import json
+
+    import lib.runner as runner
+    from lib.io import folder_lock
+
+    def never(*args, **kwargs):
+        raise AssertionError("a notebook ran although its folder was locked")
+
+    monkeypatch.setattr(runner, "_execute", never)
+    monkeypatch.setattr(runner, "run_notebook", functools.partial(runner.run_notebook, out_root=tmp_path))
+    monkeypatch.setattr(runner, "sweep", functools.partial(runner.sweep, out_root=tmp_path))
+    monkeypatch.delenv("STEERLAB_EXECUTOR", raising=False)
+    run_dir = tmp_path / "toy_sweep" / "n_samples=32"
+    holder_record = {"notebook": "toy_sweep", "status": "running", "started": "then"}
+    with folder_lock(run_dir, "./just run toy_sweep n_samples=32") as lock:
+        (run_dir / "run.json").write_text(json.dumps(holder_record))
+        pid = json.loads(lock.read_text())["pid"]
+        assert main(["run", "toy_sweep", "n_samples=32"]) == 1
+        err = capsys.readouterr().err
+        assert err.startswith("error: ") and f"pid {pid}" in err and "Traceback" not in err
+        assert main(["sweep", "toy_sweep", "n_samples=32"]) == 1
+        captured = capsys.readouterr()
+        assert f"pid {pid}" in captured.out + captured.err and "Traceback" not in captured.out + captured.err
+        assert json.loads((run_dir / "run.json").read_text()) == holder_record
+
+
+def test_a_comma_in_a_list_parameter_says_how_to_pass_one_list(capsys):
+    """`check`/`sweep` read a comma as a grid, so `coefficients=1,4` is two runs with coefficients=1 and =4, which
+    the config refuses; the error says so and how to write one list (catches: the bare "coefficients=1 must be a
+    list"). A list-valued grid and a scalar that the config accepts for a list (one layer) stay valid."""
+    assert main(["check", "playground", "coefficients=1,4"]) == 2
+    err = capsys.readouterr().err
+    assert "coefficients=1,4: a comma makes a grid of runs, one per value" in err
+    assert "coefficients=[1,4]" in err and "Traceback" not in err
+    assert main(["sweep", "playground", "coefficients=1,4"]) == 2  # refused before any launch
+    assert "coefficients=[1,4]" in capsys.readouterr().err
+    assert main(["check", "playground", "coefficients=[1,4]"]) == 0
+    assert main(["check", "playground", "coefficients=[1],[4]", "layers=10,12"]) == 0
+    assert main(["check", "weight_steering", "adapters=lora,pissa"]) == 2
+    assert "adapters=[lora,pissa]" in capsys.readouterr().err
+
+
+def test_a_comma_in_a_run_value_says_how_to_pass_a_list(tmp_path, capsys, monkeypatch):
+    """For `run` the whole text after `=` is one value: `adapters=lora,pissa` is the string "lora,pissa", which the
+    config refuses; the error names the list to write (catches: the config's "adapters='l'" about one letter).
+    `coefficients=1,4` is the tuple (1, 4) and runs as the list it looks like."""
+    import functools
+
+    import lib.runner as runner
+
+    executed = []
+    monkeypatch.setattr(runner, "_execute", lambda *a, **k: executed.append(a[3]) or {"seconds": 0.0})
+    monkeypatch.setattr(runner, "run_notebook", functools.partial(runner.run_notebook, out_root=tmp_path))
+    assert main(["run", "weight_steering", "adapters=lora,pissa"]) == 2
+    err = capsys.readouterr().err
+    assert "adapters=lora,pissa is one value" in err and "adapters=[lora,pissa]" in err and "Traceback" not in err
+    assert executed == []
+    assert main(["run", "playground", "coefficients=1,4"]) == 0
+    assert executed == [{"coefficients": (1, 4)}]

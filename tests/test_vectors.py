@@ -243,3 +243,18 @@ def test_random_like_is_norm_matched_and_seeded():
     assert torch.equal(random_like(vector, seed=3)[2], control[2])
     assert not torch.equal(random_like(vector, seed=4)[2], control[2])
     assert control.meta["method"] == "random_norm_matched"
+
+
+@pytest.mark.parametrize("key", [1.5, True, -3, "2"])
+def test_constructor_refuses_keys_that_are_not_layer_indices(key):
+    """1.5 and True became layer 1 and -3 was accepted until `steer` refused it: each is refused at construction,
+    naming the key."""
+    with pytest.raises(ValueError, match=f"key {re.escape(repr(key))}"):
+        SteeringVector({key: torch.ones(4)})
+
+
+def test_constructor_accepts_integer_types_as_plain_ints():
+    vector = SteeringVector({np.int64(3): torch.ones(4), torch.tensor(1): torch.zeros(4)})
+    assert vector.layers == [1, 3] and all(type(layer) is int for layer in vector.layers)
+    with pytest.raises(ValueError, match="one layer twice"):
+        SteeringVector({2: torch.ones(4), torch.tensor(2): torch.zeros(4)})

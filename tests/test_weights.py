@@ -163,6 +163,20 @@ def test_saved_delta_is_checksummed(tmp_path):
     assert not torch.equal(WeightDelta.load(path)["model.layers.0.mlp.w"], delta["model.layers.0.mlp.w"])
 
 
+def test_corrupt_sidecar_is_a_value_error_naming_it(tmp_path):
+    """A sidecar that is not JSON (a crash mid-copy, a hand edit) names the file and the fix, as the checksum error
+    does (catches: a bare JSONDecodeError that names no file); so does a sidecar that is JSON but not an object."""
+    path = WeightDelta({"model.layers.0.mlp.w": torch.ones(2, 3)}).save(tmp_path / "delta")
+    sidecar = tmp_path / "delta.json"
+    sidecar.write_text("{not json")
+    with pytest.raises(ValueError, match=r"delta\.json.*WeightDelta\.save") as caught:
+        WeightDelta.load(path)
+    assert not isinstance(caught.value, json.JSONDecodeError)
+    sidecar.write_text("[1, 2]")
+    with pytest.raises(ValueError, match=r"delta\.json.*JSON object"):
+        WeightDelta.load(path)
+
+
 def test_content_digest_sees_values_dtypes_and_names_not_meta():
     w = torch.arange(6.0).reshape(2, 3)
     delta = WeightDelta({"a.w": w}, {"adapter": "lora"})

@@ -27,9 +27,10 @@ from torch import nn
 
 from lib.evals import next_token_kl
 from lib.generation import generate
-from lib.hooks import Steering, layer_index
+from lib.hooks import Steering
 from lib.io import repo_path
 from lib.kits.data import DEFAULT_PROMPTS, NEUTRAL_TEXTS
+from lib.models import layer_index
 from lib.vectors import SteeringVector
 
 if TYPE_CHECKING:
