@@ -27,10 +27,14 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from benchmarks.steering import paired  # noqa: E402  (one alternated-median timer for every bench)
 from lib.generation import encode, pad_batch, render_chat  # noqa: E402
-from lib.hooks import find_layers, record, steer  # noqa: E402
+from lib.hooks import record, steer  # noqa: E402
 from lib.io import REPO_ROOT, atomic_write  # noqa: E402
 from lib.kits.data import DEFAULT_PROMPTS, NEUTRAL_TEXTS  # noqa: E402
-from lib.models import EMBEDDED_DEFAULT, load_model  # noqa: E402
+from lib.models import (  # noqa: E402
+    EMBEDDED_DEFAULT,
+    find_layers,  # noqa: E402
+    load_model,
+)
 from lib.vectors import SteeringVector  # noqa: E402
 
 

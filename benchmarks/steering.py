@@ -86,7 +86,7 @@ def main() -> None:
             model(**batch)
 
     def forward_steered() -> None:
-        with torch.no_grad(), steering.apply(model):
+        with torch.no_grad(), steering.batch(model):
             model(**batch)
 
     base, steered = paired(forward, forward_steered)

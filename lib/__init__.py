@@ -23,9 +23,9 @@ from lib.evals import continuation_logprobs, effect_curve, model_kl, next_token_
 from lib.export import export_folded_checkpoint, export_llamacpp, import_llamacpp
 from lib.extract import extract
 from lib.generation import generate, render_chat
-from lib.hooks import Steering, group_weights, layer_groups, record, steer
+from lib.hooks import Steering, record, steer
 from lib.models import EMBEDDED_DEFAULT, find_layers, load_model, tiny_model
-from lib.vectors import SteeringVector, mean_difference, pca_direction, random_like
+from lib.vectors import SteeringVector, group_weights, layer_groups, mean_difference, pca_direction, random_like
 from lib.weights import WeightDelta, apply_delta, delta_from_merged, export_checkpoint
 
 __all__ = [

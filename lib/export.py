@@ -28,9 +28,10 @@ import numpy as np
 import torch
 from torch import nn
 
-from lib.hooks import active_interventions, check_layers, layer_weights
+from lib.hooks import layer_weights
+from lib.interventions import active_interventions
 from lib.io import write_json
-from lib.models import find_layers, hidden_size
+from lib.models import check_layers, find_layers, hidden_size
 from lib.vectors import SteeringVector
 
 CONTROL_VECTOR_ARCH = "controlvector"

@@ -31,9 +31,10 @@ from safetensors.torch import load_file, save
 from torch import nn
 
 from lib.generation import check_rows, encode, render_chat, run_batches
-from lib.hooks import REDUCTIONS, Activations, active_interventions, check_layers, record
+from lib.hooks import REDUCTIONS, Activations, record
+from lib.interventions import active_interventions
 from lib.io import atomic_write, file_sha256, write_json
-from lib.models import cache_dir, find_layers, forward_state, model_fingerprint
+from lib.models import cache_dir, check_layers, find_layers, forward_state, model_fingerprint
 
 
 def cache_key(model: nn.Module, token_ids: Sequence[Sequence[int]], reduction: str,

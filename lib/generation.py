@@ -8,6 +8,7 @@ run as one batched job of N*K rows instead of K sequential runs.
 
 from __future__ import annotations
 
+import contextlib
 from collections.abc import Callable, Iterator, Sequence
 from typing import Any, TypeVar
 
@@ -15,7 +16,7 @@ import torch
 from torch import nn
 from tqdm.auto import tqdm
 
-from lib.hooks import Steering, coefficient_values, steering_context
+from lib.hooks import Steering, coefficient_values
 from lib.models import max_positions
 
 T = TypeVar("T")
@@ -123,7 +124,9 @@ def run_batches(
     results = []
     for part in batches(len(rows), batch_size, desc, progress):
         batch = {k: v.to(device) for k, v in pad_batch(rows[part], pad_id, positions=positions).items()}
-        with steering_context(model, steering, None if coefficients is None else list(coefficients[part]), part):
+        context = contextlib.nullcontext() if steering is None else \
+            steering.batch(model, None if coefficients is None else coefficients[part], part)
+        with context:
             results.append(forward(part, batch))
     return results
 

@@ -26,8 +26,8 @@ from torch import nn
 from transformers import DynamicCache
 
 from lib.generation import Prompt, encode, render_chat, run_batches
-from lib.hooks import check_layers, coefficient_values, record, steer
-from lib.models import cache_argument, hidden_size
+from lib.hooks import coefficient_values, record, steer
+from lib.models import cache_argument, check_layers, hidden_size
 
 
 @dataclass

@@ -17,7 +17,7 @@ import operator
 import os
 import shutil
 import sys
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -341,6 +341,17 @@ def layer_index(layer: Any) -> int:
     if index < 0:
         raise ValueError(f"layer {layer!r} is negative; layers are block indices counted from 0")
     return index
+
+
+def check_layers(model: nn.Module, layers: Sequence[Any], layers_path: str | None = None,
+                 blocks: nn.ModuleList | None = None) -> nn.ModuleList:
+    """The decoder blocks, after checking every layer index against them (pass `blocks` already resolved by
+    `find_layers` to skip resolving them again)."""
+    blocks = find_layers(model, layers_path)[1] if blocks is None else blocks
+    for layer in layers:
+        if not 0 <= layer_index(layer) < len(blocks):
+            raise ValueError(f"layer {layer!r} is out of range: the model has layers 0..{len(blocks) - 1}")
+    return blocks
 
 
 def max_positions(model: nn.Module) -> int | None:

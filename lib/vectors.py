@@ -1,6 +1,6 @@
 """Steering vectors: `{layer: Tensor[hidden]}` plus metadata, and the builders that make them.
 
-The coefficient is never stored: it is passed when applying (`lib.hooks.steer`), as in
+The coefficient is never stored: it is passed when applying (`SteeringVector.apply`, or `lib.hooks.steer`), as in
 steering-vectors and repeng. Files are safetensors (tensors) plus a JSON sidecar (metadata),
 and the plain `{layer: [floats]}` JSON that existing steering scripts write
 (`steering_vectors.json`) imports and exports losslessly for float32.
@@ -16,7 +16,8 @@ from __future__ import annotations
 import hashlib
 import json
 import re
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Iterator, Mapping, Sequence
+from contextlib import AbstractContextManager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -25,13 +26,22 @@ import torch
 from safetensors import SafetensorError
 from safetensors.torch import load as load_safetensors
 from safetensors.torch import save as save_safetensors
+from torch import nn
 
+from lib.hooks import real_number, steer
 from lib.io import atomic_write, write_json
 from lib.models import layer_index
+from lib.positions import PositionScope
 
 
 @dataclass
-class SteeringVector:
+class SteeringVector(Mapping[int, torch.Tensor]):
+    """{layer: Tensor[hidden]} plus metadata; a read-only mapping, so wherever lib takes {layer: vector} it takes one.
+
+    Apply it with `with vector.apply(model, coefficient=4.0):` (steering-vectors' shape); the coefficient is never
+    stored. Compare two vectors with `torch.equal` per layer.
+    """
+
     vectors: dict[int, torch.Tensor]
     meta: dict[str, Any] = field(default_factory=dict)
 
@@ -65,6 +75,25 @@ class SteeringVector:
 
     def __getitem__(self, layer: int) -> torch.Tensor:
         return self.vectors[layer]
+
+    def __iter__(self) -> Iterator[int]:
+        return iter(self.vectors)
+
+    def __len__(self) -> int:
+        return len(self.vectors)
+
+    # -- applying
+    def apply(self, model: nn.Module, coefficient: float = 1.0, *, weight: float | Mapping[int, float] = 1.0,
+              layers: Sequence[int] | None = None, positions: PositionScope = "all",
+              layers_path: str | None = None) -> AbstractContextManager[None]:
+        """`with vector.apply(model, coefficient=4.0, positions="generated"):` adds coefficient * weight[layer] *
+        vector[layer] to the block outputs inside the block, restored on exit (`lib.hooks.steer`, which takes raw
+        dicts and per-row vectors and coefficients as well). The one way in for a vector; `weight` weighs layers
+        (`group_weights`), `coefficient` is the strength."""
+        strength = real_number(coefficient, "coefficient")
+        scaled: float | dict[int, float] = strength * real_number(weight, "weight") if not isinstance(weight, Mapping) \
+            else {layer: strength * real_number(value, f"weight[{layer}]") for layer, value in weight.items()}
+        return steer(model, self, scaled, layers=layers, positions=positions, layers_path=layers_path)
 
     def __repr__(self) -> str:
         norms = ", ".join(f"{layer}: {norm:.2f}" for layer, norm in self.norms().items())
@@ -290,3 +319,23 @@ def random_like(vector: SteeringVector, seed: int = 0) -> SteeringVector:
         norms = v.float().norm(dim=-1, keepdim=True)
         vectors[layer] = (direction / direction.norm(dim=-1, keepdim=True) * norms).to(v.dtype)
     return SteeringVector(vectors, {**vector.meta, "method": "random_norm_matched", "seed": seed})
+
+
+# ----------------------------------------------------------------------------- layer groups
+
+
+def layer_groups(n_layers: int, n_groups: int = 4, boundaries: Sequence[int] | None = None) -> list[list[int]]:
+    """Split layers 0..n_layers-1 into contiguous groups: `n_groups` near-equal ones, or cut at `boundaries`
+    (the first layer of every group after the first)."""
+    cuts = list(boundaries) if boundaries is not None else [round(n_layers * g / n_groups) for g in range(1, n_groups)]
+    if sorted(cuts) != cuts or any(not 0 < cut < n_layers for cut in cuts) or len(set(cuts)) != len(cuts):
+        raise ValueError(f"boundaries={cuts} must be strictly increasing layers inside 1..{n_layers - 1}")
+    edges = [0, *cuts, n_layers]
+    return [list(range(edges[i], edges[i + 1])) for i in range(len(edges) - 1)]
+
+
+def group_weights(groups: Sequence[Sequence[int]], weights: Sequence[float]) -> dict[int, float]:
+    """Expand one weight per layer group into the {layer: weight} that `steer` takes."""
+    if len(groups) != len(weights):
+        raise ValueError(f"weights has {len(weights)} values for {len(groups)} layer groups")
+    return {layer: float(w) for group, w in zip(groups, weights, strict=True) for layer in group}

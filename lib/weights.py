@@ -27,7 +27,7 @@ import torch
 from safetensors.torch import load_file, save_file
 from torch import nn
 
-from lib.hooks import editing_weights
+from lib.interventions import editing_weights
 from lib.io import atomic_write, file_sha256, write_json
 
 _LAYER_INDEX = re.compile(r"\.(\d+)\.")

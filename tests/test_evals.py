@@ -64,7 +64,7 @@ def test_next_token_kl_is_zero_unsteered_and_grows_with_scale():
         ids = torch.tensor([tokenizer(text)["input_ids"]])
         with torch.no_grad():
             base = torch.log_softmax(model(input_ids=ids).logits.double(), -1)
-            with Steering(_steering(model).vector, 4.0).apply(model):
+            with Steering(_steering(model).vector, 4.0).batch(model):
                 steered = torch.log_softmax(model(input_ids=ids).logits.double(), -1)
         total += float((base.exp() * (base - steered)).sum())
         count += ids.shape[1]

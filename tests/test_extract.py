@@ -7,7 +7,7 @@ import torch
 from conftest import TEXTS, ByteTokenizer
 
 from lib.extract import extract
-from lib.hooks import read_only
+from lib.interventions import read_only
 from lib.models import tiny_model
 
 
@@ -108,7 +108,7 @@ def test_transformers_hidden_state_capture_does_not_switch_the_cache_off(isolate
     """transformers 5.24 installs read-only capture hooks on a model's first call with output_hidden_states (latent
     generation makes one) and keeps them: they must not count as interventions, or the cache would stay off for
     that model silently. Fails if a release moves the capture module or if its hooks start writing."""
-    from lib.hooks import active_interventions
+    from lib.interventions import active_interventions
 
     model, tokenizer = tiny_model("llama", seed=2), ByteTokenizer()
     plain = extract(model, tokenizer, TEXTS, layers=[1], chat=False, use_cache=False, progress=False)

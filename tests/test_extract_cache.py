@@ -12,7 +12,8 @@ import torch
 from conftest import TEXTS, ByteTokenizer
 
 from lib.extract import extract
-from lib.hooks import active_interventions, steer
+from lib.hooks import steer
+from lib.interventions import active_interventions
 from lib.models import find_layers, hidden_size, model_fingerprint, tiny_model
 from lib.weights import WeightDelta, apply_delta
 

@@ -11,7 +11,8 @@ from conftest import ByteTokenizer
 
 from lib.extract import extract
 from lib.generation import generate
-from lib.hooks import Steering, read_only
+from lib.hooks import Steering
+from lib.interventions import read_only
 from lib.models import hidden_size, tiny_model
 
 

@@ -6,8 +6,9 @@ import pytest
 import torch
 from conftest import HOOK_ARCHS, padded_batch
 
-from lib.hooks import group_weights, layer_groups, record, steer
+from lib.hooks import record, steer
 from lib.models import cache_argument, find_layers, hidden_size, tiny_model
+from lib.vectors import group_weights, layer_groups
 
 STEER_LAYER = 1
 WEIGHT = 0.75

@@ -15,8 +15,9 @@ import pytest
 import torch
 
 from lib.generation import generate, pad_batch, render_chat
-from lib.hooks import past_length, steer
+from lib.hooks import steer
 from lib.models import cache_argument, find_layers, hidden_size, tiny_model
+from lib.positions import past_length
 
 LAYER = 1
 WEIGHT = 0.75

@@ -31,7 +31,7 @@ from lib.config import (
     model_layer_count,
 )
 from lib.evals import effect_curve
-from lib.hooks import Steering, group_weights, layer_groups
+from lib.hooks import Steering
 from lib.io import atomic_write, repo_path
 from lib.kits.data import load_subset, reply_pairs, split_examples
 from lib.kits.mathdata import MathProblem, train_eval_split
@@ -39,7 +39,7 @@ from lib.kits.matheval import MathEval, evaluate_math
 from lib.kits.optimize import SearchSpace
 from lib.memory import Workload
 from lib.models import find_layers
-from lib.vectors import SteeringVector
+from lib.vectors import SteeringVector, group_weights, layer_groups
 
 
 @dataclass
