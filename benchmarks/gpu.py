@@ -45,7 +45,7 @@ def main(argv: list[str] | None = None) -> list[dict]:
     parser.add_argument("--device-map", default="")
     parser.add_argument("--prompts", type=int, default=16)
     parser.add_argument("--new-tokens", type=int, default=64)
-    parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--repeats", type=int, default=7)
     parser.add_argument("--out", default=str(REPO_ROOT / "out" / "bench"))
     parser.add_argument("--quick", action="store_true", help="tiny sizes: a smoke run of the script")
     args = parser.parse_args(argv)
@@ -86,38 +86,37 @@ def main(argv: list[str] | None = None) -> list[dict]:
             go()
 
     tokens = args.prompts * args.new_tokens
-    results = []
-    base, steered = paired(lambda: run(batch), lambda: run(batch, vector), args.repeats)
-    results.append({"row": f"steered / unsteered generation, {args.prompts} prompts x {args.new_tokens} tokens",
-                    "reference_s": base, "measured_s": steered, "tokens_per_s": tokens / steered,
-                    "reference_tokens_per_s": tokens / base})
+    timed = [
+        (f"steered / unsteered generation, {args.prompts} prompts x {args.new_tokens} tokens", 1,
+         paired(lambda: run(batch), lambda: run(batch, vector), args.repeats)),
+    ]
     per_layer = [SteeringVector({layer: directions[layer]}) for layer in sweep_layers]
     row_vectors = [v for v in per_layer for _ in texts]
-    sequential, batched = paired(lambda: [run(batch, v) for v in per_layer], lambda: run(rows_k, row_vectors),
-                                 max(1, args.repeats - 1))
-    results.append({"row": f"K={k} layer sweep {sweep_layers}: one batch / {k} sequential runs",
-                    "reference_s": sequential, "measured_s": batched, "tokens_per_s": k * tokens / batched,
-                    "reference_tokens_per_s": k * tokens / sequential})
+    timed.append((f"K={k} layer sweep {sweep_layers}: one batch / {k} sequential runs", k,
+                  paired(lambda: [run(batch, v) for v in per_layer], lambda: run(rows_k, row_vectors), args.repeats)))
     coefficients = [1.0, 2.0, 4.0, 8.0][:k]
     row_coefficients = [c for c in coefficients for _ in texts]
-    sequential, batched = paired(lambda: [run(batch, vector, [c] * len(texts)) for c in coefficients],
-                                 lambda: run(rows_k, vector, row_coefficients), max(1, args.repeats - 1))
-    results.append({"row": f"K={k} coefficient sweep: one batch / {k} sequential runs",
-                    "reference_s": sequential, "measured_s": batched, "tokens_per_s": k * tokens / batched,
-                    "reference_tokens_per_s": k * tokens / sequential})
-    for result in results:
-        result["ratio"] = result["measured_s"] / result["reference_s"]
+    timed.append((f"K={k} coefficient sweep: one batch / {k} sequential runs", k,
+                  paired(lambda: [run(batch, vector, [c] * len(texts)) for c in coefficients],
+                         lambda: run(rows_k, vector, row_coefficients), args.repeats)))
+    results = []
+    for name, runs, timing in timed:
+        row = timing.row(name, "informational")
+        results.append({**row, "row": name, "tokens_per_s": runs * tokens / row["measured_s"],
+                        "reference_tokens_per_s": runs * tokens / row["reference_s"]})
 
     where = torch.cuda.get_device_name(0) if torch.cuda.is_available() else f"CPU, {torch.get_num_threads()} threads"
     if torch.cuda.device_count() > 1 and args.device_map:
         where += f" x {torch.cuda.device_count()} (device_map={args.device_map})"
     header = (f"GPU bench: model {args.model}, dtype {next(model.parameters()).dtype}, {where}, torch "
-              f"{torch.__version__}, {time.strftime('%Y-%m-%d %H:%M')}, medians of {args.repeats} alternated repeats"
+              f"{torch.__version__}, {time.strftime('%Y-%m-%d %H:%M')}, {args.repeats} alternated pairs per row"
               "\n\n")
-    lines = ["| comparison | reference s | measured s | ratio | tokens/s (measured) | tokens/s (reference) |",
-             "|---|---|---|---|---|---|"]
+    lines = ["| comparison | reference s | measured s | ratio (median of pairs) | pair ratios min-max | tokens/s "
+             "(measured) | tokens/s (reference) |", "|---|---|---|---|---|---|---|"]
     lines += [f"| {r['row']} | {r['reference_s']:.3f} | {r['measured_s']:.3f} | {r['ratio']:.3f} | "
-              f"{r['tokens_per_s']:.1f} | {r['reference_tokens_per_s']:.1f} |" for r in results]
+              f"{r['ratio_min']:.3f}-{r['ratio_max']:.3f} | {r['tokens_per_s']:.1f} | "
+              f"{r['reference_tokens_per_s']:.1f} |"
+              for r in results]
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     atomic_write(out / "gpu.md", header + "\n".join(lines) + "\n")

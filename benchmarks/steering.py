@@ -17,6 +17,7 @@ import sys
 import tempfile
 import time
 from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 
 import torch
@@ -29,12 +30,32 @@ from lib.kits.data import DEFAULT_PROMPTS, load_subset
 from lib.models import hidden_size, load_model
 from lib.vectors import SteeringVector, random_like
 
-REPEATS = int(os.environ.get("BENCH_REPEATS", "5"))
+REPEATS = int(os.environ.get("BENCH_REPEATS", "7"))
+NEW_TOKENS = 32  # every generation row makes exactly this many tokens per row (min_new_tokens): equal work per arm
 
 
-def paired(first: Callable[[], object], second: Callable[[], object], repeats: int = REPEATS) -> tuple[float, float]:
-    """Median seconds of two arms, alternated so drift hits both alike (one warm-up each); on a GPU each arm is
-    timed to the end of its kernels."""
+@dataclass
+class Timing:
+    """Two arms timed side by side: seconds of each repeat, and the ratio of each alternated pair (measured /
+    reference), whose spread says how much to trust the median on a noisy machine."""
+
+    reference: list[float]
+    measured: list[float]
+
+    @property
+    def ratios(self) -> list[float]:
+        return [b / a for a, b in zip(self.reference, self.measured, strict=True)]
+
+    def row(self, name: str, target: str) -> dict[str, object]:
+        ratios = self.ratios
+        return {"comparison": name, "reference_s": statistics.median(self.reference),
+                "measured_s": statistics.median(self.measured), "ratio": statistics.median(ratios),
+                "ratio_min": min(ratios), "ratio_max": max(ratios), "pairs": len(ratios), "target": target}
+
+
+def paired(first: Callable[[], object], second: Callable[[], object], repeats: int = REPEATS) -> Timing:
+    """Two arms alternated `repeats` times so drift hits both alike (one warm-up each); on a GPU each arm is timed
+    to the end of its kernels."""
     first(), second()
     a, b = [], []
     for _ in range(repeats):
@@ -46,12 +67,12 @@ def paired(first: Callable[[], object], second: Callable[[], object], repeats: i
             if torch.cuda.is_available():
                 torch.cuda.synchronize()
             times.append(time.perf_counter() - start)
-    return statistics.median(a), statistics.median(b)
+    return Timing(a, b)
 
 
-def cache_hit_and_miss(model, tokenizer, texts: list[str], repeats: int = 3) -> tuple[float, float]:
-    """Median seconds of a miss (a fresh cache folder) and of the hit right after it, alternated. A hit pays for the
-    fingerprint (every weight byte), the forward-state digest and reading the entry."""
+def cache_hit_and_miss(model, tokenizer, texts: list[str], repeats: int = REPEATS) -> Timing:
+    """A miss (a fresh cache folder) and the hit right after it, alternated. A hit pays for the fingerprint (every
+    weight byte), the forward-state digest and reading the entry."""
     misses, hits, before = [], [], os.environ.get("STEERLAB_CACHE")
     for _ in range(repeats):
         with tempfile.TemporaryDirectory() as cache:
@@ -63,7 +84,7 @@ def cache_hit_and_miss(model, tokenizer, texts: list[str], repeats: int = 3) -> 
     os.environ.pop("STEERLAB_CACHE")
     if before is not None:
         os.environ["STEERLAB_CACHE"] = before
-    return statistics.median(misses), statistics.median(hits)
+    return Timing(misses, hits)
 
 
 def main() -> None:
@@ -77,8 +98,7 @@ def main() -> None:
     texts = [render_chat(tokenizer, e.prompt) for e in load_subset("math")[:32]]
     rows = []
     if sys.argv[1:] == ["cache"]:  # this row alone, printed (the table keeps the full run's)
-        miss, hit = cache_hit_and_miss(model, tokenizer, texts)
-        print(f"extract 32 texts: cache hit / miss: {hit:.3f} / {miss:.3f} s = {hit / miss:.3f} (target <= 0.05)")
+        print(cache_hit_and_miss(model, tokenizer, texts).row("extract 32 texts: cache hit / miss", "<= 0.05"))
         return
 
     def forward() -> None:
@@ -89,75 +109,73 @@ def main() -> None:
         with torch.no_grad(), steering.batch(model):
             model(**batch)
 
-    base, steered = paired(forward, forward_steered)
-    rows.append(("forward 16 prompts: steered / unsteered", base, steered, "< 1.03"))
+    rows.append(paired(forward, forward_steered).row("forward 16 prompts: steered / unsteered", "< 1.03"))
 
     def gen(steer: bool) -> Callable[[], object]:
-        return lambda: generate(model, tokenizer, prompts, max_new_tokens=32, batch_size=16, progress=False,
-                                steering=steering if steer else None)
+        return lambda: generate(model, tokenizer, prompts, max_new_tokens=NEW_TOKENS, min_new_tokens=NEW_TOKENS,
+                                batch_size=16, progress=False, steering=steering if steer else None)
 
-    base, steered = paired(gen(False), gen(True), repeats=max(2, REPEATS // 2))
-    rows.append(("generate 16 x 32 tokens: steered / unsteered", base, steered, "< 1.03"))
+    rows.append(paired(gen(False), gen(True)).row(f"generate 16 x {NEW_TOKENS} tokens: steered / unsteered", "< 1.03"))
 
-    base, extracted = paired(lambda: forward_batches(model, tokenizer, texts, 16, progress=False),
-                             lambda: extract(model, tokenizer, texts, use_cache=False, progress=False))
-    rows.append(("extract 32 texts, all 30 layers: extract / bare forward", base, extracted, "< 1.15"))
+    rows.append(paired(lambda: forward_batches(model, tokenizer, texts, 16, progress=False),
+                       lambda: extract(model, tokenizer, texts, use_cache=False, progress=False))
+                .row("extract 32 texts, all 30 layers: extract / bare forward", "< 1.15"))
 
     k = 4
     coefficients = [float(c) for c in range(k) for _ in prompts]
 
     def one_batch() -> None:
-        generate(model, tokenizer, prompts * k, max_new_tokens=32, batch_size=16 * k, progress=False,
-                 steering=steering, coefficients=coefficients)
+        generate(model, tokenizer, prompts * k, max_new_tokens=NEW_TOKENS, min_new_tokens=NEW_TOKENS,
+                 batch_size=16 * k, progress=False, steering=steering, coefficients=coefficients)
 
     def sequential() -> None:
         for c in range(k):
-            generate(model, tokenizer, prompts, max_new_tokens=32, batch_size=16, progress=False,
-                     steering=Steering(steering.vector, float(c)))
+            generate(model, tokenizer, prompts, max_new_tokens=NEW_TOKENS, min_new_tokens=NEW_TOKENS, batch_size=16,
+                     progress=False, steering=Steering(steering.vector, float(c)))
 
-    seq, batched = paired(sequential, one_batch, repeats=2)
-    rows.append((f"K={k} coefficient sweep: one batch / {k} sequential runs", seq, batched, "< 1"))
+    rows.append(paired(sequential, one_batch).row(f"K={k} coefficient sweep: one batch / {k} sequential runs", "< 1"))
 
     layers = [6, 10, 15, 20]
     per_layer = [SteeringVector({layer: steering.vector[10]}) for layer in layers]
     row_vectors = [vector for vector in per_layer for _ in prompts]
 
     def layer_batch() -> None:
-        generate(model, tokenizer, prompts * len(layers), max_new_tokens=32, batch_size=16 * len(layers),
-                 progress=False, steering=Steering(row_vectors))
+        generate(model, tokenizer, prompts * len(layers), max_new_tokens=NEW_TOKENS, min_new_tokens=NEW_TOKENS,
+                 batch_size=16 * len(layers), progress=False, steering=Steering(row_vectors))
 
     def layer_sequential() -> None:
         for vector in per_layer:
-            generate(model, tokenizer, prompts, max_new_tokens=32, batch_size=16, progress=False,
-                     steering=Steering(vector))
+            generate(model, tokenizer, prompts, max_new_tokens=NEW_TOKENS, min_new_tokens=NEW_TOKENS, batch_size=16,
+                     progress=False, steering=Steering(vector))
 
-    seq, batched = paired(layer_sequential, layer_batch, repeats=2)
-    rows.append((f"K={len(layers)} layer sweep (per-row vectors): one batch / {len(layers)} sequential runs", seq,
-                 batched, "< 1"))
+    rows.append(paired(layer_sequential, layer_batch).row(
+        f"K={len(layers)} layer sweep (per-row vectors): one batch / {len(layers)} sequential runs", "< 1"))
 
     half, _ = load_model(dtype=torch.bfloat16)
     half_steering = Steering(steering.vector)
-    base, halved = paired(lambda: extract(model, tokenizer, texts, use_cache=False, progress=False),
-                          lambda: extract(half, tokenizer, texts, use_cache=False, progress=False))
-    rows.append(("extract 32 texts, all 30 layers: bfloat16 / float32 (CPU)", base, halved, "informational"))
-    base, halved = paired(lambda: generate(model, tokenizer, prompts, max_new_tokens=32, batch_size=16,
-                                           progress=False, steering=steering),
-                          lambda: generate(half, tokenizer, prompts, max_new_tokens=32, batch_size=16,
-                                           progress=False, steering=half_steering), repeats=max(2, REPEATS // 2))
-    rows.append(("steered generate 16 x 32 tokens: bfloat16 / float32 (CPU)", base, halved, "informational"))
+    rows.append(paired(lambda: extract(model, tokenizer, texts, use_cache=False, progress=False),
+                       lambda: extract(half, tokenizer, texts, use_cache=False, progress=False))
+                .row("extract 32 texts, all 30 layers: bfloat16 / float32 (CPU)", "informational"))
+    rows.append(paired(lambda: generate(model, tokenizer, prompts, max_new_tokens=NEW_TOKENS,
+                                        min_new_tokens=NEW_TOKENS, batch_size=16, progress=False, steering=steering),
+                       lambda: generate(half, tokenizer, prompts, max_new_tokens=NEW_TOKENS,
+                                        min_new_tokens=NEW_TOKENS, batch_size=16, progress=False,
+                                        steering=half_steering))
+                .row(f"steered generate 16 x {NEW_TOKENS} tokens: bfloat16 / float32 (CPU)", "informational"))
 
-    rows.append(("extract 32 texts: cache hit / miss", *cache_hit_and_miss(model, tokenizer, texts), "<= 0.05"))
+    rows.append(cache_hit_and_miss(model, tokenizer, texts).row("extract 32 texts: cache hit / miss", "<= 0.05"))
 
     out = REPO_ROOT / "out" / "bench"
     out.mkdir(parents=True, exist_ok=True)
-    lines = ["| comparison | reference s | measured s | ratio | target |", "|---|---|---|---|---|"]
-    lines += [f"| {name} | {a:.3f} | {b:.3f} | {b / a:.3f} | {target} |" for name, a, b, target in rows]
+    lines = ["| comparison | reference s | measured s | ratio (median of pairs) | pair ratios min-max | target |",
+             "|---|---|---|---|---|---|"]
+    lines += [f"| {r['comparison']} | {r['reference_s']:.3f} | {r['measured_s']:.3f} | {r['ratio']:.3f} | "
+              f"{r['ratio_min']:.3f}-{r['ratio_max']:.3f} | {r['target']} |" for r in rows]
     header = (f"Steering benchmarks, embedded default, torch {torch.__version__}, {torch.get_num_threads()} threads, "
-              f"{time.strftime('%Y-%m-%d %H:%M')}, medians of {REPEATS} alternated repeats\n\n")
+              f"{time.strftime('%Y-%m-%d %H:%M')}, {REPEATS} alternated pairs per row (one warm-up each); "
+              f"generation rows make exactly {NEW_TOKENS} tokens per row\n\n")
     Path(out / "steering.md").write_text(header + "\n".join(lines) + "\n")
-    Path(out / "steering.json").write_text(json.dumps(
-        [{"comparison": n, "reference_s": a, "measured_s": b, "ratio": b / a, "target": t} for n, a, b, t in rows],
-        indent=2))
+    Path(out / "steering.json").write_text(json.dumps(rows, indent=2))
     print(header + "\n".join(lines))
 
 

@@ -3,8 +3,10 @@
 The map of the house (docs/architecture.md has the rules and a worked example):
 
 - Core, at the bottom; knows no experiment:
-  io (paths, atomic writes) -> models (loading, the one layer locator, fingerprints) -> hooks (`record`,
-  `steer`, `Steering`, position tracking) -> vectors (`SteeringVector`, builders) -> generation (chat rendering,
+  io (paths, atomic writes) -> models (loading, the one layer locator and layer indices, fingerprints) ->
+  interventions (what acts on a model now) -> positions (prompt, generated and padding tokens of a forward call) ->
+  hooks (`record`, `steer`, `Steering`) -> vectors (`SteeringVector` and its `apply`, builders, layer groups) ->
+  generation (chat rendering,
   the one batched-forward loop `run_batches`, `generate`) -> extract (cached activations), evals (log-probs,
   KL), choice_evals, latent (continuous-thought loop), weights (`WeightDelta`, `apply_delta`), export
   (llama.cpp control vectors, folded checkpoints), model_diff, memory (the plan checked before a run loads).

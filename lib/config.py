@@ -31,6 +31,11 @@ class NotebookConfig:
     # What one run asks an executor for (lib.kits.executors; Ray's num_cpus, num_gpus, memory in bytes, or custom
     # resources). The defaults suit the embedded model on CPU; `just sweep ... --resources num_gpus=1` overrides.
     resources: ClassVar[dict[str, float]] = {"num_cpus": 1}
+    # A notebook keeps the parameter names of its seed workflow (`scale`, `weights`, `alphas`); lib says
+    # `coefficient(s)` for the strength of an intervention (`weight` is steer's per-layer weight). Each config says
+    # once what its seed names mean here: {notebook parameter: the lib word, a property of the config}. The module
+    # reads the lib word only (tests/test_validation.py checks both).
+    SEED_NAMES: ClassVar[dict[str, str]] = {}
 
     @classmethod
     def from_namespace(cls, namespace: dict[str, Any]) -> NotebookConfig:

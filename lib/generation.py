@@ -138,6 +138,7 @@ def generate(
     prompts: Sequence[Prompt],
     *,
     max_new_tokens: int = 64,
+    min_new_tokens: int = 0,
     temperature: float = 0.0,
     seed: int = 0,
     batch_size: int = 16,
@@ -147,9 +148,12 @@ def generate(
     coefficients: Sequence[float] | None = None,
     progress: bool = True,
 ) -> list[str]:
-    """Batched generation; greedy at temperature 0, else sampled with a per-batch seed."""
+    """Batched generation; greedy at temperature 0, else sampled with a per-batch seed. `min_new_tokens` keeps EOS
+    from ending rows early (benchmarks time equal token counts)."""
     if temperature < 0:
         raise ValueError(f"temperature={temperature} must be >= 0")
+    if not 0 <= min_new_tokens <= max_new_tokens:
+        raise ValueError(f"min_new_tokens={min_new_tokens} must be in 0..max_new_tokens={max_new_tokens}")
     encoded = encode(tokenizer, [render_chat(tokenizer, p, system, chat) for p in prompts], chat)
 
     def forward(part: slice, batch: dict[str, torch.Tensor]) -> list[str]:
@@ -158,7 +162,7 @@ def generate(
             torch.manual_seed(seed + part.start)
             sampling = {"do_sample": True, "temperature": temperature, "top_p": 1.0, "top_k": 0}
         tokens = model.generate(**batch, max_new_tokens=max_new_tokens, pad_token_id=tokenizer.pad_token_id,
-                                **sampling)
+                                **({"min_new_tokens": min_new_tokens} if min_new_tokens else {}), **sampling)
         return tokenizer.batch_decode(tokens[:, batch["input_ids"].shape[1]:], skip_special_tokens=True)
 
     # `generate` computes its own positions from the mask: positions=False

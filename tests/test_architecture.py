@@ -14,8 +14,8 @@ import pytest
 from lib.io import REPO_ROOT
 
 LIB = REPO_ROOT / "lib"
-CORE = {"io", "models", "interventions", "positions", "hooks", "vectors", "generation", "extract", "evals", "choice_evals", "latent", "weights",
-        "export", "model_diff", "memory", "delta_ablation"}
+CORE = {"io", "models", "interventions", "positions", "hooks", "vectors", "generation", "extract", "evals",
+        "choice_evals", "latent", "weights", "export", "model_diff", "memory", "delta_ablation"}
 RUNNING = {"config", "runner", "report", "experiments"}  # experiments: the package's lookup by stem
 
 

@@ -302,3 +302,37 @@ def test_hidden_states_and_record_see_the_steered_output_whatever_came_first(fir
     torch.testing.assert_close(out.logits, logits, rtol=0, atol=0)
     for recorded in (outside, inside):
         torch.testing.assert_close(recorded[layer], seen[layer], rtol=0, atol=0)
+
+
+def test_vector_apply_is_the_way_in_and_equals_an_own_hook(tiny_models):
+    """`SteeringVector.apply(model, coefficient=...)` adds coefficient * weight * vector (own hook, no lib), restores
+    the model bit for bit, and takes `layers_path`; `Steering` carries `layers_path` to every batch (it was dropped)."""
+    from lib.hooks import Steering
+    from lib.vectors import SteeringVector
+
+    model = tiny_models["llama"]
+    batch = padded_batch([4, 4], "left")  # no padding: the own hook adds at every position
+    vector = SteeringVector({STEER_LAYER: _vector(model)[STEER_LAYER]})
+    with torch.no_grad():
+        plain = model(**batch).logits
+        handle = find_layers(model)[1][STEER_LAYER].register_forward_hook(
+            lambda module, args, output: output + 2.5 * 0.8 * vector[STEER_LAYER])
+        try:
+            expected = model(**batch).logits
+        finally:
+            handle.remove()
+        with vector.apply(model, coefficient=2.5, weight=0.8):
+            applied = model(**batch).logits
+        with vector.apply(model, 2.5, weight={STEER_LAYER: 0.8}, layers_path="model.layers"):
+            by_path = model(**batch).logits
+        with Steering(vector, 0.8, layers_path="model.layers").batch(model, [2.5, 2.5]):
+            batched = model(**batch).logits
+        assert torch.equal(model(**batch).logits, plain)
+    torch.testing.assert_close(applied, expected, rtol=1e-6, atol=1e-5)
+    assert torch.equal(by_path, applied)
+    torch.testing.assert_close(batched, applied, rtol=1e-6, atol=1e-6)  # 2.5 * (0.8 * v) vs (2.5 * 0.8) * v
+    with pytest.raises(ValueError, match="layers_path='model.nowhere'"), \
+            Steering(vector, layers_path="model.nowhere").batch(model):
+        pass
+    with pytest.raises(ValueError, match="coefficient='4' is a str"), vector.apply(model, "4"):
+        pass

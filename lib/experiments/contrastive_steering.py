@@ -38,6 +38,7 @@ class ContrastiveConfig(ModelConfig):
     """Contrastive steering between two data sets (seed: "Chunky Tulu Contrastive Steering")."""
 
     notebook: ClassVar[str] = "contrastive_steering"
+    SEED_NAMES: ClassVar[dict[str, str]] = {"scale": "coefficient", "curve_scales": "curve_coefficients"}
     target: str = "math"
     baseline: str = "howto"
     layer: int = 10
@@ -71,6 +72,16 @@ class ContrastiveConfig(ModelConfig):
             raise ValueError(f"curve_scales={self.curve_scales!r} must include 0.0 (the unsteered baseline)")
         self.curve_scales = [float(s) for s in self.curve_scales]
         self.target, self.baseline, self.inference_set = str(self.target), str(self.baseline), str(self.inference_set)
+
+    @property
+    def coefficient(self) -> float:
+        """`scale`, the seed's name: the coefficient of the contrastive vector in the generations."""
+        return float(self.scale)
+
+    @property
+    def curve_coefficients(self) -> list[float]:
+        """`curve_scales`, the seed's name: the coefficients of the effect curve."""
+        return list(self.curve_scales)
 
     def workload(self) -> Workload:
         # about 512 prompt tokens (an assumption: chat template plus a data-set prompt) and the generated ones
@@ -125,7 +136,7 @@ def side_by_side(model: nn.Module, tokenizer: Any, cfg: ContrastiveConfig, vecto
     steering = Steering(vector.select([cfg.layer]))
     outputs = generate(model, tokenizer, prompts * 2, max_new_tokens=cfg.max_tokens, temperature=cfg.temperature,
                        seed=cfg.seed, batch_size=cfg.batch_size, steering=steering,
-                       coefficients=[0.0] * len(prompts) + [cfg.scale] * len(prompts))
+                       coefficients=[0.0] * len(prompts) + [cfg.coefficient] * len(prompts))
     n = len(prompts)
     return [{"prompt_index": i, "prompt": p, "baseline": outputs[i], "steered": outputs[n + i]}
             for i, p in enumerate(prompts)]
@@ -137,7 +148,7 @@ def measure_curves(model: nn.Module, tokenizer: Any, cfg: ContrastiveConfig, vec
 
     curve_prompts="neutral": held-out replies are scored after the built-in neutral prompts (cycled), so
     the gap measures a preference for the target set's style itself; "own": after their own prompts."""
-    scales = sorted(set(cfg.curve_scales) | {0.0, float(cfg.scale)})
+    scales = sorted(set(cfg.curve_coefficients) | {0.0, cfg.coefficient})
     target = reply_pairs(data.target_eval, cfg.curve_prompts)
     baseline = reply_pairs(data.baseline_eval, cfg.curve_prompts)
     candidates = {"steering": vector.select([cfg.layer])}
@@ -159,7 +170,7 @@ def assemble_results(cfg: ContrastiveConfig, vector: SteeringVector, generations
                      curves: dict[str, dict[str, list[float]]], n_inference: int) -> dict[str, Any]:
     norm = float(vector[cfg.layer].norm())
     steering_curve = curves["steering"]
-    at = steering_curve["scale"].index(float(cfg.scale))
+    at = steering_curve["scale"].index(cfg.coefficient)
     zero = steering_curve["scale"].index(0.0)
     summary: dict[str, Any] = {"side_effect_metric": "kl_neutral", "side_effect": steering_curve["kl"][at]}
     if "gap" in steering_curve:
@@ -177,7 +188,7 @@ def assemble_results(cfg: ContrastiveConfig, vector: SteeringVector, generations
             "baseline_subset": {"key": cfg.baseline, "name": subset_name(cfg.baseline)},
             "n_samples": cfg.n_samples,
             "layer": cfg.layer,
-            "scale": cfg.scale,
+            "scale": cfg.scale,  # results keep the seed's name
             "vector_norm": norm,
             "effective_magnitude": norm * cfg.scale,
             "inference_set": cfg.inference_set or "default_prompts",

@@ -39,6 +39,7 @@ class MathSteeringConfig(ModelConfig):
     """Steering vectors from base vs GRPO-finetuned activations, evaluated on a weight grid (the seed's "Day 4")."""
 
     notebook: ClassVar[str] = "math_steering"
+    SEED_NAMES: ClassVar[dict[str, str]] = {"weights": "coefficients"}  # the seed's "w" in base + w * vector
     finetuned: str = "out/grpo_math/default/final_model"
     source: str = "arithmetic"
     train_size: int = 16
@@ -65,6 +66,11 @@ class MathSteeringConfig(ModelConfig):
             raise ValueError(f"weights={self.weights!r} must include 0.0 (the unsteered base in the same batch)")
         self.weights = [float(w) for w in self.weights]
         check_sampled("num_completions_eval", self.num_completions_eval, "eval_temperature", self.eval_temperature)
+
+    @property
+    def coefficients(self) -> list[float]:
+        """`weights`, the seed's name: coefficients of the steering vector, one batch row each."""
+        return list(self.weights)
 
     def workload(self) -> Workload:
         return Workload(batch=self.batch_size, tokens=256 + self.max_completion_length,
@@ -147,24 +153,25 @@ def evaluate(cfg: MathSteeringConfig, base: nn.Module, tokenizer: Any, eval_prob
     """Every configuration on the same problems and generation settings; weights run as one batch."""
     settings = _settings(cfg)
     steering = Steering(vector)
-    steered = evaluate_math(base, tokenizer, eval_problems, steering=steering, coefficients=cfg.weights, **settings)
+    steered = evaluate_math(base, tokenizer, eval_problems, steering=steering, coefficients=cfg.coefficients,
+                            **settings)
     evaluation: dict[str, Any] = {
         "base": steered[0.0].summary(),  # weight 0 is the unsteered base, in the same batch
         "finetuned": finetuned.evaluation.summary(),
-        "steered": [steered[w].summary() for w in cfg.weights],
-        "kl_steered": next_token_kl(base, tokenizer, NEUTRAL_TEXTS, steering=steering, coefficients=cfg.weights,
+        "steered": [steered[w].summary() for w in cfg.coefficients],
+        "kl_steered": next_token_kl(base, tokenizer, NEUTRAL_TEXTS, steering=steering, coefficients=cfg.coefficients,
                                     batch_size=cfg.batch_size).tolist(),
         "kl_finetuned": mean_kl(real_token_logprobs(base, tokenizer, NEUTRAL_TEXTS, cfg.batch_size),
                                 finetuned.neutral_logprobs),
-        "sample_completions": {str(w): steered[w].completions[0][:1] for w in cfg.weights},
+        "sample_completions": {str(w): steered[w].completions[0][:1] for w in cfg.coefficients},
     }
     if cfg.random_control:
         control = Steering(random_like(vector, seed=cfg.seed))
-        randomised = evaluate_math(base, tokenizer, eval_problems, steering=control, coefficients=cfg.weights,
+        randomised = evaluate_math(base, tokenizer, eval_problems, steering=control, coefficients=cfg.coefficients,
                                    **settings)
-        evaluation["random"] = [randomised[w].summary() for w in cfg.weights]
+        evaluation["random"] = [randomised[w].summary() for w in cfg.coefficients]
         evaluation["kl_random"] = next_token_kl(base, tokenizer, NEUTRAL_TEXTS, steering=control,
-                                                coefficients=cfg.weights, batch_size=cfg.batch_size).tolist()
+                                                coefficients=cfg.coefficients, batch_size=cfg.batch_size).tolist()
     return evaluation
 
 
@@ -190,7 +197,7 @@ def results(cfg: MathSteeringConfig, vector: SteeringVector, evaluation: dict[st
     summary = {
         "main_metric": "pass@1, best steered weight",
         "main": steered[best],
-        "best_weight": cfg.weights[best],
+        "best_weight": cfg.coefficients[best],
         "baseline": evaluation["base"]["pass_at"]["1"],
         "finetuned": evaluation["finetuned"]["pass_at"]["1"],
         "side_effect_metric": "KL from base on neutral text at the best weight",
@@ -199,7 +206,7 @@ def results(cfg: MathSteeringConfig, vector: SteeringVector, evaluation: dict[st
         "n_problems": evaluation["base"]["n_problems"],
         "n_completions": evaluation["base"]["n_completions"],
     }
-    return {"parameters": cfg.as_dict(), "vector_norms": vector.norms(), "weights": cfg.weights, **evaluation,
+    return {"parameters": cfg.as_dict(), "vector_norms": vector.norms(), "weights": cfg.coefficients, **evaluation,
             "summary": summary}
 
 

@@ -66,6 +66,8 @@ class ReasoningDirectionConfig(ModelConfig):
     "GPT-2 Activation Steering Experiment"). Defaults are the quick preset; the journal run overrides sizes."""
 
     notebook: ClassVar[str] = "reasoning_direction"
+    SEED_NAMES: ClassVar[dict[str, str]] = {"alphas": "coefficients", "random_alphas": "random_coefficients",
+                                            "step_alphas": "step_coefficients"}
     mode: str = "token"
     source: str = "arithmetic"
     n_problems: int = 24
@@ -113,6 +115,21 @@ class ReasoningDirectionConfig(ModelConfig):
         if self.projection and self.mode != "latent":
             raise ValueError("projection is the latent loop's hidden-to-embedding module: it needs mode='latent'")
 
+    @property
+    def coefficients(self) -> list[float]:
+        """`alphas`, the seed's name: coefficients of the direction."""
+        return list(self.alphas)
+
+    @property
+    def random_coefficients(self) -> list[float]:
+        """`random_alphas`: coefficients of the norm-matched random directions."""
+        return list(self.random_alphas)
+
+    @property
+    def step_coefficients(self) -> list[float]:
+        """`step_alphas`: one coefficient per latent step (empty: `coefficients` at every step)."""
+        return list(self.step_alphas)
+
     def workload(self) -> Workload:
         return Workload(batch=self.batch_size, tokens=256 + self.max_new_tokens, generated=self.max_new_tokens,
                         logits="last")
@@ -159,7 +176,7 @@ def solve(cfg: ReasoningDirectionConfig, model: nn.Module, tokenizer: Any, probl
                                progress=progress)
     else:
         steering = None if vector is None else LatentSteering(
-            vector.select(cfg.layers).vectors, list(cfg.step_alphas) or None)
+            vector.select(cfg.layers).vectors, list(cfg.step_coefficients) or None)
         output = latent_generate(model, tokenizer, messages, latent_steps=cfg.latent_steps, projection=projection,
                                  start_text=START_TEXT, end_text=END_TEXT, max_new_tokens=cfg.max_new_tokens,
                                  batch_size=cfg.batch_size, record_layers=record_layers, steering=steering,
@@ -263,8 +280,8 @@ def evaluate(cfg: ReasoningDirectionConfig, model: nn.Module, tokenizer: Any, te
              ) -> dict[str, dict[float, list[dict[str, Any]]]]:
     """Every (direction, alpha) pair on the test problems: the direction at every alpha, the random controls at
     `random_alphas`. Each pair is written to evals/ as it finishes and read back on resume."""
-    jobs = [(label, alpha) for label in vectors for alpha in (cfg.alphas if label == "direction"
-                                                               else cfg.random_alphas)]
+    jobs = [(label, alpha) for label in vectors for alpha in (cfg.coefficients if label == "direction"
+                                                               else cfg.random_coefficients)]
     results: dict[str, dict[float, list[dict[str, Any]]]] = {label: {} for label in vectors}
     bar = tqdm(jobs, desc="alphas")
     for label, alpha in bar:
@@ -337,9 +354,9 @@ def side_effect_kl(cfg: ReasoningDirectionConfig, model: nn.Module, tokenizer: A
     if cfg.mode == "latent":
         return None
     steering = Steering(vector, layers=cfg.layers, positions="all")
-    values = next_token_kl(model, tokenizer, NEUTRAL_TEXTS, steering=steering, coefficients=cfg.alphas,
+    values = next_token_kl(model, tokenizer, NEUTRAL_TEXTS, steering=steering, coefficients=cfg.coefficients,
                            batch_size=cfg.batch_size)
-    return {alpha: float(v) for alpha, v in zip(cfg.alphas, values, strict=True)}
+    return {alpha: float(v) for alpha, v in zip(cfg.coefficients, values, strict=True)}
 
 
 def step_norms(vector: SteeringVector) -> pd.DataFrame:
