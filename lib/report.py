@@ -32,7 +32,6 @@ import json
 import math
 import os
 import sys
-import time
 from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath, PureWindowsPath
 from typing import Any
@@ -46,6 +45,7 @@ STATUS_NAMES = {"ok": "finished", "failed": "failed", "running": "running"}  # r
 INTERACTIVE = "interactive"  # results.json without run.json: run in JupyterLab rather than by ./just run
 MAIN_KEYS = ("main_metric", "main", "baseline", "side_effect_metric", "side_effect")  # what every summary holds
 MISSING = "–"
+UNKNOWN_START = "unknown"  # a run whose run.json records no start (made by hand, or by an older runner)
 ROW_ERROR_CHARS = 160  # a failed run's error on its index row; the run page has all of it
 TABLE_ROWS = 50  # rows of each results.json table shown on a run page (the executed notebook has them all)
 CELL_CHARS = 400
@@ -76,13 +76,13 @@ class Run:
 
     @property
     def started(self) -> str:
-        """When it started (run.json's `started`, else run.json's modification time), as YYYY-MM-DD HH:MM:SS."""
+        """When it started: run.json's `started` as YYYY-MM-DD HH:MM:SS, else "unknown". Never a file's modification
+        time: a clone or a copy stamps every file with the time it was made, so a journal run cloned today showed as
+        started today (issue "The weight wing and one way in", item C1)."""
         started = self.record.get("started")
         if isinstance(started, str) and started:
             return started.replace("T", " ")
-        record = self.folder / "run.json"
-        stamp = (record if record.exists() else self.folder / "results.json").stat().st_mtime
-        return time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(stamp))
+        return UNKNOWN_START
 
 
 @dataclass
@@ -310,8 +310,8 @@ def is_number(value: Any) -> bool:
 
 
 def show(value: Any, exact: bool = False) -> str:
-    """Plain text of a value from results or parameters (not escaped): 4 significant digits for floats unless
-    `exact`, compact JSON for lists and dicts, a dash for missing."""
+    """Plain text of a value from results or parameters (not escaped): 4 significant digits for floats, also inside
+    lists and dicts, unless `exact`; compact JSON for lists and dicts; a dash for missing."""
     if value is None:
         return MISSING
     if isinstance(value, float):
@@ -320,7 +320,18 @@ def show(value: Any, exact: bool = False) -> str:
         return value
     if isinstance(value, bool | int):
         return str(value)
-    return json.dumps(value, default=str, separators=(", ", ": "))
+    return json.dumps(value if exact else _rounded(value), default=str, separators=(", ", ": "))
+
+
+def _rounded(value: Any) -> Any:
+    """`value` with every finite float cut to 4 significant digits, for showing a list or dict of results."""
+    if isinstance(value, float) and math.isfinite(value):
+        return float(f"{value:.4g}")
+    if isinstance(value, list | tuple):
+        return [_rounded(item) for item in value]
+    if isinstance(value, dict):
+        return {key: _rounded(item) for key, item in value.items()}
+    return value
 
 
 def sort_key(value: Any) -> str:
@@ -329,11 +340,16 @@ def sort_key(value: Any) -> str:
 
 
 def cell(value: Any, limit: int = 80, classes: str = "", title: str = "", exact: bool = False) -> str:
-    """A table cell: escaped, clipped text (the full text in its title), numbers sortable by value."""
+    """A table cell: escaped, clipped text, numbers sortable by value. The title holds the full text of a clipped
+    cell and the full value of a rounded one (a summary's 3.039097785949707 shows as 3.039: issue "The weight wing
+    and one way in", item C4), after the caller's `title` when there is one."""
     text = show(value, exact)
+    full = show(value, exact=True)
     attributes = f' class="{classes}"' if classes else ""
     if is_number(value):
         attributes += f' data-sort="{sort_key(value)}"'
+    if full != text and not (isinstance(value, float) and float(text) == value):  # 2.0 shown as 2 loses nothing
+        title = f"{title} = {clip(full, 2000)}" if title else clip(full, 2000)
     if len(text) > limit or title:
         attributes += f' title="{esc(title or clip(text, 2000))}"'
     return f"<td{attributes}>{esc(clip(text, limit))}</td>"
@@ -482,6 +498,7 @@ def index_row(run: Run, index_dir: Path, run_page: Path) -> str:
     delta = main - baseline if is_number(main) and is_number(baseline) else None
     side_name = show(s["side_effect_metric"]) if s.get("side_effect_metric") is not None else ""
     metric = s.get("main_metric")
+    started_sort = "" if run.started == UNKNOWN_START else run.started  # an unknown start sorts last, as missing
     cells = [
         f"<td>{esc(run.notebook)}</td>",
         f'<td><a href="{href(run_page, index_dir)}">{esc(run.label)}</a></td>',
@@ -490,7 +507,7 @@ def index_row(run: Run, index_dir: Path, run_page: Path) -> str:
         cell(main), cell(baseline), cell(delta),
         cell(s.get("side_effect"), title=f"side effect: {side_name}" if side_name else ""),
         f"<td>{status_html(run, on_row=True)}</td>",
-        f'<td class="date" data-sort="{esc(run.started)}">{esc(run.started[:16])}</td>',
+        f'<td class="date" data-sort="{esc(started_sort)}">{esc(run.started[:16])}</td>',
         commit_html(run.record.get("git_commit")),
     ]
     return (f'<tr data-notebook="{esc(run.notebook)}" class="run-{esc(run.status)}">'
@@ -583,7 +600,7 @@ def run_page_html(run: Run, page_path: Path, index: Path, notebook_page: Path | 
     parts.append("<h2>Summary</h2>")
     if run.summary:
         first = [k for k in MAIN_KEYS if k in run.summary] + [k for k in run.summary if k not in MAIN_KEYS]
-        parts.append("<table>" + "".join(f"<tr><th>{esc(k)}</th>{cell(run.summary[k], 2000, 'text', exact=True)}</tr>"
+        parts.append("<table>" + "".join(f"<tr><th>{esc(k)}</th>{cell(run.summary[k], 2000, 'text')}</tr>"
                                          for k in first) + "</table>")
     else:
         why = "results.json has no summary" if (run.folder / "results.json").exists() else "no results.json"

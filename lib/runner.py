@@ -31,6 +31,7 @@ import platform
 import shutil
 import subprocess
 import sys
+import tempfile
 import time
 import traceback
 from collections.abc import Iterator
@@ -272,6 +273,34 @@ def quiet_parameter_guesses() -> Iterator[None]:
             logger.removeFilter(noise)
 
 
+# ipykernel (7.x) warns at every start that its sockets speak TCP without encryption. papermill's kernel listens on
+# localhost for one run, so every `./just run` printed a warning nobody could act on (issue "The weight wing and one
+# way in", item C2). The kernel is another process: the filter reaches it as its own logging config, a `--config`
+# file setting traitlets' `logging_config` on its app, written per run. It drops that one message; every other kernel
+# message passes (tests/test_runner.py pins ipykernel's wording and runs a kernel with this file).
+KERNEL_TCP_WARNING = "Kernel is running over TCP without encryption."
+KERNEL_CONFIG = f"""# written by lib.runner for one notebook run: drop ipykernel's unencrypted-TCP warning, nothing else
+import logging
+
+
+class QuietTcpWarning(logging.Filter):
+    def filter(self, record):
+        return not record.getMessage().startswith({KERNEL_TCP_WARNING!r})
+
+
+c.IPKernelApp.logging_config = {{"filters": {{"steerlab_quiet_tcp": {{"()": QuietTcpWarning}}}},
+                                "handlers": {{"console": {{"filters": ["steerlab_quiet_tcp"]}}}}}}
+"""
+
+
+@contextlib.contextmanager
+def quiet_kernel() -> Iterator[list[str]]:
+    """The kernel's extra command-line arguments for one run: `--config` naming KERNEL_CONFIG (above), written to a
+    temporary folder that is removed afterwards."""
+    with tempfile.TemporaryDirectory(prefix="steerlab-kernel-") as folder:
+        yield [f"--config={atomic_write(Path(folder) / 'kernel_config.py', KERNEL_CONFIG)}"]
+
+
 def _execute(notebook: Any, stem: str, run_dir: Path, overrides: dict[str, Any], resolved: dict[str, Any],
              commit: str, progress_bar: bool, extra: dict[str, Any] | None = None) -> dict[str, Any]:
     """papermill into `run_dir`, with run.json written before (status running) and after (ok / failed)."""
@@ -284,9 +313,10 @@ def _execute(notebook: Any, stem: str, run_dir: Path, overrides: dict[str, Any],
     write_json(run_dir / "run.json", record)
     start = time.time()
     try:
-        with quiet_parameter_guesses():
+        with quiet_parameter_guesses(), quiet_kernel() as kernel_arguments:
             papermill.execute_notebook(notebook, str(run_dir / f"{stem}.ipynb"), parameters=parameters,
-                                       kernel_name="python3", cwd=str(REPO_ROOT), progress_bar=progress_bar)
+                                       kernel_name="python3", cwd=str(REPO_ROOT), progress_bar=progress_bar,
+                                       extra_arguments=kernel_arguments)
         record["status"] = "ok"
     except BaseException as error:
         record |= {"status": "failed", "error": _short_error(error),
@@ -325,8 +355,6 @@ def execute_shipped(stem: str, source: str, overrides: dict[str, Any], resolved:
     a scratch folder, and every file it wrote (executed notebook, run.json, results.json, figures) goes back
     as bytes for `write_shipped`. A notebook error is returned (the executed notebook shows the failing cell),
     not raised, so the executor does not retry what would fail the same way again."""
-    import tempfile
-
     import jupytext
 
     identity = _worker_identity()
@@ -434,8 +462,8 @@ def sweep(name: str, grid: dict[str, list[Any]], fixed: dict[str, Any] | None = 
         for i, run_dir in enumerate(run_dirs):
             if i not in outcome and run_status(run_dir) == "ok":
                 outcome[i] = ("ok", "")
-        _write_summary(sweep_dir, [_summary_row(combos[i], run_dirs[i], *outcome[i]) for i in sorted(outcome)],
-                       keys, grid)
+        write_summary(sweep_dir, [summary_row(combos[i], run_dirs[i], *outcome[i]) for i in sorted(outcome)],
+                      keys, grid)
     failures = [combos[i] for i, (status, _) in sorted(outcome.items()) if status != "ok"]
     print(f"[sweep] {len(outcome)} runs summarised in {sweep_dir}")
     if failures:
@@ -462,7 +490,10 @@ def _book(engine: str, run_dir: Path, combo: dict[str, Any], ok: bool, value: An
     return "failed", str(record.get("error") or value)
 
 
-def _summary_row(combo: dict[str, Any], run_dir: Path, status: str, error: str) -> dict[str, Any]:
+def summary_row(combo: dict[str, Any], run_dir: Path, status: str, error: str) -> dict[str, Any]:
+    """One run's row of a sweep's summary.csv: its grid values, its results.json `summary` (a finished run's), run
+    folder, status and error. Public because summary.csv is what a notebook's `summary` must reach: tests build a
+    row from results.json as a notebook writes it (issue "The weight wing and one way in": no private imports)."""
     results_path = run_dir / RESULTS_FILE
     results = json.loads(results_path.read_text()) if status == "ok" and results_path.exists() else {}
     row = {**combo, **results.get("summary", {}), "run_dir": str(run_dir), "status": status}
@@ -471,7 +502,10 @@ def _summary_row(combo: dict[str, Any], run_dir: Path, status: str, error: str) 
     return row
 
 
-def _write_summary(sweep_dir: Path, rows: list[dict[str, Any]], keys: list[str], grid: dict[str, list[Any]]) -> None:
+def write_summary(sweep_dir: Path, rows: list[dict[str, Any]], keys: list[str], grid: dict[str, list[Any]]) -> None:
+    """`sweep_dir/summary.csv` from `summary_row`s (metric columns first, then run_dir, status, error) and, for a
+    2-D grid, its heatmaps. Public for the same reason as `summary_row`: the file is the contract with the report
+    and the tests."""
     sweep_dir.mkdir(parents=True, exist_ok=True)
     if not rows:
         return

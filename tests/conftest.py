@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+from contextlib import contextmanager
+
 import pytest
 import torch
 
@@ -83,3 +86,77 @@ class ByteTokenizer:
             raise ValueError("this ByteTokenizer has no chat template (ByteTokenizer(chat=True) has one)")
         return "".join(f"[{m['role']}]{m['content']}\n" for m in messages) + "[assistant]"
 
+
+
+# ----------------------------------------------------------------------------- the tests' own route (no lib.hooks)
+# tests/experiments/ check each experiment's steps against these: plain forward hooks on a Llama's decoder blocks
+# (`model.model.layers`) and one unpadded row at a time, so padding, batching and lib's steering are not on the path.
+
+
+@contextmanager
+def hand_steering(model: torch.nn.Module, additions: dict[int, torch.Tensor]) -> Iterator[None]:
+    """Add `additions[layer]` to that block's output at every position of every forward call (lib's
+    positions="all"), through plain forward hooks; removed on exit."""
+    def adder(vector: torch.Tensor):
+        def hook(module, args, output):
+            return (output[0] + vector, *output[1:]) if isinstance(output, tuple) else output + vector
+        return hook
+
+    handles = [model.model.layers[layer].register_forward_hook(adder(v)) for layer, v in additions.items()]
+    try:
+        yield
+    finally:
+        for handle in handles:
+            handle.remove()
+
+
+@torch.no_grad()
+def hand_block_outputs(model: torch.nn.Module, ids: list[int]) -> dict[int, torch.Tensor]:
+    """Every block's output, [tokens, hidden], for one unpadded row."""
+    seen: dict[int, torch.Tensor] = {}
+
+    def keeper(layer: int):
+        def hook(module, args, output):
+            seen[layer] = (output[0] if isinstance(output, tuple) else output)[0].detach().clone()
+        return hook
+
+    handles = [block.register_forward_hook(keeper(i)) for i, block in enumerate(model.model.layers)]
+    try:
+        model(torch.tensor([ids]))
+    finally:
+        for handle in handles:
+            handle.remove()
+    return seen
+
+
+@torch.no_grad()
+def hand_greedy(model: torch.nn.Module, ids: list[int], new_tokens: int, eos: int | None = None) -> list[int]:
+    """Greedy continuation of one unpadded row, a token at a time with no KV cache (a full forward per token)."""
+    row = list(ids)
+    for _ in range(new_tokens):
+        token = int(model(torch.tensor([row])).logits[0, -1].argmax())
+        if token == eos:
+            break
+        row.append(token)
+    return row[len(ids):]
+
+
+@torch.no_grad()
+def hand_reply_logprob(model: torch.nn.Module, prompt_ids: list[int], reply_ids: list[int]) -> float:
+    """Mean log-probability per token of `reply_ids` after `prompt_ids`, one unpadded row."""
+    logprobs = torch.log_softmax(model(torch.tensor([prompt_ids + reply_ids])).logits[0].float(), dim=-1)
+    start = len(prompt_ids)
+    return float(torch.stack([logprobs[start + i - 1, token] for i, token in enumerate(reply_ids)]).mean())
+
+
+@torch.no_grad()
+def hand_kl(model: torch.nn.Module, rows: list[list[int]], additions: dict[int, torch.Tensor]) -> float:
+    """Mean KL(unsteered || steered) per token over unpadded rows, nats: the side-effect measure by hand."""
+    total, count = 0.0, 0
+    for ids in rows:
+        reference = torch.log_softmax(model(torch.tensor([ids])).logits[0].float(), dim=-1)
+        with hand_steering(model, additions):
+            steered = torch.log_softmax(model(torch.tensor([ids])).logits[0].float(), dim=-1)
+        total += float((reference.exp() * (reference - steered)).sum())
+        count += len(ids)
+    return total / count

@@ -89,19 +89,27 @@ def test_peft_options_are_checked_by_name_before_training(base):
 
 def test_training_set_loss_before_and_after_is_recorded_on_all_rows(base, tokenizer):
     """The delta's meta carries the mean response-token loss over every training row before (the base) and after
-    (base + delta) training; checked against an independent recompute with the delta applied to the base. Catches
-    the loss taken on one batch, or on the wrong model."""
-    from lib.kits.adapters import _collate
+    (base + delta) training; checked against an independent recompute with the delta applied to the base: each row
+    alone, unpadded, its response-token losses summed over all rows. Catches the loss taken on one batch, or on the
+    wrong model."""
     from lib.weights import apply_delta
 
     delta, _ = train_adapter(base, tokenizer, PAIRS, "lora", steps=3, batch_size=2, learning_rate=1e-2,
                              progress=False)
     rows = tokenize_pairs(tokenizer, PAIRS)
-    batch = _collate(rows, tokenizer.pad_token_id)
+
+    def mean_response_loss() -> float:
+        total, count = 0.0, 0
+        for ids, labels in rows:
+            tokens = sum(label != -100 for label in labels[1:])  # the labels a causal LM's shifted loss scores
+            total += float(base(input_ids=torch.tensor([ids]), labels=torch.tensor([labels])).loss) * tokens
+            count += tokens
+        return total / count
+
     with torch.no_grad():
-        before = float(base(**batch).loss)
+        before = mean_response_loss()
         with apply_delta(base, delta, 1.0):
-            after = float(base(**batch).loss)
+            after = mean_response_loss()
     assert delta.meta["train_loss_before"] == pytest.approx(before, rel=1e-4)
     assert delta.meta["train_loss_after"] == pytest.approx(after, rel=1e-3)
     assert after < before  # three steps at lr 1e-2 on three rows learn something

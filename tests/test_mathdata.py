@@ -207,11 +207,11 @@ def test_demo_is_never_a_problem():
 
 
 def test_the_one_shot_demo_never_appears_as_a_problem(monkeypatch):
-    import lib.kits.mathdata as mathdata
+    """reasoning-gym's stream made to open with the demo in brackets: load_math skips it (catches: the demo left out
+    of the keys already seen, or the bracket-blind key)."""
+    import reasoning_gym
 
-    def stream(source, seed, split):
-        yield mathdata.MathProblem("Calculate ( 7 + 6 ).", "13", source)  # the demo, bracketed
-        yield mathdata.MathProblem("Calculate 1 + 1.", "2", source)
-
-    monkeypatch.setitem(mathdata._STREAMS, "arithmetic", stream)
-    assert [p.question for p in mathdata._take("arithmetic", 2, 0, "test")] == ["Calculate 1 + 1."]
+    items = [{"question": "Calculate ( 7 + 6 ).", "answer": "13"},  # the demo, bracketed
+             {"question": "Calculate 1 + 1.", "answer": "2"}]
+    monkeypatch.setattr(reasoning_gym, "create_dataset", lambda name, size, seed, **config: items)
+    assert [p.question for p in load_math("arithmetic", 1, seed=0)] == ["Calculate 1 + 1."]

@@ -410,3 +410,78 @@ def test_override_values_on_the_index_row_are_escaped(tmp_path):
     assert "prompt=&lt;script&gt;alert(1)&lt;/script&gt; &quot;q&quot; &amp; more" in raw
     header, rows = runs_table(report.index)
     assert f"prompt={value}" in rows["playground/prompt=evil"][header.index("differs from defaults")].text
+
+
+def _started_cells(report, label: str) -> tuple[Node, str]:
+    """The index's `started` cell of a toy_sweep run and the `started` row of its run page."""
+    header, rows = runs_table(report.index)
+    page = parse(report.index.parent / "report" / "toy_sweep" / f"{label}.html")
+    facts = {tr.find_all("th")[0].text: tr.find_all("td")[0].text for tr in page.find_all("table")[0].find_all("tr")}
+    return rows[f"toy_sweep/{label}"][header.index("started")], facts["started"]
+
+
+def test_started_comes_from_run_json_never_from_a_file_time(tmp_path):
+    """A clone stamps every file with today: a run whose run.json says it started in 2020 shows 2020 on the index and
+    its page, and a run.json without `started` (or no run.json, a run made by hand) shows "unknown", sorted as missing
+    (catches: the fallback to run.json's or results.json's mtime, which showed journal runs as started at the clone's
+    time; issue "The weight wing and one way in", item C1)."""
+    import time
+
+    root = tmp_path / "out"
+    old = write_run(root, "toy_sweep", "old", {"status": "ok", "overrides": {}, "started": "2020-01-02T03:04:05"},
+                    summary(1.0, 0.5, 0.1))
+    none = write_run(root, "toy_sweep", "no-start", {"status": "ok", "overrides": {}}, summary(1.0, 0.5, 0.1))
+    by_hand = root / "toy_sweep" / "by-hand"
+    by_hand.mkdir()
+    (by_hand / "results.json").write_text(json.dumps(summary(1.0, 0.5, 0.1)))
+    now = time.time()
+    for folder in (old, none, by_hand):
+        for path in folder.iterdir():
+            os.utime(path, (now, now))  # as fresh as a clone's files
+    today = time.strftime("%Y-%m-%d", time.localtime(now))
+    report = build(root)
+
+    index_cell, page_value = _started_cells(report, "old")
+    assert (index_cell.text, index_cell.attrs["data-sort"], page_value) == \
+        ("2020-01-02 03:04", "2020-01-02 03:04:05", "2020-01-02 03:04:05")
+    for label in ("no-start", "by-hand"):
+        index_cell, page_value = _started_cells(report, label)
+        assert (index_cell.text, index_cell.attrs["data-sort"], page_value) == ("unknown", "", "unknown"), label
+    assert today not in report.index.read_text(encoding="utf-8")
+
+
+def test_summaries_show_four_significant_digits_with_the_full_value_on_hover(tmp_path):
+    """Run pages and the index show 3.039 for 3.039097785949707, keep the full value in the cell's title (and the
+    sort key), round inside lists too, and escape what they show (catches: `exact=True` left on the run page's
+    summary, the title dropped for a rounded value, `esc` dropped around the title; issue "The weight wing and one
+    way in", item C4). A float that rounding does not change (2.0 shown as 2) gets no title."""
+    root = tmp_path / "out"
+    results = {"summary": {"main_metric": 'gap <b>"x"</b>', "main": 3.039097785949707, "baseline": 2.0,
+                           "side_effect_metric": "kl", "side_effect": 0.000123456789,
+                           "ci": [0.123456789, 0.987654321], 'label <i>"q"</i>': 0.3333333333333333,
+                           "by_key": {'<b>k"</b>': 0.123456789}}}  # markup in a rounded value's title
+    write_run(root, "toy_sweep", "digits", {"status": "ok", "overrides": {}}, results)
+    report = build(root)
+
+    header, rows = runs_table(report.index)
+    row = rows["toy_sweep/digits"]
+    main = row[header.index("main")]
+    assert (main.text, main.attrs["title"], main.attrs["data-sort"]) == \
+        ("3.039", "3.039097785949707", "3.039097785949707")
+    assert row[header.index("baseline")].text == "2" and "title" not in row[header.index("baseline")].attrs
+    side = row[header.index("side effect")]
+    assert (side.text, side.attrs["title"]) == ("0.0001235", "side effect: kl = 0.000123456789")
+    assert row[header.index("Δ")].attrs["title"] == "1.039097785949707"
+
+    page_path = report.index.parent / "report" / "toy_sweep" / "digits.html"
+    summary_table = parse(page_path).find_all("table")[1]
+    shown = {tr.find_all("th")[0].text: tr.find_all("td")[0] for tr in summary_table.find_all("tr")}
+    assert (shown["main"].text, shown["main"].attrs["title"]) == ("3.039", "3.039097785949707")
+    assert (shown["ci"].text, shown["ci"].attrs["title"]) == ("[0.1235, 0.9877]", "[0.123456789, 0.987654321]")
+    assert shown['label <i>"q"</i>'].text == "0.3333"
+    assert (shown["by_key"].text, shown["by_key"].attrs["title"]) == \
+        ('{"<b>k\\"</b>": 0.1235}', '{"<b>k\\"</b>": 0.123456789}')
+    assert shown["main_metric"].text == 'gap <b>"x"</b>' and "title" not in shown["main_metric"].attrs
+    assert "3.039097785949707</td>" not in page_path.read_text(encoding="utf-8")  # shown rounded, not in full
+    for raw in (page_path.read_text(encoding="utf-8"), report.index.read_text(encoding="utf-8")):
+        assert "<b>" not in raw and "<i>" not in raw and "&lt;b&gt;&quot;x&quot;&lt;/b&gt;" in raw

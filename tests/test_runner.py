@@ -128,7 +128,7 @@ def test_bo_summary_reaches_the_sweep_table(tmp_path):
     import csv
 
     from lib.experiments.steering_bo import BOSteeringConfig, bo_results
-    from lib.runner import RESULTS_FILE, _summary_row, _write_summary, write_json
+    from lib.runner import RESULTS_FILE, summary_row, write_json, write_summary
 
     class Search:
         best_point, best_score, history, settings = {"early": 0.5, "late": 1.0}, 0.75, [], {}
@@ -137,7 +137,7 @@ def test_bo_summary_reaches_the_sweep_table(tmp_path):
                          {"score": 0.7, "kl": 0.01})
     run_dir = tmp_path / "steering_bo" / "seed=1"
     write_json(run_dir / RESULTS_FILE, results)
-    _write_summary(tmp_path / "sweep", [_summary_row({"seed": 1}, run_dir, "ok", "")], ["seed"], {"seed": [1]})
+    write_summary(tmp_path / "sweep", [summary_row({"seed": 1}, run_dir, "ok", "")], ["seed"], {"seed": [1]})
     with open(tmp_path / "sweep" / "summary.csv") as handle:
         (row,) = list(csv.DictReader(handle))
     assert (row["main"], row["baseline"], row["confirmed"], row["side_effect"]) == ("0.75", "0.25", "0.7", "0.01")
@@ -323,3 +323,98 @@ def test_a_comma_in_a_run_value_says_how_to_pass_a_list(tmp_path, capsys, monkey
     assert executed == []
     assert main(["run", "playground", "coefficients=1,4"]) == 0
     assert executed == [{"coefficients": (1, 4)}]
+
+
+@pytest.mark.parametrize("name", [".venv", ".venv-peers", ".venv-latest"])
+def test_a_venv_symlink_is_ignored_so_runs_are_not_marked_dirty(tmp_path, name):
+    """`git_commit` appends "-dirty" when `git status --porcelain` prints anything; `.venv/` in .gitignore matched a
+    directory only, so a `.venv` symlink to a shared venv made every run dirty (issue "The weight wing and one way
+    in", item C3). A temp repo with this repo's .gitignore: the symlink and a real folder are both ignored and status
+    stays clean (catches: the trailing slash back on any of the three)."""
+    import shutil
+    import subprocess
+
+    from lib.io import REPO_ROOT
+
+    def git(*args: str) -> subprocess.CompletedProcess:
+        return subprocess.run(["git", "-c", "user.name=t", "-c", "user.email=t@t", *args], cwd=repo,
+                              capture_output=True, text=True)
+
+    repo, shared = tmp_path / "clone", tmp_path / "shared-venv"
+    repo.mkdir()
+    (shared / "bin").mkdir(parents=True)
+    assert git("init", "-q").returncode == 0
+    shutil.copy(REPO_ROOT / ".gitignore", repo / ".gitignore")
+    assert git("add", ".gitignore").returncode == 0 and git("commit", "-q", "-m", "ignore").returncode == 0
+    (repo / name).symlink_to(shared, target_is_directory=True)
+    assert git("check-ignore", "-q", name).returncode == 0, f"a {name} symlink is not ignored"
+    assert git("status", "--porcelain").stdout == ""
+    (repo / name).unlink()
+    (repo / name / "bin").mkdir(parents=True)  # a real venv folder stays ignored too
+    (repo / name / "bin" / "python").write_text("")
+    assert git("status", "--porcelain").stdout == ""
+
+
+def test_the_kernel_tcp_warning_filter_drops_that_wording_only():
+    """The kernel config's filter drops ipykernel's unencrypted-TCP warning and passes every other message, including
+    one that only mentions it (catches: a filter matching "Kernel" or "TCP", or `not` dropped). The first check pins
+    ipykernel's wording: if it changes, the filter would silently stop matching and this fails."""
+    import inspect
+    import logging
+
+    import ipykernel.kernelapp
+    from traitlets.config import Config
+
+    from lib.runner import KERNEL_CONFIG, KERNEL_TCP_WARNING
+
+    assert f'"{KERNEL_TCP_WARNING}"' in inspect.getsource(ipykernel.kernelapp)
+    c = Config()
+    exec(compile(KERNEL_CONFIG, "kernel_config.py", "exec"), {"c": c})  # as traitlets' config loader runs it
+    logging_config = c.IPKernelApp.logging_config
+    assert logging_config["handlers"]["console"]["filters"] == ["steerlab_quiet_tcp"]
+    quiet = logging_config["filters"]["steerlab_quiet_tcp"]["()"]()
+
+    def passes(message: str, level: int = logging.WARNING) -> bool:
+        return bool(quiet.filter(logging.LogRecord("IPKernelApp", level, "kernelapp.py", 1, message, None, None)))
+
+    assert not passes(KERNEL_TCP_WARNING + " All communication (including code and outputs) is sent in plain text")
+    assert passes("Kernel is running over IPC.")
+    assert passes("Starting the kernel at pid: 12", logging.INFO)
+    assert passes(f"a user's note quoting: {KERNEL_TCP_WARNING}")
+    assert passes("Failed to load connection file: 'kernel.json'", logging.ERROR)
+
+
+def test_a_run_starts_its_kernel_without_the_tcp_warning(tmp_path, monkeypatch, capfd):
+    """The runner's own papermill call (run_notebook -> papermill -> nbclient -> a real kernel), on a one-cell
+    notebook in place of toy_sweep: the kernel's stderr (inherited, so captured here at the file descriptor) holds
+    no unencrypted-TCP warning and does hold another warning the kernel's app logs (catches: the extra arguments not
+    passed to papermill, or a filter that silences the kernel's log). The control, papermill without them, prints
+    the warning: the check can fail."""
+    import json
+
+    import nbformat
+    import papermill
+
+    import lib.runner as runner
+
+    cell = "import logging\nlogging.getLogger('IPKernelApp').warning('steerlab-other-kernel-warning')"
+    one_cell = nbformat.v4.new_notebook(cells=[nbformat.v4.new_code_cell(cell)],
+                                        metadata={"kernelspec": {"name": "python3", "language": "python",
+                                                                   "display_name": "Python 3"}})
+    real = papermill.execute_notebook
+    calls = []
+
+    def small_notebook(notebook, output, **kwargs):
+        calls.append(kwargs)
+        return real(one_cell, output, **kwargs)
+
+    monkeypatch.setattr(papermill, "execute_notebook", small_notebook)
+    run_dir = runner.run_notebook("toy_sweep", {}, out_root=tmp_path, progress_bar=False)
+    err = capfd.readouterr().err
+    assert json.loads((run_dir / "run.json").read_text())["status"] == "ok"
+    assert calls[0]["extra_arguments"][0].startswith("--config=")
+    assert "steerlab-other-kernel-warning" in err
+    assert "without encryption" not in err
+
+    real(one_cell, str(tmp_path / "control.ipynb"), kernel_name="python3", progress_bar=False)
+    assert "Kernel is running over TCP without encryption" in capfd.readouterr().err
