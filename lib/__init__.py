@@ -12,7 +12,8 @@ The map of the house (docs/architecture.md has the rules and a worked example):
   (llama.cpp control vectors, folded checkpoints), model_diff, memory (the plan checked before a run loads).
 - Kits, importable on their own: data and choice_data (offline data sets), contrast (is there a contrast to learn;
   prompt headroom), mathdata, matheval, rewards, passk, stats, optimize and optimize_plots (Bayesian
-  optimisation), adapters (PEFT), plots (shared figure parts).
+  optimisation), adapters (PEFT), plots (shared figure parts), weight_runs (a weight-steering run folder, as its
+  writer and readers share it), delta_ablation (variants of a trained weight delta).
 - Running: config (the base of every experiment config and the checks before launch), runner (papermill runs
   and sweeps), executors (local processes, Ray).
 - Experiments, at the top: `lib/experiments/<notebook>.py` for each `nbs/<notebook>.py`: its config, steps and

@@ -7,13 +7,16 @@
 - `next_token_kl`: KL(unsteered || steered) of the next-token distribution on neutral text,
   averaged over real tokens: how much steering disturbs everything else.
 
-Both take per-row `coefficients`, so a curve over K coefficients is one batched pass.
+Both take per-row `coefficients`, so a curve over K coefficients is one batched pass. Which next-token distributions
+of a text the KL compares is one function, `text_logprobs`, with its `rendering` named: "raw" (the text alone) or
+"chat_reply" (the text as the assistant's reply to a neutral instruction, where weight steering also compares
+system prompts).
 """
 
 from __future__ import annotations
 
-from collections.abc import Sequence
-from typing import Any
+from collections.abc import Callable, Sequence
+from typing import Any, Literal
 
 import torch
 import torch.nn.functional as F
@@ -70,6 +73,67 @@ def last_logits(model: nn.Module, batch: dict, keep: int) -> torch.Tensor:
     return logits[:, -keep:].float()
 
 
+Rendering = Literal["raw", "chat_reply"]
+RENDERINGS: tuple[Rendering, ...] = ("raw", "chat_reply")
+# "chat_reply" reads a text as the reply to this instruction: one context for every method weight steering compares,
+# persona system prompts included (lib.kits.weight_runs).
+NEUTRAL_INSTRUCTION = "Write a sentence about everyday life."
+
+
+@torch.no_grad()
+def text_logprobs(
+    model: nn.Module,
+    tokenizer: Any,
+    texts: Sequence[str],
+    *,
+    rendering: Rendering = "raw",
+    system: str | None = None,
+    steering: Steering | None = None,
+    coefficients: Sequence[float] | None = None,
+    batch_size: int = 16,
+    progress: bool = True,
+    desc: str = "logprobs",
+    reduce: Callable[[int, torch.Tensor], Any] | None = None,
+) -> list[Any]:
+    """Per text, the [positions, vocab] next-token log-probs the side-effect KL compares: the one definition that
+    `next_token_kl`, `model_kl` and weight steering share (two had grown apart; issue "The weight wing and one way
+    in", item 6).
+
+    - "raw": the text alone, tokenized with the tokenizer's special tokens; every real position.
+    - "chat_reply": the text as the assistant's reply to `NEUTRAL_INSTRUCTION` (`system` replaces the default system
+      prompt); the positions that predict the text's tokens.
+
+    `coefficients` (one per text) go with `steering`. `reduce(i, logprobs)`, where given, is applied to text i's
+    log-probs as its batch runs and its result is kept instead (a KL sum keeps one batch of log-probs in memory)."""
+    if rendering == "raw":
+        if system is not None:
+            raise ValueError("system= is part of the chat_reply rendering; rendering='raw' reads the text alone")
+        rows = encode(tokenizer, texts, chat=False)
+
+        def positions(index: int, logprobs: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+            return logprobs[mask.bool()]
+    elif rendering == "chat_reply":
+        context = encode(tokenizer, [render_chat(tokenizer, NEUTRAL_INSTRUCTION, system=system)], chat=True)[0]
+        text_ids = [tokenizer(text, add_special_tokens=False)["input_ids"] for text in texts]
+        rows = [context + ids for ids in text_ids]
+
+        def positions(index: int, logprobs: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+            width = logprobs.shape[0]  # left padding: the text is at the end
+            return logprobs[width - len(text_ids[index]) - 1: width - 1]
+    else:
+        raise ValueError(f"rendering={rendering!r} must be one of {RENDERINGS}")
+    keep = reduce or (lambda index, logprobs: logprobs)
+
+    def forward(part: slice, batch: dict[str, torch.Tensor]) -> list[Any]:
+        logprobs = F.log_softmax(model(**batch).logits.float(), dim=-1)
+        rows_here = zip(range(part.start, part.stop), logprobs, batch["attention_mask"], strict=True)
+        return [keep(index, positions(index, row, mask).cpu()) for index, row, mask in rows_here]
+
+    out = run_batches(model, rows, batch_size, tokenizer.pad_token_id, forward, steering=steering,
+                      coefficients=coefficients, desc=desc, progress=progress)
+    return [value for batch_values in out for value in batch_values]
+
+
 @torch.no_grad()
 def next_token_kl(
     model: nn.Module,
@@ -78,44 +142,28 @@ def next_token_kl(
     *,
     steering: Steering,
     coefficients: Sequence[float],
+    rendering: Rendering = "raw",
     batch_size: int = 16,
     progress: bool = True,
 ) -> torch.Tensor:
-    """[len(coefficients)] mean KL(unsteered || steered) over real tokens of `texts`, one value per
-    coefficient; the texts are repeated once per coefficient so all of them run batched."""
+    """[len(coefficients)] mean KL(unsteered || steered) over the positions `rendering` reads of `texts`
+    (`text_logprobs`), one value per coefficient; the texts are repeated once per coefficient so all of them run
+    batched."""
     if not texts:
         raise ValueError("texts is empty: the KL is averaged over the tokens of at least one neutral text")
     if len(coefficients) == 0:
         raise ValueError("coefficients is empty: give the coefficients to measure the KL at, e.g. [1.0]")
-    encoded = encode(tokenizer, texts, chat=False)
-    base = real_token_logprobs(model, tokenizer, texts, batch_size, progress)
+    base = text_logprobs(model, tokenizer, texts, rendering=rendering, batch_size=batch_size, progress=progress)
     k, n = len(coefficients), len(texts)
     row_coefficients = [float(c) for c in coefficients for _ in range(n)]
+    kls = text_logprobs(model, tokenizer, [texts[row % n] for row in range(k * n)], rendering=rendering,
+                        steering=steering, coefficients=row_coefficients, batch_size=batch_size, progress=progress,
+                        desc="kl", reduce=lambda row, steered: kl_sum(base[row % n], steered))
     totals, counts = torch.zeros(k), torch.zeros(k)
-
-    def forward(part: slice, batch: dict[str, torch.Tensor]) -> None:
-        steered = F.log_softmax(model(**batch).logits.float(), dim=-1)
-        for i, row in enumerate(range(part.start, part.stop)):
-            reference = base[row % n]
-            totals[row // n] += kl_sum(reference, steered[i][batch["attention_mask"][i].bool()].cpu())
-            counts[row // n] += len(reference)
-
-    run_batches(model, [encoded[row % n] for row in range(k * n)], batch_size, tokenizer.pad_token_id, forward,
-                steering=steering, coefficients=row_coefficients, desc="kl", progress=progress)
+    for row, kl in enumerate(kls):
+        totals[row // n] += kl
+        counts[row // n] += len(base[row % n])
     return totals / counts
-
-
-@torch.no_grad()
-def real_token_logprobs(model: nn.Module, tokenizer: Any, texts: Sequence[str], batch_size: int = 16,
-                        progress: bool = True) -> list[torch.Tensor]:
-    """Per text, [real tokens, vocab] next-token log-probs of the (unsteered) model."""
-    def forward(part: slice, batch: dict[str, torch.Tensor]) -> list[torch.Tensor]:
-        logprobs = F.log_softmax(model(**batch).logits.float(), dim=-1)
-        return [lp[m.bool()].cpu() for lp, m in zip(logprobs, batch["attention_mask"], strict=True)]
-
-    out = run_batches(model, encode(tokenizer, texts, chat=False), batch_size, tokenizer.pad_token_id, forward,
-                      desc="logprobs", progress=progress)
-    return [logprobs for batch_logprobs in out for logprobs in batch_logprobs]
 
 
 def kl_sum(reference: torch.Tensor, current: torch.Tensor) -> torch.Tensor:
@@ -135,8 +183,8 @@ def model_kl(reference: nn.Module, other: nn.Module, tokenizer: Any, texts: Sequ
     """Mean KL(reference || other) per real token of `texts`: e.g. how far finetuning moved the model."""
     if not texts:
         raise ValueError("texts is empty: the KL is averaged over the tokens of at least one text")
-    return mean_kl(real_token_logprobs(reference, tokenizer, texts, batch_size, progress),
-                   real_token_logprobs(other, tokenizer, texts, batch_size, progress))
+    return mean_kl(text_logprobs(reference, tokenizer, texts, batch_size=batch_size, progress=progress),
+                   text_logprobs(other, tokenizer, texts, batch_size=batch_size, progress=progress))
 
 
 def effect_curve(

@@ -9,6 +9,10 @@ model with `coefficient * (dW_pos - dW_neg)`. A delta is always computed from me
 `finally`: after the block the model is bit-identical to before, also when the block raises (undoing by
 subtraction is not exact in low precision). `export_checkpoint` writes `base + coefficient * dW` as an ordinary Hugging
 Face folder, so any serving engine runs the steered model without hooks.
+
+What a parameter is, read off its name: `module_role` (which parameters write the residual stream, read it, belong to
+attention or the MLP), `layer_of` (its decoder block) and `as_matrix` / `from_matrix` (its weight as [out, in]
+whatever layout it is stored in).
 """
 
 from __future__ import annotations
@@ -17,7 +21,7 @@ import hashlib
 import json
 import re
 from collections import defaultdict
-from collections.abc import Iterator, Mapping
+from collections.abc import Collection, Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -256,3 +260,103 @@ def export_checkpoint(model: nn.Module, tokenizer: Any, delta: WeightDelta, coef
               "base_model": getattr(model, "steerlab_name", getattr(model.config, "_name_or_path", ""))}
     write_json(folder / "steerlab_delta.json", record)
     return folder
+
+
+# ----------------------------------------------------------------------------- what a parameter is
+# Module roles (which parameters write the residual stream, read it, belong to attention or the MLP), the decoder
+# block of a parameter and the orientation its matrix is stored in: read off parameter names, beside the deltas over
+# those names (moved from lib/delta_ablation.py, issue "The weight wing and one way in", item 2).
+
+ROLES = ("q", "k", "v", "qkv", "o", "gate", "up", "down", "fc", "other")
+RESIDUAL_WRITES = frozenset({"o", "down"})  # their output space is the residual stream
+ATTENTION = frozenset({"q", "k", "v", "qkv", "o"})
+MLP = frozenset({"gate", "up", "down", "fc"})
+ATTENTION_READS = frozenset({"q", "k", "v", "qkv"})
+MLP_READS = frozenset({"gate", "up", "fc"})
+
+# "parent.module" keys first (GPT-2's c_proj is `o` under attn and `down` under mlp), then the module's own name
+_ROLE_TABLE = {
+    "q_proj": "q", "k_proj": "k", "v_proj": "v", "o_proj": "o",  # Llama, Qwen2, Gemma-3, Mistral
+    "gate_proj": "gate", "up_proj": "up", "down_proj": "down",
+    "qkv_proj": "qkv",  # Phi-3
+    "attn.c_attn": "qkv", "attn.c_proj": "o", "mlp.c_fc": "fc", "mlp.c_proj": "down",  # GPT-2
+    "query_key_value": "qkv", "attention.dense": "o", "dense_h_to_4h": "fc", "dense_4h_to_h": "down",  # GPT-NeoX
+}
+_OTHER_MODULES = frozenset({"embed_tokens", "wte", "wpe", "embed_in", "embed_out", "lm_head", "embed_positions"})
+_NORM = re.compile(r"(^|_)(norm|ln|ln_f|layernorm)(_|$)|layernorm|layer_norm|^ln_\w+$")
+# GPT-2's Conv1D modules store their weight as [in, out]
+CONV1D_MODULES = frozenset({"attn.c_attn", "attn.c_proj", "mlp.c_fc", "mlp.c_proj"})
+
+
+def _module_keys(param_name: str) -> tuple[str, str]:
+    """("parent.module", "module") of a parameter name such as `model.layers.0.self_attn.q_proj.weight`."""
+    parts = param_name.split(".")
+    if len(parts) < 2:
+        raise ValueError(f"{param_name!r} is not a parameter name of the form <module>.<weight|bias>")
+    module = parts[-2]
+    return (f"{parts[-3]}.{module}" if len(parts) >= 3 else module), module
+
+
+def module_role(param_name: str, roles: Mapping[str, str] | None = None) -> str:
+    """The role of a parameter's module: one of `ROLES`.
+
+    Known names: Llama/Qwen2/Gemma-3/Mistral (`q_proj` ... `down_proj`), GPT-2 (`attn.c_attn` -> "qkv",
+    `attn.c_proj` -> "o", `mlp.c_fc` -> "fc", `mlp.c_proj` -> "down"), GPT-NeoX and Phi-3's fused `qkv_proj`;
+    embeddings, the LM head and norms are "other". `roles` overrides or extends the table: keys are a full parameter
+    name, a "parent.module" pair or a module name (looked up in that order), values one of `ROLES`. Anything else
+    raises, because a silently mis-filed tensor would corrupt every crop built from the roles.
+    """
+    pair, module = _module_keys(param_name)
+    for table in (roles or {}, _ROLE_TABLE):
+        for key in (param_name, pair, module):
+            if key in table:
+                role = table[key]
+                if role not in ROLES:
+                    raise ValueError(f"roles[{key!r}]={role!r} is not a role; choose one of {ROLES}")
+                return role
+    if module in _OTHER_MODULES or _NORM.search(module):
+        return "other"
+    raise ValueError(f"no module role for {param_name!r} (module {module!r}); pass roles={{{module!r}: <role>}} "
+                     f"with a role in {ROLES} (keys may also be {pair!r} or the full parameter name)")
+
+
+def layer_of(param_name: str, allow_none: bool = False) -> int | None:
+    """The decoder block index of a parameter: the first `.<int>.` in its name, the rule `WeightDelta.layer_norms`
+    uses. Names without one (embeddings, final norm, LM head) raise unless `allow_none`, then give None."""
+    match = _LAYER_INDEX.search(param_name)
+    if match:
+        return int(match.group(1))
+    if allow_none:
+        return None
+    raise ValueError(f"{param_name!r} has no decoder block index (no '.<int>.' in the name); pass allow_none=True "
+                     "to treat it as outside the blocks")
+
+
+def output_axis(param_name: str, transposed: Collection[str] | None = None) -> int:
+    """The axis of a 2-D weight that indexes output units: 0 for `nn.Linear` ([out, in]), 1 for a Conv1D ([in, out]).
+
+    `transposed` is the set of parameter names stored [in, out] (`conv1d_names(model)` reads it off a model); by
+    default GPT-2's names (`attn.c_attn`, `attn.c_proj`, `mlp.c_fc`, `mlp.c_proj`) are. GPTBigCode uses the same
+    names with `nn.Linear`: pass `transposed=conv1d_names(model)` (empty there) for it."""
+    if transposed is not None:
+        return 1 if param_name in transposed else 0
+    pair, _ = _module_keys(param_name)
+    return 1 if pair in CONV1D_MODULES else 0
+
+
+def conv1d_names(model: nn.Module) -> set[str]:
+    """Parameter names of the model's 2-D weights stored [in, out] (transformers' `Conv1D`)."""
+    return {f"{module_name}.weight" if module_name else "weight" for module_name, module in model.named_modules()
+            if type(module).__name__ == "Conv1D"}
+
+
+def as_matrix(param_name: str, tensor: torch.Tensor, transposed: Collection[str] | None = None) -> torch.Tensor:
+    """The weight as [out, in] (a view; a Conv1D weight is transposed)."""
+    if tensor.ndim != 2:
+        raise ValueError(f"{param_name}: shape {tuple(tensor.shape)} is not a matrix")
+    return tensor.T if output_axis(param_name, transposed) == 1 else tensor
+
+
+def from_matrix(param_name: str, matrix: torch.Tensor, transposed: Collection[str] | None = None) -> torch.Tensor:
+    """The inverse of `as_matrix`: an [out, in] matrix back in the parameter's stored layout."""
+    return (matrix.T if output_axis(param_name, transposed) == 1 else matrix).contiguous()

@@ -81,8 +81,8 @@ print(f"out: {out}\nfamilies: {list(wa.family_sources(cfg, sources))} from {[str
 # must reproduce the run's saved per-row scores (`reproduced_max_row_gap` in the summary).
 
 # %%
-state = wa.run_ablation(cfg, base, tokenizer, out)
-table = wa.retained_table(state["store"], state["owners"], cfg)
+ablation = wa.run_ablation(cfg, base, tokenizer, out)
+table = ablation.table(cfg)
 table.to_csv(out / "retained.csv", index=False)
 
 # %% [markdown]
@@ -91,18 +91,20 @@ table.to_csv(out / "retained.csv", index=False)
 # seeds. A retention ratio only means something when the full swing stands out of both.
 
 # %%
-effects = wa.full_effects(table, state["noise"])
+effects = wa.full_effects(table, ablation.noise)
 effects.to_csv(out / "full_effects.csv", index=False)
 effects.round(3)
 
 # %% [markdown]
 # ## Retention per variant
-# `norm_ratio` = ||variant|| / ||full dW||; `pmass+` / `kl+` at the largest coefficient.
+# `norm_ratio` = ||variant|| / ||full dW||; `pmass+` / `kl+` at the largest coefficient. The single-layer variants
+# have a section of their own below.
 
 # %%
 columns = [c for c in ("family", "group", "variant", "norm_ratio", "swing", "swing_se", "retained",
                        "retained_preference", "pmass+", "pmass-", "kl+", "kl-") if c in table]
-display(table[~table.variant.str.match(r"L\d+_(only|out)$")][columns].round(3))
+single_layer = table.kind.isin(wa.SINGLE_LAYER_KINDS)
+display(table[~single_layer][columns].round(3))
 figure = wa.retained_figure(table, "retained", out / "retained_score.png")
 if "retained_preference" in table:
     figure = wa.retained_figure(table, "retained_preference", out / "retained_preference.png")
@@ -114,7 +116,7 @@ if "retained_preference" in table:
 # the effect?
 
 # %%
-if table.variant.str.match(r"L\d+_(only|out)$").any():
+if single_layer.any():
     figure = wa.layer_figure(table, "retained_preference" if "retained_preference" in table else "retained",
                              out / "layers.png")
 
@@ -123,7 +125,7 @@ if table.variant.str.match(r"L\d+_(only|out)$").any():
 # Energy-weighted share of ||dW||^2 in the top-k x top-k block of `U0^T dW V0`, against an isotropic random delta.
 
 # %%
-lens = wa.lens_table(state["deltas"], base, cfg.base_ranks)
+lens = wa.lens_table(ablation.deltas, base, cfg.base_ranks)
 lens.to_csv(out / "base_lens.csv", index=False)
 lens.round(4)
 
@@ -142,6 +144,6 @@ for column, fired in rules.items():
 # ## Summary
 
 # %%
-results = wa.results(cfg, state, table, effects, rules)
+results = wa.results(cfg, ablation, table, effects, rules)
 write_json(out / "results.json", results)
 pd.Series(results["summary"]).to_frame("value")

@@ -15,7 +15,7 @@ from lib.io import REPO_ROOT
 
 LIB = REPO_ROOT / "lib"
 CORE = {"io", "models", "interventions", "positions", "hooks", "vectors", "generation", "extract", "evals",
-        "choice_evals", "latent", "weights", "export", "model_diff", "memory", "delta_ablation"}
+        "choice_evals", "latent", "weights", "export", "model_diff", "memory"}
 RUNNING = {"config", "runner", "report", "experiments"}  # experiments: the package's lookup by stem
 
 
@@ -24,22 +24,35 @@ def _module_name(path) -> str:
     return ".".join(parts[:-1] if parts[-1] == "__init__" else parts)
 
 
-def _imports(path) -> list[tuple[str, list[str], bool]]:
-    """(lib module imported, names taken from it, at module level?) for every import in the file."""
-    tree = ast.parse(path.read_text())
+def _lib_module(dotted: str) -> bool:
+    """Whether `dotted` (relative to lib) names a module or package of lib, not a name defined inside one."""
+    path = LIB.joinpath(*dotted.split("."))
+    return path.with_suffix(".py").exists() or (path / "__init__.py").exists()
+
+
+def _imports(source: str) -> list[tuple[str, list[str], bool]]:
+    """(lib module imported, names taken from it, at module level?) for every import in `source`.
+
+    `from lib.experiments import toy_sweep` imports the module `experiments.toy_sweep`, exactly as
+    `import lib.experiments.toy_sweep` does; it was read as the package `experiments`, so one experiment importing
+    another in that form passed the layout rules (issue "The weight wing and one way in", item 1)."""
+    tree = ast.parse(source)
     top = {id(node) for node in tree.body}
     found = []
     for node in ast.walk(tree):
-        if isinstance(node, ast.ImportFrom) and node.module and node.module.startswith("lib."):
-            found.append((node.module[4:], [alias.name for alias in node.names], id(node) in top))
-        elif isinstance(node, ast.ImportFrom) and node.module == "lib":
-            found += [(alias.name, [], id(node) in top) for alias in node.names]
+        if isinstance(node, ast.ImportFrom) and node.module and node.module.split(".")[0] == "lib":
+            package = node.module.removeprefix("lib").removeprefix(".")
+            dotted = {alias.name: f"{package}.{alias.name}" if package else alias.name for alias in node.names}
+            found += [(module, [], id(node) in top) for module in dotted.values() if _lib_module(module)]
+            names = [name for name, module in dotted.items() if not _lib_module(module)]
+            if names:
+                found.append((package, names, id(node) in top))
         elif isinstance(node, ast.Import):
             found += [(alias.name[4:], [], id(node) in top) for alias in node.names if alias.name.startswith("lib.")]
     return found
 
 
-MODULES = {_module_name(path): _imports(path) for path in sorted(LIB.rglob("*.py")) if path.parent != LIB
+MODULES = {_module_name(path): _imports(path.read_text()) for path in sorted(LIB.rglob("*.py")) if path.parent != LIB
            or path.name != "__init__.py"}
 MODULES.pop("kits", None)  # the kits package's __init__ holds only a docstring
 
@@ -71,13 +84,33 @@ def test_lower_layers_never_import_upper_ones(layer, allowed):
     assert not bad, f"{layer} modules import from above their layer: {bad}"
 
 
+def experiments_importing_experiments(modules: dict[str, list[tuple[str, list[str], bool]]]) -> list[tuple[str, str]]:
+    """(experiment, experiment it imports) for every import from one experiment module of another."""
+    return [(module, imported) for module, imports in modules.items() if module.startswith("experiments.")
+            for imported, _, _ in imports if imported.startswith("experiments.")]
+
+
 def test_experiments_do_not_import_each_other_and_nothing_imports_private_names():
-    crossing = [(module, imported) for module, imports in MODULES.items() if module.startswith("experiments.")
-                for imported, _, _ in imports if imported.startswith("experiments.")]
-    assert not crossing
+    crossing = experiments_importing_experiments(MODULES)
+    assert not crossing, f"experiments import other experiments (share through a kit instead): {crossing}"
     private = [(module, imported, name) for module, imports in MODULES.items() for imported, names, _ in imports
                for name in names if name.startswith("_")]
     assert not private, f"imports of another module's private names: {private}"
+
+
+@pytest.mark.parametrize("source", ["from lib.experiments import toy_sweep",
+                                    "from lib.experiments import toy_sweep as t", "import lib.experiments.toy_sweep",
+                                    "from lib.experiments.toy_sweep import ToySweepConfig",
+                                    "def later():\n    from lib.experiments import config_class, toy_sweep"])
+def test_an_experiment_planted_in_another_is_caught_in_every_import_form(source):
+    """Catches `_imports` reading `from lib.experiments import toy_sweep` as the package `experiments` again (the
+    planted import passed the rule while `import lib.experiments.toy_sweep` was caught); the package's own names
+    (`config_class`, the runner's lookup) stay names of the package."""
+    imports = _imports(source)
+    assert experiments_importing_experiments({"experiments.planted": imports, "experiments.toy_sweep": []}) == [
+        ("experiments.planted", "experiments.toy_sweep")]
+    assert _imports("from lib.experiments import config_class") == [("experiments", ["config_class"], True)]
+    assert _imports("from lib import evals as e, weights") == [("evals", [], True), ("weights", [], True)]
 
 
 def test_no_import_cycles_among_module_level_imports():

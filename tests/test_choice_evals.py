@@ -106,8 +106,8 @@ def test_per_row_coefficients_equal_separate_steered_runs(model, tokenizer):
 
 
 def test_behaviour_data_is_balanced_and_splits_are_disjoint():
-    from lib.experiments.weight_steering import FORMATS
     from lib.kits import choice_data
+    from lib.kits.weight_runs import FORMATS
 
     honesty = choice_data.load_honesty()
     assert len(honesty) >= 60 and len({item.id for item in honesty}) == len(honesty)

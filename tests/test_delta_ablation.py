@@ -1,6 +1,6 @@
-"""lib.delta_ablation: variants of a trained weight delta (Fierro & Roger 2025 weight steering), checked against hand
-computations, planted subspaces and PEFT's own DoRA parameters. Each test's docstring names the one-line mutation of
-the module it catches."""
+"""lib.kits.delta_ablation: variants of a trained weight delta (Fierro & Roger 2025 weight steering), checked against
+hand computations, planted subspaces and PEFT's own DoRA parameters. Each test's docstring names the one-line mutation
+of the module it catches."""
 
 from __future__ import annotations
 
@@ -11,27 +11,11 @@ import peft
 import pytest
 import torch
 
-from lib import delta_ablation as da
 from lib.choice_evals import ChoiceRow
+from lib.kits import delta_ablation as da
 from lib.kits.adapters import merge_to_delta
 from lib.models import tiny_model
-from lib.weights import WeightDelta
-
-# expected roles of one block's parameters, written out by hand from each architecture's module names
-BLOCK_ROLES = {
-    "llama": {"self_attn.q_proj.weight": "q", "self_attn.k_proj.weight": "k", "self_attn.v_proj.weight": "v",
-              "self_attn.o_proj.weight": "o", "mlp.gate_proj.weight": "gate", "mlp.up_proj.weight": "up",
-              "mlp.down_proj.weight": "down", "input_layernorm.weight": "other",
-              "post_attention_layernorm.weight": "other"},
-    "gpt2": {"ln_1.weight": "other", "ln_1.bias": "other", "attn.c_attn.weight": "qkv", "attn.c_attn.bias": "qkv",
-             "attn.c_proj.weight": "o", "attn.c_proj.bias": "o", "ln_2.weight": "other", "ln_2.bias": "other",
-             "mlp.c_fc.weight": "fc", "mlp.c_fc.bias": "fc", "mlp.c_proj.weight": "down", "mlp.c_proj.bias": "down"},
-}
-BLOCK_ROLES["qwen2"] = {**BLOCK_ROLES["llama"], "self_attn.q_proj.bias": "q", "self_attn.k_proj.bias": "k",
-                        "self_attn.v_proj.bias": "v"}
-BLOCK_ROLES["gemma3"] = {**BLOCK_ROLES["llama"], "self_attn.q_norm.weight": "other", "self_attn.k_norm.weight": "other",
-                         "pre_feedforward_layernorm.weight": "other", "post_feedforward_layernorm.weight": "other"}
-BLOCK_PREFIX = {"llama": "model.layers.", "qwen2": "model.layers.", "gemma3": "model.layers.", "gpt2": "transformer.h."}
+from lib.weights import RESIDUAL_WRITES, WeightDelta, as_matrix, module_role
 
 
 @pytest.fixture(scope="module")
@@ -58,46 +42,8 @@ def cosine_rows(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
     return torch.nn.functional.cosine_similarity(a.double(), b.double(), dim=1)
 
 
-# ----------------------------------------------------------------------------- roles and layers
-
-
-@pytest.mark.parametrize("arch", ["llama", "qwen2", "gpt2", "gemma3"])
-def test_module_roles_and_layers_on_real_parameter_names(arch):
-    """Catches: GPT-2's c_proj looked up by module name only (attn.c_proj would become "down"), a role table entry
-    swapped (o_proj -> "down"), a norm not recognised, or layer_of reading the wrong integer."""
-    model = tiny_model(arch, n_layers=2, seed=0)
-    prefix = BLOCK_PREFIX[arch]
-    seen = set()
-    for name, _ in model.named_parameters():
-        if name.startswith(prefix):
-            block, suffix = name[len(prefix):].split(".", 1)
-            assert da.module_role(name) == BLOCK_ROLES[arch][suffix], name
-            assert da.layer_of(name) == int(block)
-            seen.add(suffix)
-        else:  # embeddings, final norm, LM head
-            assert da.module_role(name) == "other", name
-            assert da.layer_of(name, allow_none=True) is None
-            with pytest.raises(ValueError, match="allow_none"):
-                da.layer_of(name)
-    assert seen == set(BLOCK_ROLES[arch])  # the hand table covers exactly the architecture's block parameters
-    assert {da.output_axis(n) for n, p in model.named_parameters() if p.ndim == 2 and n.startswith(prefix)} == \
-        ({1} if arch == "gpt2" else {0})
-    assert da.conv1d_names(model) == ({n for n, p in model.named_parameters() if p.ndim == 2 and
-                                       n.startswith(prefix)} if arch == "gpt2" else set())
-
-
-def test_unknown_names_raise_naming_roles_and_the_override_wins():
-    """Catches: an unknown module silently filed as "other" (the fallback), or `roles=` looked up after the table."""
-    name = "model.layers.4.block_sparse_moe.experts.3.w1.weight"
-    with pytest.raises(ValueError, match=r"roles=\{'w1'"):
-        da.module_role(name)
-    assert da.module_role(name, roles={"w1": "up"}) == "up"
-    assert da.module_role("model.layers.0.self_attn.o_proj.weight", roles={"o_proj": "other"}) == "other"
-    full_name = "transformer.h.0.attn.c_proj.weight"
-    assert da.module_role(full_name, roles={full_name: "v"}) == "v"
-    with pytest.raises(ValueError, match="not a role"):
-        da.module_role(name, roles={"w1": "ffn"})
-    assert da.output_axis("transformer.h.0.attn.c_proj.weight", transposed=set()) == 0  # GPTBigCode-style override
+# ----------------------------------------------------------------------------- roles and layers (module roles
+# themselves: tests/test_weights.py)
 
 
 def test_role_variants_pick_the_right_tensors_and_share_storage(qwen2):
@@ -262,9 +208,9 @@ def test_dora_magnitude_and_direction_match_peft_parameters(arch, targets):
     da.check_sums_to(delta, parts.values(), what="dora")
     assert 0 < parts["dora_residual"].meta["residual_fraction"] < math.inf
     for name, (magnitude, low_rank) in expected.items():
-        w0 = da.as_matrix(name, base.get_parameter(name).detach()).double()
-        mag = w0 + da.as_matrix(name, parts["dora_magnitude"].delta[name]).double()
-        dirn = w0 + da.as_matrix(name, parts["dora_direction"].delta[name]).double()
+        w0 = as_matrix(name, base.get_parameter(name).detach()).double()
+        mag = w0 + as_matrix(name, parts["dora_magnitude"].delta[name]).double()
+        dirn = w0 + as_matrix(name, parts["dora_direction"].delta[name]).double()
         torch.testing.assert_close(mag.norm(dim=1), magnitude.double(), atol=1e-5, rtol=1e-5)
         assert cosine_rows(mag, w0).min() > 1 - 1e-9
         torch.testing.assert_close(dirn.norm(dim=1), w0.norm(dim=1), atol=1e-5, rtol=1e-5)
@@ -348,9 +294,9 @@ def readout(delta: WeightDelta, seed: int = 0) -> float:
     """A fixed linear readout of the residual writes: sum over tensors of r^T dW x (r, x seeded per tensor)."""
     total = 0.0
     for name in sorted(delta.names):
-        if da.module_role(name) not in da.RESIDUAL_WRITES:
+        if module_role(name) not in RESIDUAL_WRITES:
             continue
-        matrix = da.as_matrix(name, delta[name]).double()
+        matrix = as_matrix(name, delta[name]).double()
         generator = torch.Generator().manual_seed(seed + len(name))
         r, x = torch.randn(matrix.shape[0], generator=generator, dtype=torch.float64), \
             torch.randn(matrix.shape[1], generator=generator, dtype=torch.float64)
@@ -426,6 +372,55 @@ def test_norm_matched_random_and_rescaling(qwen2):
         da.norm_matched(da.zero_variant(delta), 1.0)
     empty = by_name(da.role_variants(WeightDelta({"model.layers.0.self_attn.q_proj.weight": torch.ones(2, 2)})))
     assert empty["writes"].empty and empty["writes"].norm() == 0.0
+
+
+# ----------------------------------------------------------------------------- what a variant's name says
+
+
+def test_builders_set_the_fields_their_names_say(qwen2):
+    """Each builder's fields, written out by hand, and the same fields read back from the names (how a record scored
+    before fields were saved is read). Catches a builder giving another block, rank or part than its name (e.g.
+    `layer=i + 1`, keep and drop swapped), a cross basis filed under the projected family instead of the basis's,
+    or a control that forgets the crop it controls."""
+    delta = dense_delta(qwen2)
+    families, _ = planted_families()  # lora, dora, ia3: the digit in ia3 makes `in_ia34_keep` need the families
+    roles = by_name(da.role_variants(delta))
+    layers = by_name(da.layer_variants(delta, 3))
+    basis = by_name(da.basis_variants(families, ks=(4,)), "lora")
+    base = by_name(da.base_subspace_variants(delta, qwen2, ranks=(4,)))
+    controls = by_name(da.sufficiency_controls(roles["writes"], delta, seed=0), "")
+    fields = da.VariantFields
+    assert roles["writes"].fields == fields("writes") and layers["mid"].fields == fields("mid")
+    assert layers["L2_only"].fields == fields("layer_only", layer=2)
+    assert layers["L0_out"].fields == fields("layer_out", layer=0)
+    assert basis["shared4_keep"].fields == fields("shared", k=4, part="keep")
+    assert basis["own4_drop"].fields == fields("own", k=4, part="drop")
+    assert basis["rand4_keep"].fields == fields("random_basis", k=4, part="keep")
+    assert basis["in_ia34_drop"].fields == fields("cross", k=4, part="drop", basis_family="ia3")
+    assert base["base_top4"].fields == fields("base", k=4, part="keep")
+    assert base["base_rest4"].fields == fields("base", k=4, part="drop")
+    assert controls["writes@norm"].fields == fields("norm_matched", control_of="writes")
+    assert controls["writes~rand"].fields == fields("random", control_of="writes")
+    assert controls["writes~rand"].group == "sufficiency" and controls["writes~rand"].meta == {"of": "writes"}
+    assert da.norm_matched_random(delta, seed=1).fields == fields("random")
+    assert da.zero_variant(delta).fields == fields("zero")
+    every = [*roles.values(), *layers.values(), *da.svd_variants(delta), *base.values(),
+             *da.dora_variants(delta, qwen2), *da.basis_variants(families, ks=(4, 8)), *controls.values(),
+             da.zero_variant(delta), da.norm_matched_random(delta, seed=1)]
+    for variant in every:
+        assert fields.from_name(variant.name, families) == variant.fields, variant.name
+
+
+def test_names_that_do_not_say_their_basis_family_are_refused():
+    """`in_ia332_keep` is ia3's basis at K=32 or ia33's at K=2: the run's families decide, and without one that
+    fits the name is refused rather than guessed. Catches a greedy or lazy regex standing in for the families."""
+    assert da.VariantFields.from_name("in_ia332_keep", ["ia3", "lora"]) == da.VariantFields(
+        "cross", k=32, part="keep", basis_family="ia3")
+    assert da.VariantFields.from_name("in_ia332_keep", ["ia33"]).k == 2
+    with pytest.raises(ValueError, match="more than one family"):
+        da.VariantFields.from_name("in_ia332_keep", ["ia3", "ia33"])
+    with pytest.raises(ValueError, match="no family"):
+        da.VariantFields.from_name("in_ia332_keep", [])
 
 
 # ----------------------------------------------------------------------------- rows and retention

@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import pytest
 import torch
-from conftest import ByteTokenizer
+from conftest import ByteTokenizer, hand_steering
 
-from lib.evals import continuation_logprobs, next_token_kl
+from lib.evals import NEUTRAL_INSTRUCTION, continuation_logprobs, next_token_kl, text_logprobs
 from lib.hooks import Steering
 from lib.models import tiny_model
 from lib.vectors import SteeringVector
@@ -113,3 +113,73 @@ def test_empty_inputs_raise_named_errors():
 
     with pytest.raises(ValueError, match="texts is empty"):
         model_kl(model, model, tokenizer, [])
+
+
+# ----------------------------------------------------------------------------- the renderings the KL compares
+# One definition, `text_logprobs(rendering=...)`, for `next_token_kl` on raw text and weight steering's KL on a chat
+# reply (issue "The weight wing and one way in", item 6). The hand route: ByteTokenizer's chat template written out,
+# each row forwarded alone (batch_size=1 leaves no padding on the library's route either), KL summed in float32 as
+# the library sums it: equal to the bit.
+
+NEUTRAL = ["some neutral text", "more of it", "a third line, longer than the others"]
+
+
+def _hand_rows(tokenizer, text: str, rendering: str, system: str | None) -> tuple[list[int], slice]:
+    """The token row a rendering reads and the positions whose next-token distributions it compares."""
+    ids = tokenizer(text)["input_ids"]
+    if rendering == "raw":
+        return ids, slice(0, len(ids))
+    turn = (f"[system]{system}\n" if system else "") + f"[user]{NEUTRAL_INSTRUCTION}\n[assistant]"
+    context = tokenizer(turn)["input_ids"]
+    return context + ids, slice(len(context) - 1, len(context) + len(ids) - 1)
+
+
+@torch.no_grad()
+def _hand_logprobs(model, row: list[int], span: slice) -> torch.Tensor:
+    ids = torch.tensor([row])
+    logits = model(input_ids=ids, attention_mask=torch.ones_like(ids), position_ids=torch.arange(len(row))[None]).logits
+    return torch.log_softmax(logits.float(), dim=-1)[0, span]
+
+
+@pytest.mark.parametrize(("rendering", "system"), [("raw", None), ("chat_reply", None),
+                                                   ("chat_reply", "You are a dishonest person.")])
+def test_text_logprobs_are_the_hand_forward_of_each_rendering_to_the_bit(rendering, system):
+    """Catches chat_reply reading one position late (`width - len(ids): width`, raw's span) or raw dropping its
+    last position, the system prompt left out of the context, and the instruction changed (the KLs saved by
+    weight-steering runs were read after it)."""
+    model, tokenizer = tiny_model("llama", seed=6), ByteTokenizer(chat=True)
+    got = text_logprobs(model, tokenizer, NEUTRAL, rendering=rendering, system=system, batch_size=1, progress=False)
+    for text, logprobs in zip(NEUTRAL, got, strict=True):
+        assert torch.equal(logprobs, _hand_logprobs(model, *_hand_rows(tokenizer, text, rendering, system)))
+    batched = text_logprobs(model, tokenizer, NEUTRAL, rendering=rendering, system=system, batch_size=2,
+                            progress=False)  # left padding moves the text: the span must follow it
+    for one, padded in zip(got, batched, strict=True):
+        assert one.shape == padded.shape and torch.allclose(one, padded, atol=1e-5)
+    with pytest.raises(ValueError, match="rendering='chat' must be one of"):
+        text_logprobs(model, tokenizer, NEUTRAL, rendering="chat")
+
+
+@pytest.mark.parametrize("rendering", ["raw", "chat_reply"])
+def test_next_token_kl_is_the_hand_kl_of_its_rendering_to_the_bit(rendering):
+    """KL(unsteered || steered) per coefficient: summed per text over the rendering's positions, accumulated in
+    float32 over texts, divided by their count. Catches the steered rows read in another rendering than the base
+    (e.g. `rendering` not passed on), a row's KL charged to another coefficient (`row % k`), or the mean taken per
+    text instead of per token."""
+    model, tokenizer = tiny_model("llama", seed=6), ByteTokenizer(chat=True)
+    steering, coefficients = _steering(model), [0.0, 2.0, -3.0]
+    kl = next_token_kl(model, tokenizer, NEUTRAL, steering=steering, coefficients=coefficients, rendering=rendering,
+                       batch_size=1, progress=False)
+    expected = []
+    for coefficient in coefficients:
+        total, count = torch.zeros(()), torch.zeros(())
+        for text in NEUTRAL:
+            row, span = _hand_rows(tokenizer, text, rendering, None)
+            base = _hand_logprobs(model, row, span)
+            with hand_steering(model, {1: coefficient * steering.vector[1]}):
+                steered = _hand_logprobs(model, row, span)
+            total += (base.exp() * (base - steered)).sum()
+            count += len(base)
+        expected.append(total / count)
+    assert torch.equal(kl, torch.stack(expected))
+    assert float(kl[0]) == 0.0 and float(kl[1]) > 0
+

@@ -1,4 +1,5 @@
-"""WeightDelta and apply_delta on tiny models: exact restores, coeff 0 is the base, coeff 1 is the merged adapter."""
+"""WeightDelta and apply_delta on tiny models: exact restores, coeff 0 is the base, coeff 1 is the merged adapter; and
+what a parameter is (module role, block, stored orientation) on real architectures' parameter names."""
 
 from __future__ import annotations
 
@@ -12,7 +13,16 @@ import torch
 
 from lib.kits.adapters import merge_to_delta
 from lib.models import tiny_model
-from lib.weights import WeightDelta, apply_delta, delta_from_merged, export_checkpoint
+from lib.weights import (
+    WeightDelta,
+    apply_delta,
+    conv1d_names,
+    delta_from_merged,
+    export_checkpoint,
+    layer_of,
+    module_role,
+    output_axis,
+)
 
 TARGETS = ["q_proj", "v_proj", "down_proj"]
 
@@ -214,3 +224,61 @@ def test_exported_checkpoint_reloads_and_matches_the_applied_model(base, inputs,
     assert json.loads((folder / "steerlab_delta.json").read_text())["coefficient"] == 1.5
     with pytest.raises(FileExistsError, match="overwrite"):
         export_checkpoint(base, None, delta, 1.0, folder)
+
+
+# ----------------------------------------------------------------------------- what a parameter is
+
+# expected roles of one block's parameters, written out by hand from each architecture's module names
+BLOCK_ROLES = {
+    "llama": {"self_attn.q_proj.weight": "q", "self_attn.k_proj.weight": "k", "self_attn.v_proj.weight": "v",
+              "self_attn.o_proj.weight": "o", "mlp.gate_proj.weight": "gate", "mlp.up_proj.weight": "up",
+              "mlp.down_proj.weight": "down", "input_layernorm.weight": "other",
+              "post_attention_layernorm.weight": "other"},
+    "gpt2": {"ln_1.weight": "other", "ln_1.bias": "other", "attn.c_attn.weight": "qkv", "attn.c_attn.bias": "qkv",
+             "attn.c_proj.weight": "o", "attn.c_proj.bias": "o", "ln_2.weight": "other", "ln_2.bias": "other",
+             "mlp.c_fc.weight": "fc", "mlp.c_fc.bias": "fc", "mlp.c_proj.weight": "down", "mlp.c_proj.bias": "down"},
+}
+BLOCK_ROLES["qwen2"] = {**BLOCK_ROLES["llama"], "self_attn.q_proj.bias": "q", "self_attn.k_proj.bias": "k",
+                        "self_attn.v_proj.bias": "v"}
+BLOCK_ROLES["gemma3"] = {**BLOCK_ROLES["llama"], "self_attn.q_norm.weight": "other", "self_attn.k_norm.weight": "other",
+                         "pre_feedforward_layernorm.weight": "other", "post_feedforward_layernorm.weight": "other"}
+BLOCK_PREFIX = {"llama": "model.layers.", "qwen2": "model.layers.", "gemma3": "model.layers.", "gpt2": "transformer.h."}
+
+
+@pytest.mark.parametrize("arch", ["llama", "qwen2", "gpt2", "gemma3"])
+def test_module_roles_and_layers_on_real_parameter_names(arch):
+    """Catches: GPT-2's c_proj looked up by module name only (attn.c_proj would become "down"), a role table entry
+    swapped (o_proj -> "down"), a norm not recognised, or layer_of reading the wrong integer."""
+    model = tiny_model(arch, n_layers=2, seed=0)
+    prefix = BLOCK_PREFIX[arch]
+    seen = set()
+    for name, _ in model.named_parameters():
+        if name.startswith(prefix):
+            block, suffix = name[len(prefix):].split(".", 1)
+            assert module_role(name) == BLOCK_ROLES[arch][suffix], name
+            assert layer_of(name) == int(block)
+            seen.add(suffix)
+        else:  # embeddings, final norm, LM head
+            assert module_role(name) == "other", name
+            assert layer_of(name, allow_none=True) is None
+            with pytest.raises(ValueError, match="allow_none"):
+                layer_of(name)
+    assert seen == set(BLOCK_ROLES[arch])  # the hand table covers exactly the architecture's block parameters
+    assert {output_axis(n) for n, p in model.named_parameters() if p.ndim == 2 and n.startswith(prefix)} == \
+        ({1} if arch == "gpt2" else {0})
+    assert conv1d_names(model) == ({n for n, p in model.named_parameters() if p.ndim == 2 and
+                                    n.startswith(prefix)} if arch == "gpt2" else set())
+
+
+def test_unknown_names_raise_naming_roles_and_the_override_wins():
+    """Catches: an unknown module silently filed as "other" (the fallback), or `roles=` looked up after the table."""
+    name = "model.layers.4.block_sparse_moe.experts.3.w1.weight"
+    with pytest.raises(ValueError, match=r"roles=\{'w1'"):
+        module_role(name)
+    assert module_role(name, roles={"w1": "up"}) == "up"
+    assert module_role("model.layers.0.self_attn.o_proj.weight", roles={"o_proj": "other"}) == "other"
+    full_name = "transformer.h.0.attn.c_proj.weight"
+    assert module_role(full_name, roles={full_name: "v"}) == "v"
+    with pytest.raises(ValueError, match="not a role"):
+        module_role(name, roles={"w1": "ffn"})
+    assert output_axis("transformer.h.0.attn.c_proj.weight", transposed=set()) == 0  # GPTBigCode-style override

@@ -21,7 +21,7 @@ from lib.config import (
     check_sampled,
     model_layer_count,
 )
-from lib.evals import mean_kl, next_token_kl, real_token_logprobs
+from lib.evals import mean_kl, next_token_kl, text_logprobs
 from lib.hooks import Steering
 from lib.io import repo_path
 from lib.kits.data import NEUTRAL_TEXTS
@@ -127,7 +127,7 @@ def finetuned_pass(cfg: MathSteeringConfig, train: list[MathProblem], eval_probl
                                               max_new_tokens=cfg.max_completion_length, batch_size=cfg.batch_size)
     result = FinetunedPass(activations, completions, evaluate_math(tuned, tokenizer, eval_problems,
                                                                    **_settings(cfg))[None],
-                           real_token_logprobs(tuned, tokenizer, NEUTRAL_TEXTS, cfg.batch_size))
+                           text_logprobs(tuned, tokenizer, NEUTRAL_TEXTS, batch_size=cfg.batch_size))
     del tuned
     gc.collect()
     if torch.cuda.is_available():
@@ -161,7 +161,7 @@ def evaluate(cfg: MathSteeringConfig, base: nn.Module, tokenizer: Any, eval_prob
         "steered": [steered[w].summary() for w in cfg.coefficients],
         "kl_steered": next_token_kl(base, tokenizer, NEUTRAL_TEXTS, steering=steering, coefficients=cfg.coefficients,
                                     batch_size=cfg.batch_size).tolist(),
-        "kl_finetuned": mean_kl(real_token_logprobs(base, tokenizer, NEUTRAL_TEXTS, cfg.batch_size),
+        "kl_finetuned": mean_kl(text_logprobs(base, tokenizer, NEUTRAL_TEXTS, batch_size=cfg.batch_size),
                                 finetuned.neutral_logprobs),
         "sample_completions": {str(w): steered[w].completions[0][:1] for w in cfg.coefficients},
     }

@@ -3,11 +3,12 @@ behaviour?
 
 Seed "Fork plan: weight steering benchmark + analysis", second half; issue 15. Weight steering (Fierro & Roger
 2025) steers with `coefficient * dW`, dW = dW_pos - dW_neg from two trained adapters (`lib.experiments.
-weight_steering`). This experiment starts from the deltas such a run saved (`save_deltas=True`) and never builds a
-delta from activations. It evaluates variants of each family's dW (`lib.delta_ablation`: module roles, layer thirds,
-single layers in and out, per-tensor SVD bands, the base weights' singular subspaces, DoRA's magnitude and
-direction, the cross-adapter residual basis with own-family and random nulls, norm-matched random and zero controls)
-on the run's own test rows and coefficients, and reports per variant
+weight_steering`, whose run folder this module reads through `lib.kits.weight_runs`). This experiment starts from
+the deltas such a run saved (`save_deltas=True`) and never builds a delta from activations. It evaluates variants of
+each family's dW (`lib.kits.delta_ablation`: module roles, layer thirds, single layers in and out, per-tensor SVD
+bands, the base weights' singular subspaces, DoRA's magnitude and direction, the cross-adapter residual basis with
+own-family and random nulls, norm-matched random and zero controls) on the run's own test rows and coefficients,
+and reports per variant
 
     retained = swing(variant) / swing(full dW),   swing = score(+c) - score(-c) at the largest c of the grid,
 
@@ -33,6 +34,7 @@ e.g. IA3's attention gates are the roles group's attention crop) copies its poin
 from __future__ import annotations
 
 import copy
+import dataclasses
 import json
 import math
 import time
@@ -45,13 +47,31 @@ import pandas as pd
 import torch
 from torch import nn
 
-from lib import delta_ablation as da
 from lib.choice_evals import AnswerFormat, ChoiceRow, score_rows, summarize
 from lib.config import ModelConfig, check_choice, check_positive
 from lib.evals import continuation_logprobs, mean_kl
-from lib.experiments import weight_steering as ws
 from lib.io import repo_path, write_json
-from lib.kits.choice_data import LOADERS, ContrastPair, Item, load_written_pairs, split_items, to_rows
+from lib.kits import delta_ablation as da
+from lib.kits.choice_data import (
+    LOADERS,
+    WRITTEN_BEHAVIOURS,
+    ContrastPair,
+    Item,
+    load_written_pairs,
+    split_items,
+    to_rows,
+)
+from lib.kits.weight_runs import (
+    FORMATS,
+    KL_RENDERING,
+    SavedEntry,
+    neutral_logprobs,
+    partial_file,
+    rows_digest,
+    saved_behaviours,
+    saved_deltas,
+    saved_entries,
+)
 from lib.memory import Workload
 from lib.models import find_layers
 from lib.weights import WeightDelta, apply_delta
@@ -146,6 +166,10 @@ class SourceRun:
     state: dict[str, Any]
     deltas: dict[str, dict[int, Path]]
 
+    @property
+    def entries(self) -> list[SavedEntry]:
+        return saved_entries(self.state)
+
 
 def _make_hint(folder: Path, behaviour: str) -> str:
     return (f"./just run weight_steering 'behaviours=[{behaviour}]' save_deltas=True (plus the run's other "
@@ -168,15 +192,11 @@ def read_source(folder: str | Path, behaviour: str) -> SourceRun:
     run = json.loads(record.read_text())
     if run.get("notebook") != "weight_steering":
         raise ValueError(f"deltas_from: {path} is a {run.get('notebook')!r} run, not weight_steering")
-    partial = path / f"{behaviour}_partial.json"
+    partial = partial_file(path, behaviour)
     if not partial.exists():
-        present = sorted(p.name.removesuffix("_partial.json") for p in path.glob("*_partial.json"))
-        raise FileNotFoundError(f"deltas_from: {path} holds no {behaviour} results (it has {present}); set "
-                                f"behaviour= to one of them")
-    deltas: dict[str, dict[int, Path]] = {}
-    for tensor_file in sorted((path / "deltas").glob(f"{behaviour}_*_seed*.safetensors")):
-        family, _, seed = tensor_file.stem.removeprefix(f"{behaviour}_").rpartition("_seed")
-        deltas.setdefault(family, {})[int(seed)] = tensor_file.with_suffix("")
+        raise FileNotFoundError(f"deltas_from: {path} holds no {behaviour} results (it has {saved_behaviours(path)}); "
+                                "set behaviour= to one of them")
+    deltas = saved_deltas(path, behaviour)
     if not deltas:
         raise FileNotFoundError(f"deltas_from: {path} saved no {behaviour} deltas (run with save_deltas=True). "
                                 f"{_make_hint(path, behaviour)}")
@@ -238,7 +258,7 @@ def read_sources(cfg: WeightAblationConfig) -> list[SourceRun]:
 
 def diverged(source: SourceRun, family: str, seed: int) -> bool:
     """Whether the run flagged (or its loss curves show) that this family's training diverged at `seed`."""
-    return any(e.get("diverged") for e in ws.mark_diverged(list(saved_scores(source, family, seed).values())))
+    return any(entry.diverged for entry in saved_scores(source, family, seed).values())
 
 
 def family_sources(cfg: WeightAblationConfig, sources: Sequence[SourceRun]) -> dict[str, SourceRun]:
@@ -260,8 +280,8 @@ def eval_set(source: SourceRun, behaviour: str) -> EvalSet:
     """Rebuild the run's test rows from its parameters and check them against its fingerprint and test ids."""
     params, state = source.parameters, source.state
     split = split_items(LOADERS[behaviour](), params["n_train"], params["n_val"], params["n_test"], params["seed"])
-    fmt = ws.FORMATS[state["format"]]
-    digest = ws.rows_digest(behaviour, fmt, split, params.get("contrast_source", "persona"))
+    fmt = FORMATS[state["format"]]
+    digest = rows_digest(behaviour, fmt, split, params.get("contrast_source", "persona"))
     if digest != state["rows_digest"] or [i.id for i in split["test"]] != state["split_ids"]["test"]:
         raise ValueError(f"the rows this code builds for {source.folder} differ from the ones it scored (data or "
                          "prompts changed since): re-run the weight_steering run to ablate its deltas")
@@ -271,24 +291,23 @@ def eval_set(source: SourceRun, behaviour: str) -> EvalSet:
 def preference_pairs(behaviour: str, held_out: Sequence[Item]) -> list[ContrastPair]:
     """Written honest / deceptive replies to the held-out (validation and test) dilemmas; none for behaviours
     without written replies."""
-    if behaviour not in ws.WRITTEN_BEHAVIOURS:
+    if behaviour not in WRITTEN_BEHAVIOURS:
         return []
     return load_written_pairs(held_out)
 
 
-def saved_scores(source: SourceRun, family: str, seed: int) -> dict[float, dict[str, Any]]:
+def saved_scores(source: SourceRun, family: str, seed: int) -> dict[float, SavedEntry]:
     """The run's weight entries of one family and seed, by coefficient."""
-    return {e["coeff"]: e for e in source.state["entries"]
-            if e["method"] == "weight" and e["adapter"] == family and e["seed"] == seed}
+    return {entry.coeff: entry for entry in source.entries if entry.is_weight(family, seed)}
 
 
-def swing_of(entries: Mapping[float, Mapping[str, Any]], c: float, key: str = "score") -> float:
-    return float(entries[c][key]) - float(entries[-c][key])
+def swing_of(entries: Mapping[float, SavedEntry], c: float) -> float:
+    return entries[c].score - entries[-c].score
 
 
 def seed_noise(source: SourceRun, family: str, c: float) -> dict[str, Any]:
     """The full dW's swing at `c` over the run's seeds of `family`: mean, std (ddof 1) and sign agreement."""
-    seeds = sorted({e["seed"] for e in source.state["entries"] if e["method"] == "weight" and e["adapter"] == family})
+    seeds = sorted({entry.seed for entry in source.entries if entry.is_weight(family)})
     swings = []
     for seed in seeds:
         entries = saved_scores(source, family, seed)
@@ -318,7 +337,7 @@ def measure(model: nn.Module, tokenizer: Any, evals: EvalSet, reference: list[to
     """One point of the grid: the choice score summary with per-row scores, KL on neutral text, preference."""
     scored = score_rows(model, tokenizer, evals.rows, evals.fmt, batch_size=batch_size, progress=False)
     point = {**summarize(scored, low_pmass), "row_scores": scored["score"].tolist(),
-             "kl": mean_kl(reference, ws.neutral_logprobs(model, tokenizer, batch_size=batch_size))}
+             "kl": mean_kl(reference, neutral_logprobs(model, tokenizer, batch_size=batch_size))}
     if evals.pairs:
         rows = reply_preference(model, tokenizer, evals.pairs, batch_size)
         point["preference"], point["preference_rows"] = sum(rows) / len(rows), rows
@@ -363,7 +382,8 @@ class Evaluations:
             digest: str = "", same_as: str = "") -> None:
         """`digest`: the variant's `content_digest`; `same_as`: the variant whose scores these are (equal tensors)."""
         self.records[self.key(family, variant.name)] = {
-            "family": family, "variant": variant.name, "group": variant.group, "empty": variant.empty,
+            "family": family, "variant": variant.name, "group": variant.group, "fields": variant.fields.as_dict(),
+            "empty": variant.empty,
             "norm": variant.norm(), "norm_ratio": variant.norm() / full_norm if full_norm > 0 else math.nan,
             "grid": self.grid.digest, "points": points, "digest": digest,
             "meta": {k: v for k, v in variant.meta.items() if k in KEPT_META} | ({"same_as": same_as} if same_as
@@ -375,17 +395,24 @@ class Evaluations:
         return next((r["variant"] for r in self.records.values()
                      if r["family"] == family and digest and r.get("digest") == digest), None)
 
+    def fields(self, record: Mapping[str, Any]) -> da.VariantFields:
+        """What a record's variant name says: saved beside it, or, for a record scored before fields were saved,
+        read from the name (the run's families split `in_<family><K>_<part>`)."""
+        if "fields" in record:
+            return da.VariantFields(**record["fields"])
+        return da.VariantFields.from_name(record["variant"], {r["family"] for r in self.records.values()})
+
     def save(self) -> None:
         write_json(self.path, {"grid": self.grid.as_dict(), "base": self.base, "variants": self.records})
 
 
-def check_reproduces_run(points: Mapping[str, Mapping[str, Any]], saved: Mapping[float, Mapping[str, Any]],
+def check_reproduces_run(points: Mapping[str, Mapping[str, Any]], saved: Mapping[float, SavedEntry],
                          family: str, atol: float = 1e-3) -> float:
     """The full dW re-scored here against the run's saved per-row scores at every coefficient; returns the largest
     difference and raises above `atol` (the delta file, the rows or the scoring changed since the run)."""
     worst = 0.0
     for key, point in points.items():
-        old = saved[float(key)]["row_scores"]
+        old = saved[float(key)].row_scores
         if len(old) != len(point["row_scores"]):
             raise ValueError(f"{family}: {len(point['row_scores'])} rows scored here, {len(old)} in the run")
         worst = max(worst, max(abs(a - b) for a, b in zip(point["row_scores"], old, strict=True)))
@@ -434,19 +461,29 @@ def group_variants(group: str, family: str, deltas: Mapping[str, WeightDelta], m
         raise ValueError(f"unknown group {group!r}; choose from {GROUPS}")
 
 
-def sufficiency_controls(variant: da.Variant, full: WeightDelta, seed: int) -> list[da.Variant]:
-    """`<name>@norm`: the crop rescaled to the full dW's norm; `<name>~rand`: a random delta with the crop's
-    per-tensor norms on the same tensors (does any perturbation this large, there, do it?)."""
-    random = da.norm_matched_random(variant.delta, seed=seed, name=f"{variant.name}~rand")
-    return [da.norm_matched(variant, full),
-            da.Variant(random.name, "sufficiency", random.delta, variant.family, False, {"of": variant.name})]
+@dataclass(frozen=True)
+class Ablation:
+    """What `run_ablation` scored, for the tables, the verdict and the results (the notebook dug into a dict; issue
+    "The weight wing and one way in", item 3): the evaluations, the run holding each family's deltas, the rebuilt
+    eval set, the deltas, the largest row gap of each full dW against its run's saved scores, the seed noise of
+    each full swing, and the seconds it took."""
+
+    store: Evaluations
+    owners: dict[str, SourceRun]
+    evals: EvalSet
+    deltas: dict[str, WeightDelta]
+    reproduced: dict[str, float]
+    noise: dict[str, dict[str, Any]]
+    seconds: float
+
+    def table(self, cfg: WeightAblationConfig) -> pd.DataFrame:
+        return retained_table(self.store, self.owners, cfg)
 
 
 def run_ablation(cfg: WeightAblationConfig, model: nn.Module, tokenizer: Any, out: Path,
-                 log: Callable[[str], Any] = print, progress: bool = True) -> dict[str, Any]:
+                 log: Callable[[str], Any] = print, progress: bool = True) -> Ablation:
     """Every group's variants for every family, then the sufficiency controls of the crops that retain on an
-    identifiable metric (`crops_to_control`); resumable from `out/evaluations.json`. Returns what the tables
-    need."""
+    identifiable metric (`crops_to_control`); resumable from `out/evaluations.json`."""
     from tqdm.auto import tqdm
 
     started = time.time()
@@ -455,13 +492,13 @@ def run_ablation(cfg: WeightAblationConfig, model: nn.Module, tokenizer: Any, ou
     evals = eval_set(sources[0], cfg.behaviour)
     grid = da.eval_grid(evals.rows, cfg.coefficients)
     store = Evaluations(out / "evaluations.json", grid)
-    reference = ws.neutral_logprobs(model, tokenizer, batch_size=cfg.batch_size)
+    reference = neutral_logprobs(model, tokenizer, batch_size=cfg.batch_size)
     low_pmass = float(sources[0].parameters.get("low_pmass", 0.5))
     if store.base is None:
         store.base = measure(model, tokenizer, evals, reference, low_pmass, cfg.batch_size)
         store.save()
-    saved_base = next(e for e in sources[0].state["entries"] if e["method"] == "none")
-    base_gap = max(abs(a - b) for a, b in zip(store.base["row_scores"], saved_base["row_scores"], strict=True))
+    saved_base = next(entry for entry in sources[0].entries if entry.method == "none")
+    base_gap = max(abs(a - b) for a, b in zip(store.base["row_scores"], saved_base.row_scores, strict=True))
     if base_gap > 1e-3:
         raise ValueError(f"the base model scores the rows differently from the run (by {base_gap:.3g}): another "
                          "model or eval than the deltas were trained and scored with")
@@ -501,11 +538,10 @@ def run_ablation(cfg: WeightAblationConfig, model: nn.Module, tokenizer: Any, ou
         wanted = set(names)
         built = [v for group in cfg.groups for v in group_variants(group, family, deltas, model, cfg, n_layers)
                  if v.name in wanted]
-        controls = [c for v in built for c in sufficiency_controls(v, deltas[family], cfg.seed)]
+        controls = [c for v in built for c in da.sufficiency_controls(v, deltas[family], cfg.seed)]
         run(family, controls, f"{family} sufficiency")
     log(f"[{time.time() - started:7.1f} s] all variants scored")
-    return {"store": store, "owners": owners, "evals": evals, "reproduced": reproduced, "noise": noise,
-            "deltas": deltas, "seconds": time.time() - started}
+    return Ablation(store, owners, evals, deltas, reproduced, noise, time.time() - started)
 
 
 # ----------------------------------------------------------------------------- tables and verdict
@@ -525,7 +561,7 @@ def crops_to_control(table: pd.DataFrame, effects: pd.DataFrame, cfg: WeightAbla
             readable[column] = table[column].where(table.family.map(flags[flag]).fillna(False).astype(bool))
     best = readable.max(axis=1) if len(readable.columns) else pd.Series(math.nan, index=table.index)
     return table[(best >= cfg.sufficient) & (table.norm_ratio < 0.95) & (table.variant != "full")
-                 & ~table.group.isin(["sufficiency", "control"]) & ~table.variant.str.endswith("@norm")]
+                 & ~table.group.isin(["sufficiency", "control"]) & (table.control_of == "")]
 
 
 def swing(points: Mapping[str, Mapping[str, Any]], c: float, key: str = "score") -> float:
@@ -543,13 +579,17 @@ def row_swing_se(points: Mapping[str, Mapping[str, Any]], c: float, key: str = "
     return float(diff.std() / math.sqrt(len(diff))) if len(diff) > 1 else math.nan
 
 
+FIELD_COLUMNS = tuple(f.name for f in dataclasses.fields(da.VariantFields))  # kind, k, part, layer, ...
+
+
 def retained_table(store: Evaluations, owners: Mapping[str, Any], cfg: WeightAblationConfig) -> pd.DataFrame:
     """One row per (family, variant): norm ratio, swing and retained for the score (and preference), pmass and KL at
-    +c and -c (c the largest coefficient), and retained per coefficient pair. Every record's grid is checked
-    against the full dW's first (`check_same_rows`)."""
+    +c and -c (c the largest coefficient), retained per coefficient pair, and last the variant's fields
+    (`FIELD_COLUMNS`, what its name says) to filter on. Every record's grid is checked against the full dW's first
+    (`check_same_rows`)."""
     c = max(cfg.coefficients)
     pairs = sorted(x for x in cfg.coefficients if x > 0 and -x in cfg.coefficients)
-    rows = []
+    rows, fields = [], []
     for family in owners:
         full = store.records.get(Evaluations.key(family, "full"))
         if full is None:
@@ -576,6 +616,7 @@ def retained_table(store: Evaluations, owners: Mapping[str, Any], cfg: WeightAbl
                 point = points[repr(sign * c)]
                 row[f"pmass{label}"], row[f"kl{label}"] = point["pmass"], point["kl"]
             rows.append(row)
+            fields.append(store.fields(record).as_dict())
     frame = pd.DataFrame(rows)
     # The basis variants split the residual writes only (o and down projections), so beside their share of the full
     # dW's swing they get their share of the writes' own swing: within the writes, does the subspace carry it?
@@ -586,7 +627,8 @@ def retained_table(store: Evaluations, owners: Mapping[str, Any], cfg: WeightAbl
         frame[f"{column}_of_writes"] = [
             row[base] / writes[row.family] if row.group == "basis" and row.family in writes.index
             and abs(writes[row.family]) > 1e-12 else math.nan for _, row in frame.iterrows()]
-    return frame
+    described = pd.DataFrame(fields, index=frame.index, columns=list(FIELD_COLUMNS))
+    return frame.join(described.astype({"k": "Int64", "layer": "Int64"}))
 
 
 def full_effects(table: pd.DataFrame, noise: Mapping[str, Mapping[str, Any]]) -> pd.DataFrame:
@@ -608,8 +650,17 @@ def full_effects(table: pd.DataFrame, noise: Mapping[str, Mapping[str, Any]]) ->
     return pd.DataFrame(rows)
 
 
-def _retained(table: pd.DataFrame, family: str, variant: str, column: str = "retained") -> float:
-    hit = table[(table.family == family) & (table.variant == variant)]
+def _rows(table: pd.DataFrame, **columns: Any) -> pd.DataFrame:
+    """The rows whose columns hold these values (`family=`, `variant=` or a variant field such as `kind=`, `k=`)."""
+    match = pd.Series(True, index=table.index)
+    for column, value in columns.items():
+        match &= table[column].eq(value).fillna(False).astype(bool)
+    return table[match]
+
+
+def _retained(table: pd.DataFrame, family: str, column: str = "retained", **variant: Any) -> float:
+    """`column` of the family's one variant selected by name (`variant=`) or by fields (`kind=`, `k=`, ...)."""
+    hit = _rows(table, family=family, **variant)
     return float(hit[column].iloc[0]) if len(hit) and column in hit else math.nan
 
 
@@ -648,11 +699,11 @@ def verdict(table: pd.DataFrame, effects: pd.DataFrame, cfg: WeightAblationConfi
                       "noise, so no retention ratio means anything (negative result)"})
         return rules
     within = f"{column}_of_writes" if f"{column}_of_writes" in table else column
-    writes_share = {f: _retained(table, f, "writes", column) for f in ok}
+    writes_share = {f: _retained(table, f, column, variant="writes") for f in ok}
     for k in cfg.ks:
-        keep = {f: _retained(table, f, f"shared{k}_keep", within) for f in ok}
-        drop = {f: _retained(table, f, f"shared{k}_drop", within) for f in ok}
-        rand = {f: _retained(table, f, f"rand{k}_keep", within) for f in ok}
+        keep = {f: _retained(table, f, within, kind="shared", k=k, part="keep") for f in ok}
+        drop = {f: _retained(table, f, within, kind="shared", k=k, part="drop") for f in ok}
+        rand = {f: _retained(table, f, within, kind="random_basis", k=k, part="keep") for f in ok}
         if any(math.isnan(v) for v in keep.values()):
             continue
         numbers = {f: {"keep": round(keep[f], 3), "drop": round(drop[f], 3), "rand_keep": round(rand[f], 3),
@@ -665,7 +716,8 @@ def verdict(table: pd.DataFrame, effects: pd.DataFrame, cfg: WeightAblationConfi
                                       for f in cross_keep},
                           "text": f"K={k}, each family projected on every other family's own top-{k}: keep (worst) "
                                   f"{_fmt(cross_keep)}, drop (worst) {_fmt(cross_drop)}"})
-        empty_drop = table[(table.family.isin(ok)) & (table.variant == f"shared{k}_drop")].norm_ratio
+        shared_drop = _rows(table, kind="shared", k=k, part="drop")
+        empty_drop = shared_drop[shared_drop.family.isin(ok)].norm_ratio
         if len(empty_drop) and (empty_drop < 1e-3).all():  # float32 merge noise, not a direction
             rules.append({"rule": f"shared subspace K={k}", "fired": False, "numbers": numbers,
                           "text": f"K={k}: degenerate, at or above the stacked deltas' rank (drop is empty): keep is "
@@ -684,16 +736,16 @@ def verdict(table: pd.DataFrame, effects: pd.DataFrame, cfg: WeightAblationConfi
                           "text": f"K={k}: both keep and drop retain >= 0.5 in most families"})
     for family in ok:
         for partition, parts in _partitions(table, family).items():
-            values = {p: _retained(table, family, p, column) for p in parts}
+            values = {p: _retained(table, family, column, variant=p) for p in parts}
             values = {p: v for p, v in values.items() if not math.isnan(v)}
             if len(values) < 2:
                 continue
             strong = [p for p, v in values.items() if v >= cfg.sufficient]
             weak = [p for p, v in values.items() if v <= cfg.removes]
-            rand = {p: _retained(table, family, f"{p}~rand", column) for p in strong}
+            rand = {p: _retained(table, family, column, kind="random", control_of=p) for p in strong}
             if len(strong) == 1 and len(weak) == len(values) - 1:
                 control = rand[strong[0]]
-                norm = table[(table.family == family) & (table.variant == strong[0])].norm_ratio
+                norm = _rows(table, family=family, variant=strong[0]).norm_ratio
                 whole = bool(len(norm)) and float(norm.iloc[0]) >= 0.95  # holds the norm: no crop to control
                 fired = whole or (not math.isnan(control) and abs(control) <= cfg.removes)
                 note = ("it holds >= 95% of the norm" if whole else "its ~rand control not scored yet (resume the run)"
@@ -706,7 +758,8 @@ def verdict(table: pd.DataFrame, effects: pd.DataFrame, cfg: WeightAblationConfi
             if len(half) >= 2:
                 rules.append({"rule": f"distributed ({partition})", "family": family, "fired": True, "parts": half,
                               "numbers": values, "text": f"{family}: {', '.join(half)} each retain >= 0.5"})
-        left_out = {p: _retained(table, family, p, column) for p in _layer_names(table, family, "out")}
+        left_out = {p: _retained(table, family, column, variant=p)
+                    for p in _single_layers(table, family, "layer_out")}
         left_out = {p: v for p, v in left_out.items() if not math.isnan(v)}
         if left_out:
             lowest = min(left_out, key=left_out.__getitem__)
@@ -731,7 +784,7 @@ def verdict(table: pd.DataFrame, effects: pd.DataFrame, cfg: WeightAblationConfi
             noise[f] = float(sd) / abs(float(full_swing)) if sd is not None and not pd.isna(sd) and full_swing \
                 else math.nan
         known = [v for v in noise.values() if not math.isnan(v)]
-        spread = table[table.family.isin(ok) & ~table.variant.str.contains("~rand|@norm")].groupby(
+        spread = table[table.family.isin(ok) & (table.control_of == "")].groupby(
             "variant")[column].agg(lambda s: float(s.max() - s.min()))
         widest = spread.sort_values(ascending=False).head(5)
         rules.append({"rule": "cross-family gaps", "fired": bool(known) and any(g > 2 * max(known) for g in widest),
@@ -742,15 +795,17 @@ def verdict(table: pd.DataFrame, effects: pd.DataFrame, cfg: WeightAblationConfi
     return rules
 
 
-def _layer_names(table: pd.DataFrame, family: str, kind: str) -> list[str]:
-    """The family's scored `L<i>_only` or `L<i>_out` variants, in block order."""
-    names = table[(table.family == family) & table.variant.str.fullmatch(rf"L\d+_{kind}")].variant
-    return sorted(names, key=lambda n: int(n[1:].split("_")[0]))
+SINGLE_LAYER_KINDS = ("layer_only", "layer_out")  # one block alone, every block but one
+
+
+def _single_layers(table: pd.DataFrame, family: str, kind: str) -> list[str]:
+    """The names of the family's scored variants of `kind` ("layer_only" or "layer_out"), in block order."""
+    return list(_rows(table, family=family, kind=kind).sort_values("layer").variant)
 
 
 def _partitions(table: pd.DataFrame, family: str) -> dict[str, tuple[str, ...]]:
     """PARTITIONS, plus "single layers" (every `L<i>_only` and non_block) when the layer_only group was scored."""
-    layers = _layer_names(table, family, "only")
+    layers = _single_layers(table, family, "layer_only")
     return {**PARTITIONS, "single layers": (*layers, "non_block")} if layers else dict(PARTITIONS)
 
 
@@ -760,7 +815,8 @@ def _cross(table: pd.DataFrame, families: Sequence[str], k: int, part: str, colu
     max for drop); families with none scored are left out."""
     found = {}
     for f in families:
-        values = [_retained(table, f, f"in_{g}{k}_{part}", column) for g in families if g != f]
+        values = [_retained(table, f, column, kind="cross", basis_family=g, k=k, part=part) for g in families
+                  if g != f]
         values = [v for v in values if not math.isnan(v)]
         if values:
             found[f] = float(worst(values))
@@ -778,7 +834,7 @@ def verdict_text(rules: Sequence[Mapping[str, Any]]) -> str:
 
 def lens_table(deltas: Mapping[str, WeightDelta], model: nn.Module, ks: Sequence[int]) -> pd.DataFrame:
     """Does dW ride the base weights' top singular directions? Per family, role and k: the share of ||dW||^2 in the
-    top-k x top-k block of U0^T dW V0 (`lib.delta_ablation.base_svd_lens`), its energy-weighted mean over
+    top-k x top-k block of U0^T dW V0 (`lib.kits.delta_ablation.base_svd_lens`), its energy-weighted mean over
     tensors, and what an isotropic random dW would put there."""
     rows = []
     for family, delta in deltas.items():
@@ -796,7 +852,7 @@ def retained_figure(table: pd.DataFrame, column: str = "retained", path: Path | 
     """Retention per variant (rows, grouped) and family (columns) as a heatmap, 1 = the full dW."""
     import matplotlib.pyplot as plt
 
-    data = table[~table.variant.str.match(r"L\d+_(only|out)$")].pivot_table(
+    data = table[~table.kind.isin(SINGLE_LAYER_KINDS)].pivot_table(
         index=["group", "variant"], columns="family", values=column, aggfunc="first")
     fig, axis = plt.subplots(figsize=(2 + 1.2 * data.shape[1], 0.22 * len(data) + 1.5))
     image = axis.imshow(data.to_numpy(dtype=float), cmap="RdBu_r", vmin=-1.5, vmax=1.5, aspect="auto")
@@ -816,9 +872,9 @@ def layer_figure(table: pd.DataFrame, column: str = "retained", path: Path | Non
 
     fig, axes = plt.subplots(1, 2, figsize=(11, 3.5), sharey=True)
     for axis, kind in zip(axes, ("only", "out"), strict=True):
-        part = table[table.variant.str.match(rf"L\d+_{kind}$")]
+        part = table[table.kind == f"layer_{kind}"]
         for family, group in part.groupby("family"):
-            layers = group.variant.str.extract(r"L(\d+)_")[0].astype(int)
+            layers = group.layer.astype(int)
             order = layers.argsort()
             axis.plot(layers.iloc[order], group[column].iloc[order], marker="o", label=family)
         axis.axhline(0, color="k", lw=0.7)
@@ -833,9 +889,9 @@ def layer_figure(table: pd.DataFrame, column: str = "retained", path: Path | Non
     return fig
 
 
-def results(cfg: WeightAblationConfig, state: Mapping[str, Any], table: pd.DataFrame, effects: pd.DataFrame,
+def results(cfg: WeightAblationConfig, ablation: Ablation, table: pd.DataFrame, effects: pd.DataFrame,
             rules: Mapping[str, list[dict[str, Any]]]) -> dict[str, Any]:
-    store: Evaluations = state["store"]
+    store = ablation.store
     c = max(cfg.coefficients)
     full = table[table.variant == "full"].set_index("family")
     summary = {
@@ -848,8 +904,9 @@ def results(cfg: WeightAblationConfig, state: Mapping[str, Any], table: pd.DataF
         "verdict_score": verdict_text(rules["retained"]),
         "verdict_preference": verdict_text(rules.get("retained_preference", [])) if "retained_preference" in rules
         else "not measured",
-        "families": list(state["owners"]), "variants_scored": len(store.records),
-        "reproduced_max_row_gap": state["reproduced"], "seconds": round(state["seconds"], 1),
+        "families": list(ablation.owners), "variants_scored": len(store.records),
+        "reproduced_max_row_gap": ablation.reproduced, "seconds": round(ablation.seconds, 1),
     }
-    return {"parameters": cfg.as_dict(), "summary": summary, "full_effects": json.loads(effects.to_json(
-        orient="records")), "verdict": rules, "table": json.loads(table.to_json(orient="records"))}
+    return {"parameters": cfg.as_dict(), "summary": summary, "kl_rendering": KL_RENDERING,
+            "full_effects": json.loads(effects.to_json(orient="records")), "verdict": rules,
+            "table": json.loads(table.to_json(orient="records"))}

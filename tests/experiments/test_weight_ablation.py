@@ -14,8 +14,9 @@ from conftest import ByteTokenizer
 
 from lib.choice_evals import score_rows, summarize
 from lib.experiments import weight_ablation as wa
-from lib.experiments import weight_steering as ws
-from lib.io import write_json
+from lib.io import REPO_ROOT, write_json
+from lib.kits import delta_ablation as da
+from lib.kits import weight_runs as wr
 from lib.kits.choice_data import LOADERS, split_items, to_rows
 from lib.models import tiny_model
 from lib.weights import WeightDelta, apply_delta
@@ -45,7 +46,7 @@ def _scored(model, tokenizer, rows, fmt):
 def _source(folder, model, tokenizer, deltas):
     """A weight_steering run folder as the notebook writes it, scored here with `score_rows` directly."""
     split = split_items(LOADERS["honesty"](), 2, 2, 4, 0)
-    fmt = ws.FORMATS["ab_paren"]
+    fmt = wr.FORMATS["ab_paren"]
     rows = to_rows(split["test"], fmt)
     entries = [{"method": "none", "adapter": "-", "seed": -1, "coeff": 0.0, **_scored(model, tokenizer, rows, fmt)}]
     for family, by_seed in deltas.items():
@@ -58,7 +59,7 @@ def _source(folder, model, tokenizer, deltas):
                                         **_scored(model, tokenizer, rows, fmt)})
     write_json(folder / "run.json", {"notebook": "weight_steering", "parameters": PARAMS, "status": "ok"})
     write_json(folder / "honesty_partial.json", {
-        "entries": entries, "format": "ab_paren", "rows_digest": ws.rows_digest("honesty", fmt, split, "written"),
+        "entries": entries, "format": "ab_paren", "rows_digest": wr.rows_digest("honesty", fmt, split, "written"),
         "split_ids": {part: [i.id for i in items] for part, items in split.items()}})
     return folder
 
@@ -79,16 +80,15 @@ def planted(small, tmp_path_factory):
     _source(folder, model, tokenizer, deltas)
     cfg = _cfg(folder)
     out = folder / "ablation"
-    state = wa.run_ablation(cfg, model, tokenizer, out, progress=False, log=lambda message: None)
-    table = wa.retained_table(state["store"], state["owners"], cfg)
-    return model, tokenizer, folder, cfg, out, state, table, deltas
+    ablation = wa.run_ablation(cfg, model, tokenizer, out, progress=False, log=lambda message: None)
+    return model, tokenizer, folder, cfg, out, ablation, ablation.table(cfg), deltas
 
 
 def test_planted_block_local_delta_is_retained_exactly_where_it_lives(planted):
     """Crops that hold all of dW score it bit for bit (retained 1), crops that hold none score the base (0), and the
     split parts sum back. Catches a variant applied at the wrong coefficient, retained read against the base instead
     of the full swing, and the thirds assigning block 1 to the wrong third."""
-    *_, state, table, deltas = planted
+    *_, ablation, table, deltas = planted
     by = table.set_index(["family", "variant"])
     for family in ("lora", "pissa"):
         assert by.loc[(family, "full"), "retained"] == 1.0
@@ -99,15 +99,15 @@ def test_planted_block_local_delta_is_retained_exactly_where_it_lives(planted):
         assert abs(by.loc[(family, "full"), "swing"]) > 1e-3  # there is an effect to retain
     writes = by.loc[("lora", "writes"), "retained"]
     assert 0 < by.loc[("lora", "writes"), "norm_ratio"] < 1 and not math.isclose(writes, 1.0)
-    assert state["reproduced"]["lora"] < 1e-5 and state["reproduced"]["pissa"] < 1e-5
+    assert ablation.reproduced["lora"] < 1e-5 and ablation.reproduced["pissa"] < 1e-5
 
 
 def test_retained_matches_a_hand_recompute_of_one_variant(planted):
     """The mlp crop re-scored by hand with apply_delta + score_rows: its swing over the full dW's swing."""
-    model, tokenizer, folder, cfg, out, state, table, deltas = planted
+    model, tokenizer, folder, cfg, out, ablation, table, deltas = planted
     full = deltas["lora"][0]
     mlp = WeightDelta({n: d for n, d in full.deltas.items() if ".mlp." in n})
-    rows, fmt = state["evals"].rows, state["evals"].fmt
+    rows, fmt = ablation.evals.rows, ablation.evals.fmt
 
     def swing(delta):
         scores = {}
@@ -136,24 +136,23 @@ def test_sufficiency_controls_follow_crops_that_retain(planted):
     """Every crop that retains >= sufficient at a smaller norm, on a metric whose full swing is identifiable, gets
     its @norm and ~rand controls, and no other crop does. Here pissa's score swing is identifiable and lora's is not
     (its three seeds are three unrelated planted deltas)."""
-    *_, cfg, out, state, table, deltas = planted
-    effects = wa.full_effects(table, state["noise"]).set_index("family")
+    *_, cfg, out, ablation, table, deltas = planted
+    effects = wa.full_effects(table, ablation.noise).set_index("family")
     assert effects.loc["pissa", "identifiable"] and not effects.loc["lora", "identifiable"]
     crops = wa.crops_to_control(table, effects.reset_index(), cfg)
     assert len(crops) and set(crops.family) == {"pissa"}
-    for _, crop in crops.iterrows():
+    for _, crop in crops.iterrows():  # the saved names stay as they were
         names = set(table[table.family == crop.family].variant)
         assert {f"{crop.variant}@norm", f"{crop.variant}~rand"} <= names
-    controlled = {(f, v.removesuffix("~rand")) for f, v in zip(table.family, table.variant, strict=True)
-                  if v.endswith("~rand")}
-    assert controlled == set(zip(crops.family, crops.variant, strict=True))  # and no other crop
+    randoms, rescaled = (table[(table.kind == kind) & (table.control_of != "")] for kind in ("random", "norm_matched"))
+    picked = set(zip(crops.family, crops.variant, strict=True))
+    assert set(zip(randoms.family, randoms.control_of, strict=True)) == picked  # and no other crop
+    assert set(zip(rescaled.family, rescaled.control_of, strict=True)) == picked
     lora_retaining = table[(table.family == "lora") & (table.retained >= cfg.sufficient) & (table.norm_ratio < 0.95)]
     assert len(lora_retaining)  # lora has crops that retain by ratio, inside noise: they get none
-    rescaled = table[table.variant.str.endswith("@norm")]
     assert (rescaled.norm_ratio.sub(1).abs() < 1e-5).all()
-    controls = table[table.variant.str.endswith("~rand")]
-    for _, control in controls.iterrows():
-        crop = table[(table.family == control.family) & (table.variant == control.variant.removesuffix("~rand"))]
+    for _, control in randoms.iterrows():
+        crop = table[(table.family == control.family) & (table.variant == control.control_of)]
         assert control.norm_ratio == pytest.approx(float(crop.norm_ratio.iloc[0]), rel=1e-5)
 
 
@@ -165,8 +164,8 @@ def test_controls_follow_only_metrics_whose_full_swing_is_identifiable():
     rows = [("a", "writes", 0.9, 0.1, 0.5), ("a", "reads", 0.1, 0.8, 0.5), ("a", "big", 0.1, 0.9, 0.97),
             ("a", "full", 1.0, 1.0, 1.0), ("a", "mid@norm", 0.1, 0.9, 1.0), ("b", "writes", 0.9, 0.1, 0.5),
             ("b", "reads", 0.1, 0.8, 0.5)]
-    table = pd.DataFrame([{"family": f, "variant": v, "group": "g", "retained": r, "retained_preference": rp,
-                           "norm_ratio": n} for f, v, r, rp, n in rows])
+    table = _with_fields(pd.DataFrame([{"family": f, "variant": v, "group": "g", "retained": r,
+                                        "retained_preference": rp, "norm_ratio": n} for f, v, r, rp, n in rows]))
     effects = pd.DataFrame([{"family": "a", "identifiable": False, "preference_identifiable": True},
                             {"family": "b", "identifiable": True, "preference_identifiable": False}])
     picked = wa.crops_to_control(table, effects, cfg)
@@ -176,12 +175,12 @@ def test_controls_follow_only_metrics_whose_full_swing_is_identifiable():
 
 
 def test_resume_rescores_nothing_and_another_grid_is_refused(planted, monkeypatch):
-    model, tokenizer, folder, cfg, out, state, table, deltas = planted
+    model, tokenizer, folder, cfg, out, ablation, table, deltas = planted
     calls = []
     real = wa.measure
     monkeypatch.setattr(wa, "measure", lambda *a, **k: calls.append(1) or real(*a, **k))
     again = wa.run_ablation(cfg, model, tokenizer, out, progress=False, log=lambda message: None)
-    assert calls == [] and len(again["store"].records) == len(state["store"].records)
+    assert calls == [] and len(again.store.records) == len(ablation.store.records)
     with pytest.raises(ValueError, match="coefficient grids differ"):
         wa.run_ablation(_cfg(folder, coefficients=[-2.0, -1.0, 1.0, 2.0]), model, tokenizer, out, progress=False)
 
@@ -238,10 +237,18 @@ def test_bad_config_and_sources_name_the_fix(small, tmp_path):
         _cfg(folder).check_inputs()
 
 
+def _with_fields(table: pd.DataFrame) -> pd.DataFrame:
+    """A hand-made table as `retained_table` gives it: each variant's fields beside its name (read from the name,
+    as for records scored before fields were saved)."""
+    families = set(table.family)
+    fields = pd.DataFrame([da.VariantFields.from_name(v, families).as_dict() for v in table.variant], index=table.index)
+    return table.join(fields.astype({"k": "Int64", "layer": "Int64"}))
+
+
 def _table(values: dict[str, dict[str, float]]) -> pd.DataFrame:
     rows = [{"family": f, "group": "g", "variant": v, "retained": r, "swing": 1.0 if v == "full" else r,
              "norm_ratio": 0.5} for f, by in values.items() for v, r in by.items()]
-    return pd.DataFrame(rows)
+    return _with_fields(pd.DataFrame(rows))
 
 
 def _effects(families, swing=1.0, noise=0.1):
@@ -311,9 +318,10 @@ def test_verdict_rules_fire_on_the_numbers_they_name():
 def test_single_layer_rules_read_layer_only_and_layer_out():
     """Single-layer keep is a partition of its own (with non_block), read by the localised and distributed rules;
     leave-one-layer-out gives "necessary layer" (<= removes) and "no layer necessary" (all >= sufficient). Catches
-    the layer partition dropped, `L<i>_out` read as `L<i>_only`, or the lowest leave-one-out misnamed."""
+    the layer partition dropped, `L<i>_out` read as `L<i>_only`, the lowest leave-one-out misnamed, or the blocks
+    taken in the table's order instead of by their `layer` (the rows below are out of block order)."""
     cfg = wa.WeightAblationConfig(ks=[8])
-    one = {"full": 1.0, "L0_only": 0.02, "L1_only": 0.9, "L2_only": 0.05, "L10_only": 0.0, "non_block": 0.0,
+    one = {"full": 1.0, "L10_only": 0.0, "L2_only": 0.05, "L1_only": 0.9, "L0_only": 0.02, "non_block": 0.0,
            "L0_out": 0.97, "L1_out": 0.1, "L2_out": 0.95, "L10_out": 0.99}
     rules = wa.verdict(_table({"lora": one}), _effects(["lora"]), cfg)
     localised = [r for r in rules if r["rule"] == "localised (single layers)"]
@@ -368,9 +376,9 @@ def test_the_ia3_group_scores_the_ia3_family_only_and_says_so(small, tmp_path):
     folder = _source(tmp_path / "src", model, tokenizer, {"ia3": {0: _gated_delta(model, 0.3)},
                                                           "lora": {0: _layer1_delta(model, 0.08)}})
     messages = []
-    state = wa.run_ablation(_cfg(folder, groups=["ia3"]), model, tokenizer, tmp_path / "out", progress=False,
+    ablation = wa.run_ablation(_cfg(folder, groups=["ia3"]), model, tokenizer, tmp_path / "out", progress=False,
                             log=messages.append)
-    scored = {(r["family"], r["variant"]) for r in state["store"].records.values()}
+    scored = {(r["family"], r["variant"]) for r in ablation.store.records.values()}
     assert {("ia3", "attention_gates"), ("ia3", "mlp_gates")} <= scored
     assert not any(family == "lora" and variant != "full" for family, variant in scored)
     assert any("group ia3 reads ia3 deltas only: skipped for lora" in m for m in messages)
@@ -386,9 +394,9 @@ def test_a_variant_built_twice_is_scored_once(small, tmp_path, monkeypatch):
     real = wa.evaluate_variant
     monkeypatch.setattr(wa, "evaluate_variant",
                         lambda m, t, v, *a, **k: scored.append(v.name) or real(m, t, v, *a, **k))
-    state = wa.run_ablation(_cfg(folder, groups=["roles", "ia3"]), model, tokenizer, tmp_path / "out", progress=False,
-                            log=lambda message: None)
-    records = state["store"].records
+    ablation = wa.run_ablation(_cfg(folder, groups=["roles", "ia3"]), model, tokenizer, tmp_path / "out",
+                               progress=False, log=lambda message: None)
+    records = ablation.store.records
     for twin, first in (("attention_gates", "attention"), ("mlp_gates", "mlp")):
         assert twin not in scored and first in scored
         assert records[f"ia3/{twin}"]["meta"]["same_as"] == first
@@ -397,3 +405,80 @@ def test_a_variant_built_twice_is_scored_once(small, tmp_path, monkeypatch):
     # a crop with other tensors is scored itself, and its own points differ
     assert "same_as" not in records["ia3/writes"]["meta"]
     assert records["ia3/writes"]["points"] != records["ia3/attention"]["points"]
+
+
+# ----------------------------------------------------------------------------- fields beside names, old runs
+
+
+def test_records_carry_their_fields_and_records_without_them_read_the_same(planted, tmp_path):
+    """Each record saves its variant's fields beside the name; a store whose records lack them (evaluations.json
+    written before) reads the same table through the names. Catches `Evaluations.add` saving another variant's
+    fields, or the table taking a record's fields from anywhere but the record (or its own name)."""
+    *_, cfg, out, ablation, table, deltas = planted
+    records = ablation.store.records
+    assert records["lora/shared2_keep"]["fields"] == da.VariantFields("shared", k=2, part="keep").as_dict()
+    assert records["pissa/in_lora2_drop"]["fields"] == da.VariantFields("cross", k=2, part="drop",
+                                                                        basis_family="lora").as_dict()
+    data = json.loads((out / "evaluations.json").read_text())
+    for record in data["variants"].values():
+        record.pop("fields")
+    write_json(tmp_path / "evaluations.json", data)
+    old = wa.Evaluations(tmp_path / "evaluations.json", ablation.store.grid)
+    pd.testing.assert_frame_equal(wa.retained_table(old, ablation.owners, cfg), table)
+    assert list(table.columns[-len(wa.FIELD_COLUMNS):]) == list(wa.FIELD_COLUMNS)
+
+
+def test_results_summarise_the_typed_ablation(planted):
+    """Catches `results` reading another attribute than the one it names (e.g. the seconds or the families)."""
+    *_, cfg, out, ablation, table, deltas = planted
+    effects = wa.full_effects(table, ablation.noise)
+    rules = {"retained": wa.verdict(table, effects, cfg)}
+    results = wa.results(cfg, ablation, table, effects, rules)
+    summary = results["summary"]
+    assert summary["families"] == ["lora", "pissa"] and summary["variants_scored"] == len(ablation.store.records)
+    assert summary["reproduced_max_row_gap"] == ablation.reproduced
+    assert summary["seconds"] == round(ablation.seconds, 1) and results["kl_rendering"] == "chat_reply"
+    full = [ablation.store.records[f"{f}/full"]["points"]["2.0"]["score"] for f in ("lora", "pissa")]
+    assert summary["main"] == pytest.approx(sum(full) / 2, rel=1e-12)
+
+
+JOURNAL_ABLATION = REPO_ROOT / "out" / "journal" / "2026-12-01-ablation"
+
+
+@pytest.mark.parametrize("folder", [JOURNAL_ABLATION, JOURNAL_ABLATION / "dora_ia3"])
+def test_the_journal_ablation_gives_the_table_and_verdict_it_saved(folder):
+    """An old run folder still loads: the journal's evaluations.json (records without fields: they come from the
+    names) gives the retained table the journal saved, and with its full effects the verdict it saved. Catches a
+    field misread from an old name (`in_lora32_keep` under another K, `mid~rand` not the control of mid, an @norm
+    counted as a crop), which moves a rule or a control."""
+    data = json.loads((folder / "evaluations.json").read_text())
+    assert not any("fields" in record for record in data["variants"].values())
+    store = wa.Evaluations(folder / "evaluations.json", da.EvalGrid.from_dict(data["grid"]))
+    parameters = json.loads((JOURNAL_ABLATION / "run.json").read_text())["parameters"]
+    cfg = wa.WeightAblationConfig(**{k: v for k, v in parameters.items() if k in wa.WeightAblationConfig.field_names()})
+    table = wa.retained_table(store, {record["family"]: None for record in store.records.values()}, cfg)
+    saved = pd.read_csv(folder / "retained.csv")
+    assert list(table.columns[: len(saved.columns)]) == list(saved.columns)
+    pd.testing.assert_frame_equal(table[list(saved.columns)], saved, check_dtype=False, rtol=0, atol=1e-12)
+    if (folder / "verdict.json").exists():
+        effects = pd.read_csv(folder / "full_effects.csv")
+        rules = {column: wa.verdict(table, effects, cfg, column) for column in ("retained", "retained_preference")}
+        assert json.loads(json.dumps(rules, default=str)) == json.loads((folder / "verdict.json").read_text())
+
+
+def test_layer_figures_place_single_layers_by_their_block():
+    """Catches blocks ordered as text (L10 before L2), a single layer's @norm control drawn as a block, or single
+    layers left in the heatmap (they have a figure of their own)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    values = {"full": 1.0, "mid": 0.5, "L0_only": 0.1, "L2_only": 0.2, "L10_only": 0.3, "L2_only@norm": 0.9,
+              "L0_out": 0.9, "L10_out": 0.7}
+    table = _table({"lora": values})
+    figure = wa.layer_figure(table)
+    only, out = (axis.lines[0] for axis in figure.axes)
+    assert list(only.get_xdata()) == [0, 2, 10] and list(only.get_ydata()) == [0.1, 0.2, 0.3]
+    assert list(out.get_xdata()) == [0, 10] and list(out.get_ydata()) == [0.9, 0.7]
+    heatmap = wa.retained_figure(table)
+    labels = [label.get_text() for label in heatmap.axes[0].get_yticklabels()]
+    assert sorted(labels) == ["g: L2_only@norm", "g: full", "g: mid"]

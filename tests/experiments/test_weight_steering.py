@@ -1,20 +1,21 @@
-"""The weight-steering experiment's tables (seed statistics, matched side effects) and its side-effect KL."""
+"""The weight-steering experiment's tables (seed statistics, matched side effects, diverged seeds), its contrast
+sources and stop points, and the journal's run folder read into the same tables (its run folder's formats, digests
+and side-effect reading: tests/test_weight_runs.py)."""
 
 from __future__ import annotations
 
-import hashlib
 import json
 
+import pandas as pd
 import pytest
 import torch
 
-from lib.evals import mean_kl
 from lib.experiments import weight_steering as ws
-from lib.hooks import Steering
+from lib.io import REPO_ROOT
 from lib.kits import choice_data
+from lib.kits import weight_runs as wr
 from lib.models import embedded_model_dir, tiny_model
-from lib.vectors import SteeringVector
-from lib.weights import WeightDelta, apply_delta
+from lib.weights import WeightDelta
 
 
 def _entry(method, coeff, score, kl, seed=-1, adapter="-", behaviour="honesty"):
@@ -44,8 +45,6 @@ def test_tables_on_hand_made_entries():
 
 
 def pd_isna(value):
-    import pandas as pd
-
     return pd.isna(value)
 
 
@@ -58,26 +57,6 @@ def small():
     return tiny_model("llama", n_layers=2, hidden=64, vocab=len(tokenizer), seed=8), tokenizer
 
 
-def test_neutral_kl_is_zero_for_the_base_and_positive_for_every_intervention(small):
-    model, tokenizer = small
-    texts = ws.NEUTRAL_TEXTS[:3]
-    reference = ws.neutral_logprobs(model, tokenizer, texts, batch_size=2)
-    assert [len(r) for r in reference] == [len(tokenizer(t, add_special_tokens=False)["input_ids"]) for t in texts]
-    again = ws.neutral_logprobs(model, tokenizer, texts, batch_size=3)
-    assert mean_kl(reference, again) == pytest.approx(0, abs=1e-6)
-    prompted = ws.neutral_logprobs(model, tokenizer, texts, system="You are a dishonest person.")
-    assert mean_kl(reference, prompted) > 1e-4
-    steering = Steering(SteeringVector({1: torch.randn(64, generator=torch.Generator().manual_seed(1))}))
-    for coefficient, expect_zero in ((0.0, True), (4.0, False)):
-        kl = mean_kl(reference, ws.neutral_logprobs(model, tokenizer, texts, steering=steering,
-                                                       coefficient=coefficient))
-        assert (kl == pytest.approx(0, abs=1e-6)) if expect_zero else kl > 1e-4
-    name = "model.layers.0.mlp.down_proj.weight"
-    delta = WeightDelta({name: 0.05 * torch.randn(model.get_parameter(name).shape)})
-    with apply_delta(model, delta, 1.0):
-        assert mean_kl(reference, ws.neutral_logprobs(model, tokenizer, texts)) > 1e-6
-
-
 def test_first_bias_is_recovered_from_signed_row_scores():
     items = choice_data.load_honesty()[:4]  # signs +1, -1, +1, -1
     state = {"split_ids": {"test": [item.id for item in items]},
@@ -86,18 +65,6 @@ def test_first_bias_is_recovered_from_signed_row_scores():
     ws.add_first_bias(state, "honesty")
     assert state["entries"][0]["first_bias"] == pytest.approx(0.5)  # prefers (A) everywhere, signed mean 0
     assert state["entries"][1]["first_bias"] == 7.0  # recorded values are kept
-
-
-def test_rows_digest_changes_with_any_prompt():
-    split = choice_data.split_items(choice_data.load_honesty(), 4, 2, 4, seed=0)
-    fmt = ws.FORMATS["ab_paren"]
-    digest = ws.rows_digest("honesty", fmt, split)
-    again = choice_data.split_items(choice_data.load_honesty(), 4, 2, 4, seed=0)
-    assert ws.rows_digest("honesty", fmt, again) == digest
-    assert ws.rows_digest("honesty", ws.FORMATS["yesno"], split) != digest
-    changed = dict(split, test=[choice_data.Item(i.id, i.question + " ", i.first, i.second, i.first_is_target)
-                                for i in split["test"]])
-    assert ws.rows_digest("honesty", fmt, changed) != digest
 
 
 # ----------------------------------------------------------------------------- contrast sources (issue 15)
@@ -119,23 +86,8 @@ def test_contrast_source_is_validated_with_the_fix_named():
     assert ws.WeightSteeringConfig(contrast_source="labelled").contrast_source == "labelled"
 
 
-def test_rows_digest_keeps_persona_digests_and_separates_sources():
-    """Catches adding the source to the digest unconditionally (the journal's persona partial files would no longer
-    resume) and leaving it out (a labelled run could resume a persona run's adapters)."""
-    split = choice_data.split_items(choice_data.load_honesty(), 4, 2, 4, seed=0)
-    fmt = ws.FORMATS["ab_paren"]
-    persona = ws.rows_digest("honesty", fmt, split)
-    before = {"format": fmt.name, "test": [r.prompt for r in choice_data.to_rows(split["test"], fmt)],
-              "val": [r.prompt for r in choice_data.to_rows(split["val"], fmt)],
-              "train": [ws.open_prompt(item, "honesty") for item in split["train"]]}  # the digest before sources
-    assert persona == ws.rows_digest("honesty", fmt, split, "persona") == \
-        hashlib.sha1(json.dumps(before).encode()).hexdigest()[:16]
-    assert len({persona, ws.rows_digest("honesty", fmt, split, "labelled"),
-                ws.rows_digest("honesty", fmt, split, "written")}) == 3
-
-
 def _fake_persona(cfg, model, tokenizer, behaviour, train):
-    prompts = [ws.open_prompt(item, behaviour) for item in train]
+    prompts = [wr.open_prompt(item, behaviour) for item in train]
     return {"positive": [ws.SFTPair(p, f"persona yes {i}") for i, p in enumerate(prompts)],
             "negative": [ws.SFTPair(p, f"persona no {i}") for i, p in enumerate(prompts)]}
 
@@ -194,6 +146,7 @@ def test_adapters_and_vector_train_on_the_chosen_source(source, small, monkeypat
     assert state["headroom"]["mean_shift"] == pytest.approx(float(diff.mean()))
     assert (tmp_path / f"honesty_{source}_pairs.json").exists()
     results = ws.results(cfg, {"honesty": state}, 1.0)
+    assert results["kl_rendering"] == "chat_reply"  # the rendering its KL column was read in (lib.evals)
     assert results["summary"]["contrast_source"] == source
     assert results["summary"]["contrast"]["honesty"][source]["best_auc"] == state["contrast"][source]["best_auc"]
     assert results["summary"]["headroom"]["honesty"]["has_headroom"] == state["headroom"]["has_headroom"]
@@ -244,19 +197,19 @@ def test_diverged_training_is_flagged_and_left_out_of_the_seed_and_matched_table
     """A seed whose loss ends above where it started is flagged (also in entries saved before the flag existed,
     from their loss curves) and does not enter the seed statistics or the matched table. Catches the tables
     averaging a broken adapter in (journal 2026-12-01: DeLoRA at lr 1e-3 went from loss 2.6 to 5.7)."""
-    assert ws.training_diverged([2.5, 2.0, 1.0, 0.8]) is False
-    assert ws.training_diverged([2.5, 10.0, 6.0, 5.7]) is True
-    assert ws.training_diverged([2.56, 10.5, 9.0, 8.0, 7.0, 6.5, 6.1, 5.7]) is True  # the spike must not hide it
-    assert ws.training_diverged([2.5, float("nan")]) is True and ws.training_diverged([]) is False
+    assert wr.training_diverged([2.5, 2.0, 1.0, 0.8]) is False
+    assert wr.training_diverged([2.5, 10.0, 6.0, 5.7]) is True
+    assert wr.training_diverged([2.56, 10.5, 9.0, 8.0, 7.0, 6.5, 6.1, 5.7]) is True  # the spike must not hide it
+    assert wr.training_diverged([2.5, float("nan")]) is True and wr.training_diverged([]) is False
     # the paired check on all training rows decides when recorded: noisy short-row batches (the sycophancy labelled
     # pairs' LoRA seed 0, whose last quarter ends above its lucky first batch) are not divergence
     noisy = [0.57, 0.3, 1.87, 2.39, 2.57, 0.37, 2.42, 0.65, 0.15, 0.12, 1.15, 1.36, 0.27, 1.46, 1.97, 0.2]
-    assert ws.training_diverged(noisy) is True  # the per-step fallback trips on it
-    assert ws.training_diverged(noisy, 1.9, 0.8) is False and ws.training_diverged([2.0, 1.0], 1.9, 2.4) is True
-    assert ws.training_diverged([2.0, 1.0], 1.9, float("inf")) is True
+    assert wr.training_diverged(noisy) is True  # the per-step fallback trips on it
+    assert wr.training_diverged(noisy, 1.9, 0.8) is False and wr.training_diverged([2.0, 1.0], 1.9, 2.4) is True
+    assert wr.training_diverged([2.0, 1.0], 1.9, float("inf")) is True
     recorded = {**_entry("weight", 1.0, 0.1, 0.1, 0, "lora"), "loss_positive": noisy, "loss_negative": noisy,
                 "train_set_loss": {"positive": [1.9, 0.8], "negative": [2.0, 0.9]}}
-    assert ws.mark_diverged([recorded])[0]["diverged"] is False
+    assert wr.mark_diverged([recorded])[0]["diverged"] is False
     entries = [_entry("none", 0.0, 0.0, 0.0)]
     for seed, losses, up in ((0, [2.0, 1.0], 0.2), (1, [2.0, 1.1], 0.4), (2, [2.0, 6.0], 5.0)):
         for coeff, score in ((1.0, up), (-1.0, -up)):
@@ -287,3 +240,18 @@ def test_family_peft_options_are_checked_against_adapters_and_peft():
         ws.WeightSteeringConfig(family_peft_options={"delora": {"delora_lambda": 1.0}})
     with pytest.raises(ValueError, match=r"family_peft_options\['delora'\] sets 'lambda'"):
         ws.WeightSteeringConfig(adapters=["delora"], family_peft_options={"delora": {"lambda": 1.0}})
+
+
+def test_the_journal_run_folder_gives_the_comparison_table_it_saved():
+    """An old run folder still loads: the journal's 2026-11-24 states (entries saved before the divergence flag, so
+    their loss curves decide it) give the comparison table the journal saved, no seed flagged. Catches the
+    divergence fallback misreading old entries (e.g. `<` for `>` in the last-quarter check flags every converged
+    seed) or the table built from rewritten entries."""
+    folder = REPO_ROOT / "out" / "journal" / "2026-11-24-weight-steering"
+    states = {b: json.loads((folder / f"{b}_partial.json").read_text()) for b in ("honesty", "sycophancy")}
+    table = ws.comparison_table([e for state in states.values() for e in state["entries"]])
+    saved = pd.read_csv(folder / "comparison.csv")
+    columns = [c for c in saved.columns if c in table.columns]
+    assert len(columns) == 11 and not table.diverged.any()
+    pd.testing.assert_frame_equal(table[columns], saved[columns], check_dtype=False, rtol=0, atol=1e-12)
+

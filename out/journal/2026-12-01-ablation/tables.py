@@ -17,7 +17,7 @@ import pandas as pd
 matplotlib.use("Agg")
 ROOT = Path(__file__).resolve().parents[3]
 sys.path.insert(0, str(ROOT))
-from lib import delta_ablation as da  # noqa: E402
+from lib.kits import delta_ablation as da  # noqa: E402  (lib.delta_ablation until 2026-12-06)
 from lib.experiments import weight_ablation as wa  # noqa: E402
 
 HERE = Path(__file__).parent

@@ -6,12 +6,15 @@ analysis evaluates *variants* of one trained dW (a crop by module role or layer,
 its projection on a subspace, a norm-matched random control) on the exact eval rows and coefficient grid of the full
 dW and reports `retained = effect(variant) / effect(full dW)`. This module builds those variants from the trained
 deltas (and, for the lenses that need them, the base weights) alone: never from activations, so a variant cannot
-smuggle in information about the eval rows.
+smuggle in information about the eval rows. A kit, not the core: the weight_ablation experiment is its one user,
+and what a parameter is (module role, block, stored orientation) lives in `lib.weights` (issue "The weight wing and
+one way in", item 2).
 
 Conventions:
-- Every variant is a `Variant` (a short stable `name` for a table, a `group` naming the split it belongs to, the
-  adapter `family` where one applies, and a `WeightDelta`). A split's parts sum back to what they split
-  (`check_sums_to` raises otherwise); tests/test_delta_ablation.py checks every split.
+- Every variant is a `Variant` (a short stable `name` for a table, a `group` naming the split it belongs to, its
+  `VariantFields` (what the name says, as data: kind, rank k, keep/drop part, layer, control of), the adapter
+  `family` where one applies, and a `WeightDelta`). A split's parts sum back to what they split (`check_sums_to`
+  raises otherwise); tests/test_delta_ablation.py checks every split.
 - Selection variants (roles, layers) share the full delta's tensors (no copies), so building dozens of them costs no
   memory; never modify a variant's tensors in place.
 - Matrices are read as [out, in] (`as_matrix`): an `nn.Linear` weight already is; GPT-2's Conv1D stores [in, out]
@@ -30,125 +33,94 @@ import math
 import re
 from collections import defaultdict
 from collections.abc import Callable, Collection, Iterable, Iterator, Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from numbers import Real
 from typing import Any, Literal
 
 import torch
 from torch import nn
 
-from lib.weights import WeightDelta
-
-# ----------------------------------------------------------------------------- module roles
-
-ROLES = ("q", "k", "v", "qkv", "o", "gate", "up", "down", "fc", "other")
-RESIDUAL_WRITES = frozenset({"o", "down"})  # their output space is the residual stream
-ATTENTION = frozenset({"q", "k", "v", "qkv", "o"})
-MLP = frozenset({"gate", "up", "down", "fc"})
-ATTENTION_READS = frozenset({"q", "k", "v", "qkv"})
-MLP_READS = frozenset({"gate", "up", "fc"})
-
-# "parent.module" keys first (GPT-2's c_proj is `o` under attn and `down` under mlp), then the module's own name
-_ROLE_TABLE = {
-    "q_proj": "q", "k_proj": "k", "v_proj": "v", "o_proj": "o",  # Llama, Qwen2, Gemma-3, Mistral
-    "gate_proj": "gate", "up_proj": "up", "down_proj": "down",
-    "qkv_proj": "qkv",  # Phi-3
-    "attn.c_attn": "qkv", "attn.c_proj": "o", "mlp.c_fc": "fc", "mlp.c_proj": "down",  # GPT-2
-    "query_key_value": "qkv", "attention.dense": "o", "dense_h_to_4h": "fc", "dense_4h_to_h": "down",  # GPT-NeoX
-}
-_OTHER_MODULES = frozenset({"embed_tokens", "wte", "wpe", "embed_in", "embed_out", "lm_head", "embed_positions"})
-_NORM = re.compile(r"(^|_)(norm|ln|ln_f|layernorm)(_|$)|layernorm|layer_norm|^ln_\w+$")
-# GPT-2's Conv1D modules store their weight as [in, out]
-CONV1D_MODULES = frozenset({"attn.c_attn", "attn.c_proj", "mlp.c_fc", "mlp.c_proj"})
-_LAYER_INDEX = re.compile(r"\.(\d+)\.")  # the same rule as WeightDelta.layer_norms
-
-
-def _module_keys(param_name: str) -> tuple[str, str]:
-    """("parent.module", "module") of a parameter name such as `model.layers.0.self_attn.q_proj.weight`."""
-    parts = param_name.split(".")
-    if len(parts) < 2:
-        raise ValueError(f"{param_name!r} is not a parameter name of the form <module>.<weight|bias>")
-    module = parts[-2]
-    return (f"{parts[-3]}.{module}" if len(parts) >= 3 else module), module
-
-
-def module_role(param_name: str, roles: Mapping[str, str] | None = None) -> str:
-    """The role of a parameter's module: one of `ROLES`.
-
-    Known names: Llama/Qwen2/Gemma-3/Mistral (`q_proj` ... `down_proj`), GPT-2 (`attn.c_attn` -> "qkv",
-    `attn.c_proj` -> "o", `mlp.c_fc` -> "fc", `mlp.c_proj` -> "down"), GPT-NeoX and Phi-3's fused `qkv_proj`;
-    embeddings, the LM head and norms are "other". `roles` overrides or extends the table: keys are a full parameter
-    name, a "parent.module" pair or a module name (looked up in that order), values one of `ROLES`. Anything else
-    raises, because a silently mis-filed tensor would corrupt every crop built from the roles.
-    """
-    pair, module = _module_keys(param_name)
-    for table in (roles or {}, _ROLE_TABLE):
-        for key in (param_name, pair, module):
-            if key in table:
-                role = table[key]
-                if role not in ROLES:
-                    raise ValueError(f"roles[{key!r}]={role!r} is not a role; choose one of {ROLES}")
-                return role
-    if module in _OTHER_MODULES or _NORM.search(module):
-        return "other"
-    raise ValueError(f"no module role for {param_name!r} (module {module!r}); pass roles={{{module!r}: <role>}} "
-                     f"with a role in {ROLES} (keys may also be {pair!r} or the full parameter name)")
-
-
-def layer_of(param_name: str, allow_none: bool = False) -> int | None:
-    """The decoder block index of a parameter (the first `.<int>.` in its name, as `WeightDelta.layer_norms`);
-    names without one (embeddings, final norm, LM head) raise unless `allow_none`, then give None."""
-    match = _LAYER_INDEX.search(param_name)
-    if match:
-        return int(match.group(1))
-    if allow_none:
-        return None
-    raise ValueError(f"{param_name!r} has no decoder block index (no '.<int>.' in the name); pass allow_none=True "
-                     "to treat it as outside the blocks")
-
-
-def output_axis(param_name: str, transposed: Collection[str] | None = None) -> int:
-    """The axis of a 2-D weight that indexes output units: 0 for `nn.Linear` ([out, in]), 1 for a Conv1D ([in, out]).
-
-    `transposed` is the set of parameter names stored [in, out] (`conv1d_names(model)` reads it off a model); by
-    default GPT-2's names (`attn.c_attn`, `attn.c_proj`, `mlp.c_fc`, `mlp.c_proj`) are. GPTBigCode uses the same
-    names with `nn.Linear`: pass `transposed=conv1d_names(model)` (empty there) for it."""
-    if transposed is not None:
-        return 1 if param_name in transposed else 0
-    pair, _ = _module_keys(param_name)
-    return 1 if pair in CONV1D_MODULES else 0
-
-
-def conv1d_names(model: nn.Module) -> set[str]:
-    """Parameter names of the model's 2-D weights stored [in, out] (transformers' `Conv1D`)."""
-    return {f"{module_name}.weight" if module_name else "weight" for module_name, module in model.named_modules()
-            if type(module).__name__ == "Conv1D"}
-
-
-def as_matrix(param_name: str, tensor: torch.Tensor, transposed: Collection[str] | None = None) -> torch.Tensor:
-    """The weight as [out, in] (a view; a Conv1D weight is transposed)."""
-    if tensor.ndim != 2:
-        raise ValueError(f"{param_name}: shape {tuple(tensor.shape)} is not a matrix")
-    return tensor.T if output_axis(param_name, transposed) == 1 else tensor
-
-
-def from_matrix(param_name: str, matrix: torch.Tensor, transposed: Collection[str] | None = None) -> torch.Tensor:
-    """The inverse of `as_matrix`: an [out, in] matrix back in the parameter's stored layout."""
-    return (matrix.T if output_axis(param_name, transposed) == 1 else matrix).contiguous()
-
+from lib.weights import (
+    ATTENTION,
+    ATTENTION_READS,
+    MLP,
+    MLP_READS,
+    RESIDUAL_WRITES,
+    WeightDelta,
+    as_matrix,
+    conv1d_names,
+    from_matrix,
+    layer_of,
+    module_role,
+)
 
 # ----------------------------------------------------------------------------- variants
 
 
 @dataclass(frozen=True)
+class VariantFields:
+    """What a variant's name says, as fields to filter on; the name stays the table key (saved CSVs and journal
+    tables use it). Names such as `shared32_keep`, `L4_only` or `mid~rand` were parsed back with regexes, and
+    `in_ia332_keep` does not even say whether it is family ia3 at K=32 or ia33 at K=2 (issue "The weight wing and
+    one way in", item 3).
+
+    `kind`: the name itself for a variant without parameters ("writes", "mid", "svd_top25", "dora_magnitude",
+    "zero"); "layer_only" / "layer_out" (block `layer` alone / every block but it); "shared", "own",
+    "random_basis", "cross" (a residual-stream basis of rank `k`, `part` "keep" or "drop"; "cross" is family
+    `basis_family`'s own basis); "base" (the base weights' top-`k` singular subspace, `part` "keep" or "drop");
+    "random" (a norm-matched random delta); "norm_matched" (a crop rescaled to the full norm).
+    `control_of`: the crop a sufficiency control (`<crop>@norm`, `<crop>~rand`) is the control of."""
+
+    kind: str
+    k: int | None = None
+    part: str = ""
+    layer: int | None = None
+    basis_family: str = ""
+    control_of: str = ""
+
+    def as_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+    @classmethod
+    def from_name(cls, name: str, families: Collection[str] = ()) -> VariantFields:
+        """The fields of a variant scored before they were saved beside its name (evaluations.json records without
+        "fields"), read back from the name once, here. `families` are the run's families: `in_<family><K>_<part>`
+        cannot be split without them."""
+        for suffix, kind in (("@norm", "norm_matched"), ("~rand", "random")):
+            if name.endswith(suffix):
+                return cls(kind, control_of=name.removesuffix(suffix))
+        if match := re.fullmatch(r"L(\d+)_(only|out)", name):
+            return cls(f"layer_{match[2]}", layer=int(match[1]))
+        if match := re.fullmatch(r"(shared|own|rand)(\d+)_(keep|drop)", name):
+            return cls(BASIS_KINDS[match[1]], k=int(match[2]), part=match[3])
+        if match := re.fullmatch(r"base_(top|rest)(\d+)", name):
+            return cls("base", k=int(match[2]), part="keep" if match[1] == "top" else "drop")
+        if re.fullmatch(r"random_s\d+", name):
+            return cls("random")
+        if re.fullmatch(r"in_.+\d+_(keep|drop)", name):
+            found = [cls("cross", k=int(match[1]), part=match[2], basis_family=family) for family in families
+                     if (match := re.fullmatch(rf"in_{re.escape(family)}(\d+)_(keep|drop)", name))]
+            if len(found) != 1:
+                raise ValueError(f"variant {name!r}: {'no' if not found else 'more than one'} family of "
+                                 f"{sorted(families)} is the basis it was projected on")
+            return found[0]
+        return cls(name)
+
+
+BASIS_KINDS = {"shared": "shared", "own": "own", "rand": "random_basis"}  # basis label in a name -> its kind
+
+
+@dataclass(frozen=True)
 class Variant:
-    """One variant of a delta: `name` is short and stable (a table key), `group` the split it belongs to, `family`
-    the adapter family where the variant is family-specific (cross-adapter bases), `empty` when nothing was kept
-    (the delta is then one zero tensor, so applying it is the base model exactly)."""
+    """One variant of a delta: `name` is short and stable (a table key), `group` the split it belongs to, `fields`
+    what the name says as data, `family` the adapter family where the variant is family-specific (cross-adapter
+    bases), `empty` when nothing was kept (the delta is then one zero tensor, so applying it is the base model
+    exactly)."""
 
     name: str
     group: str
     delta: WeightDelta
+    fields: VariantFields
     family: str = ""
     empty: bool = False
     meta: dict[str, Any] = field(default_factory=dict)
@@ -164,21 +136,24 @@ def _zero_delta(delta: WeightDelta) -> WeightDelta:
 
 
 def _variant(name: str, group: str, tensors: Mapping[str, torch.Tensor], full: WeightDelta, family: str = "",
-             **meta: Any) -> Variant:
+             fields: VariantFields | None = None, **meta: Any) -> Variant:
+    fields = fields or VariantFields(name)
     if not tensors:
-        return Variant(name, group, _zero_delta(full), family, True, dict(meta))
-    return Variant(name, group, WeightDelta(dict(tensors), {**full.meta, "variant": name}), family, False, dict(meta))
+        return Variant(name, group, _zero_delta(full), fields, family, True, dict(meta))
+    return Variant(name, group, WeightDelta(dict(tensors), {**full.meta, "variant": name}), fields, family, False,
+                   dict(meta))
 
 
 def select(delta: WeightDelta, keep: Callable[[str], bool], name: str, group: str = "select",
-           family: str = "") -> Variant:
-    """The tensors whose parameter name satisfies `keep` (shared with `delta`, not copied); empty if none does."""
-    return _variant(name, group, {n: delta[n] for n in delta.names if keep(n)}, delta, family)
+           family: str = "", fields: VariantFields | None = None) -> Variant:
+    """The tensors whose parameter name satisfies `keep` (shared with `delta`, not copied); empty if none does.
+    `fields` default to a variant without parameters (kind = name)."""
+    return _variant(name, group, {n: delta[n] for n in delta.names if keep(n)}, delta, family, fields)
 
 
 def zero_variant(delta: WeightDelta) -> Variant:
     """The zero delta: every coefficient gives the base model (the floor of every retained table)."""
-    return Variant("zero", "control", _zero_delta(delta), "", True)
+    return Variant("zero", "control", _zero_delta(delta), VariantFields("zero"), "", True)
 
 
 def role_variants(delta: WeightDelta, roles: Mapping[str, str] | None = None) -> list[Variant]:
@@ -230,9 +205,11 @@ def layer_variants(delta: WeightDelta, n_layers: int | None = None) -> list[Vari
         variants.append(select(delta, lambda n, chosen=chosen: layer[n] in chosen, name, "thirds"))
     variants.append(select(delta, lambda n: layer[n] is None, "non_block", "thirds"))
     for i in range(n_layers):
-        variants.append(select(delta, lambda n, i=i: layer[n] == i, f"L{i}_only", "layer_only"))
+        variants.append(select(delta, lambda n, i=i: layer[n] == i, f"L{i}_only", "layer_only",
+                               fields=VariantFields("layer_only", layer=i)))
     for i in range(n_layers):
-        variants.append(select(delta, lambda n, i=i: layer[n] != i, f"L{i}_out", "layer_out"))
+        variants.append(select(delta, lambda n, i=i: layer[n] != i, f"L{i}_out", "layer_out",
+                               fields=VariantFields("layer_out", layer=i)))
     return variants
 
 
@@ -249,7 +226,7 @@ def norm_matched_random(delta: WeightDelta, seed: int = 0, name: str | None = No
         noise = torch.randn(delta[n].shape, generator=generator, dtype=torch.float64)
         scale = target / noise.norm() if target > 0 and noise.norm() > 0 else 0.0
         tensors[n] = (noise * scale).to(device=delta[n].device, dtype=delta[n].dtype)
-    return _variant(name or f"random_s{seed}", "control", tensors, delta, seed=seed)
+    return _variant(name or f"random_s{seed}", "control", tensors, delta, fields=VariantFields("random"), seed=seed)
 
 
 def norm_matched(variant: Variant, reference_norm: float | WeightDelta | Variant) -> Variant:
@@ -263,8 +240,19 @@ def norm_matched(variant: Variant, reference_norm: float | WeightDelta | Variant
     scale = float(target) / current
     scaled = WeightDelta({n: d * scale for n, d in variant.delta.deltas.items()}, {**variant.delta.meta,
                                                                                    "norm_scale": scale})
-    return Variant(f"{variant.name}@norm", variant.group, scaled, variant.family, False,
+    fields = VariantFields("norm_matched", control_of=variant.name)
+    return Variant(f"{variant.name}@norm", variant.group, scaled, fields, variant.family, False,
                    {**variant.meta, "norm_scale": scale})
+
+
+def sufficiency_controls(crop: Variant, full: WeightDelta | Variant, seed: int) -> list[Variant]:
+    """The two controls a crop that retains at a smaller norm needs: `<crop>@norm`, the crop rescaled to the full
+    delta's norm, and `<crop>~rand` (group "sufficiency"), a random delta with the crop's per-tensor norms on the
+    same tensors: does any perturbation this large, there, do it?"""
+    random = norm_matched_random(crop.delta, seed=seed, name=f"{crop.name}~rand")
+    return [norm_matched(crop, full), Variant(random.name, "sufficiency", random.delta,
+                                              VariantFields("random", control_of=crop.name), crop.family, False,
+                                              {"of": crop.name})]
 
 
 # ----------------------------------------------------------------------------- the sum check
@@ -438,8 +426,9 @@ def base_subspace_variants(delta: WeightDelta, base: nn.Module | Mapping[str, to
             rest[r][n] = from_matrix(n, dw - piece, transposed).to(dtype=d.dtype, device=d.device)
     variants = []
     for r in kept:
-        variants.append(_variant(f"base_top{r}", "base_svd", kept[r], delta, side=side))
-        variants.append(_variant(f"base_rest{r}", "base_svd", rest[r], delta, side=side))
+        for name, part, tensors in ((f"base_top{r}", "keep", kept[r]), (f"base_rest{r}", "drop", rest[r])):
+            variants.append(_variant(name, "base_svd", tensors, delta, fields=VariantFields("base", k=r, part=part),
+                                     side=side))
     variants.append(_variant("non_matrix", "non_matrix", non_matrix, delta))
     return variants
 
@@ -474,7 +463,7 @@ def dora_variants(delta: WeightDelta, base: nn.Module | Mapping[str, torch.Tenso
     res = _variant("dora_residual", "dora", residual, delta)
     fraction = res.norm() / delta.norm() if delta.norm() > 0 else math.nan
     return [_variant("dora_magnitude", "dora", magnitude, delta), _variant("dora_direction", "dora", direction, delta),
-            Variant(res.name, res.group, res.delta, res.family, res.empty, {"residual_fraction": fraction})]
+            replace(res, meta={"residual_fraction": fraction})]
 
 
 # ----------------------------------------------------------------------------- IA3: attention vs MLP gates
@@ -525,8 +514,7 @@ def ia3_variants(delta: WeightDelta, base: nn.Module | Mapping[str, torch.Tensor
     picks = {"attention_gates": lambda n: role[n] in ATTENTION, "mlp_gates": lambda n: role[n] in MLP,
              "ia3_other": lambda n: role[n] not in ATTENTION | MLP}
     variants = [select(delta, pick, name, "ia3") for name, pick in picks.items()]
-    return [Variant(v.name, v.group, v.delta, v.family, v.empty,
-                    {**v.meta, "gate_norms": {n: norms[n] for n in v.delta.names if n in norms}})
+    return [replace(v, meta={**v.meta, "gate_norms": {n: norms[n] for n in v.delta.names if n in norms}})
             for v in variants]
 
 
@@ -615,8 +603,13 @@ def basis_variants(deltas: Mapping[str, WeightDelta], ks: Sequence[int] = (8, 32
                     ranks[family, f"{label}{k}"][n] = basis.shape[1]
     labels = {f: ["shared", "own", "rand"] + ([f"in_{g}" for g in deltas if g != f] if cross else [])
               for f in deltas}
+    def fields(label: str, k: int, part: str) -> VariantFields:
+        if label.startswith("in_"):
+            return VariantFields("cross", k=k, part=part, basis_family=label.removeprefix("in_"))
+        return VariantFields(BASIS_KINDS[label], k=k, part=part)
+
     return [_variant(f"{label}{k}_{part}", "basis", parts[family, f"{label}{k}_{part}"], delta, family,
-                     k=ranks[family, f"{label}{k}"])
+                     fields(label, k, part), k=ranks[family, f"{label}{k}"])
             for family, delta in deltas.items() if family in wanted for k in ks for label in labels[family]
             for part in ("keep", "drop")]
 
