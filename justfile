@@ -162,6 +162,7 @@ report *ARGS:
 # benchmarks -> out/bench/ (steering overhead; memory plan vs measured; BO vs random search; Ray executor vs local)
 bench:
     {{py}} benchmarks/steering.py
+    {{py}} benchmarks/evaluation.py
     {{py}} benchmarks/memory.py
     {{py}} benchmarks/optimize.py
     {{py}} benchmarks/ray_executor.py

@@ -92,12 +92,17 @@ def signed_scores(logratio: torch.Tensor, rows: Sequence[ChoiceRow]) -> torch.Te
     return logratio * signs
 
 
-def render_rows(tokenizer: Any, rows: Sequence[ChoiceRow], fmt: AnswerFormat, system: str | None = None,
-                chat: bool = True) -> list[str]:
-    """The text each row's next token is read after: chat prompt (with `system`, if any) plus the prefill."""
-    if not chat and system:
+def render_rows(tokenizer: Any, rows: Sequence[ChoiceRow], fmt: AnswerFormat,
+                system: str | Sequence[str | None] | None = None, chat: bool = True) -> list[str]:
+    """The text each row's next token is read after: chat prompt (with `system`, if any: one for all rows, or one
+    per row, so conditions with different system prompts share a batch) plus the prefill."""
+    systems = list(system) if system is not None and not isinstance(system, str) else [system] * len(rows)
+    if len(systems) != len(rows):
+        raise ValueError(f"system has {len(systems)} prompts for {len(rows)} rows; give one, or one per row")
+    if not chat and any(systems):
         raise ValueError("a system prompt needs chat=True")
-    return [render_chat(tokenizer, row.prompt + fmt.suffix, system=system, chat=chat) + fmt.prefill for row in rows]
+    return [render_chat(tokenizer, row.prompt + fmt.suffix, system=one, chat=chat) + fmt.prefill
+            for row, one in zip(rows, systems, strict=True)]
 
 
 @torch.no_grad()
@@ -107,7 +112,7 @@ def score_rows(
     rows: Sequence[ChoiceRow],
     fmt: AnswerFormat,
     *,
-    system: str | None = None,
+    system: str | Sequence[str | None] | None = None,
     steering: Steering | None = None,
     coefficients: Sequence[float] | None = None,
     batch_size: int = 16,

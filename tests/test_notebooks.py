@@ -211,3 +211,24 @@ def test_playground_notebook_shows_the_widget_and_writes_one_table(tmp_path):
     assert summary["side_effect"] == rows[1]["kl"] and results["metadata"]["layers"] == [10]
     executed = (run_dir / "playground.ipynb").read_text()
     assert "application/vnd.jupyter.widget-view+json" in executed and "steerlab-steered" in executed
+
+
+PERSONA_QUICK = {"n_eval": 4, "max_new_tokens": 16, "n_random": 1, "n_boot": 200}
+
+
+@pytest.mark.slow
+def test_persona_compare_notebook_quick_preset(tmp_path):
+    """The evaluation kit's worked example end to end: every condition in the table with intervals, the random
+    control's floor stated, replies kept, the frontier figure, and a summary a sweep can collect."""
+    run_dir = run_notebook("persona_compare", PERSONA_QUICK, out_root=tmp_path)
+    results = json.loads((run_dir / "results.json").read_text())
+    table = results["table"]
+    assert {row["condition"] for row in table} == {"unsteered", "vector x0.25", "vector x0.5", "system prompt"}
+    assert {row["metric"] for row in table} == {"trait", "degenerate", "fluency_nll"}
+    vector_rows = [row for row in table if row["condition"].startswith("vector")]
+    assert all(row["control_floor"] == pytest.approx(0.5) and row["low"] <= row["value"] <= row["high"]
+               for row in vector_rows)
+    assert all(len(texts) == 4 for texts in results["replies"].values())
+    assert (run_dir / "frontier.png").stat().st_size > 10_000
+    summary = results["summary"]
+    assert summary["side_effect"] > 0 and set(summary) >= {"main", "baseline", "prompt"}

@@ -95,6 +95,7 @@ LAYER_CASES = {
     ("steering_bo", "boundaries"): {"boundaries": [10, EMBEDDED_N_LAYERS], "objective": "contrastive_gap"},
     ("toy_sweep", "layer"): {"layer": 4},  # the toy stream's own 4 layers
     ("playground", "layers"): {"layers": [10, EMBEDDED_N_LAYERS]},
+    ("persona_compare", "layer"): {"layer": EMBEDDED_N_LAYERS},
 }
 
 

@@ -25,9 +25,23 @@ def finish_figure(fig: Any, axes: tuple, title: str, path: Path | None, suptitle
     return fig
 
 
+NOT_METRICS = ("run_dir", "status", "error")
+
+
+def summary_metrics(rows: list[dict[str, str]], keys: tuple[str, ...] = ()) -> list[str]:
+    """The columns of a sweep's summary.csv that are metrics: every column (other than the grid `keys`, run_dir,
+    status and error) whose filled cells are all numbers, whatever a notebook's `summary` calls them (issue "One
+    evaluation kit": the heatmaps knew three names)."""
+    if not rows:
+        return []
+    columns = [c for c in rows[0] if c not in keys and c not in NOT_METRICS]
+    return [c for c in columns if any(r.get(c) not in (None, "") for r in rows)
+            and all(_numeric(r[c])[0] == 0 for r in rows if r.get(c) not in (None, ""))]
+
+
 def sweep_heatmaps(summary_csv: Path, row_key: str, col_key: str, out_dir: Path) -> list[Path]:
-    """Heatmaps over a 2-D grid of the effect (delta from unsteered), the effect beyond a random
-    direction of the same norm (specific_delta), and the side effect, where the summary has them."""
+    """One heatmap over a 2-D grid per metric column of the summary (`summary_metrics`): the effect, its
+    control-corrected version, the side effect, or whatever else a notebook summarises."""
     import numpy as np
 
     with open(summary_csv) as handle:
@@ -35,9 +49,7 @@ def sweep_heatmaps(summary_csv: Path, row_key: str, col_key: str, out_dir: Path)
     row_values = sorted({r[row_key] for r in rows}, key=_numeric)
     col_values = sorted({r[col_key] for r in rows}, key=_numeric)
     written = []
-    for metric in ("delta", "specific_delta", "side_effect"):
-        if not rows or metric not in rows[0]:
-            continue
+    for metric in summary_metrics(rows, (row_key, col_key)):
         grid = np.full((len(row_values), len(col_values)), np.nan)
         for r in rows:
             if r.get(metric) not in (None, ""):

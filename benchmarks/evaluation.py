@@ -1,0 +1,61 @@
+"""The evaluation kit's cost on the embedded default; writes out/bench/evaluation.{md,json}.
+
+Row (issue "One evaluation kit"): `compare` over K=4 conditions (unsteered, two vector coefficients, a system
+prompt) on 16 two-choice items in both orders, as one call, vs K calls of one condition each; target <= 0.65.
+Alternated pairs, as every timed row of ./just bench (benchmarks/steering.py's `paired`).
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+import time
+from pathlib import Path
+
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+from benchmarks.steering import REPEATS, paired  # noqa: E402
+from lib.io import REPO_ROOT, atomic_write  # noqa: E402
+from lib.kits.choice_data import load_honesty  # noqa: E402
+from lib.kits.evaluation import TwoChoice, compare, prompted, steered, unsteered  # noqa: E402
+from lib.kits.persona import persona_vector  # noqa: E402
+from lib.kits.weight_runs import FORMATS  # noqa: E402
+from lib.models import load_model  # noqa: E402
+
+
+def main() -> None:
+    torch.manual_seed(0)
+    model, tokenizer = load_model()
+    items = load_honesty()[:16]
+    vector = persona_vector(model, tokenizer, [i.question for i in load_honesty()[16:24]],
+                            "You are a dishonest person.", layers=[12])
+    conditions = [unsteered(), steered("vector x2", vector, 2.0), steered("vector x4", vector, 4.0),
+                  prompted("persona", system="You are a dishonest person.")]
+    scorer = TwoChoice(items, FORMATS["ab_paren"])
+    texts = ["The weather was mild today.", "She read the map twice before leaving."]
+
+    def together() -> None:
+        compare(model, tokenizer, conditions, scorer, neutral_texts=texts, n_boot=200)
+
+    def separately() -> None:
+        for condition in conditions:
+            compare(model, tokenizer, [condition], scorer, neutral_texts=texts, n_boot=200)
+
+    row = paired(separately, together).row(f"compare: {len(conditions)} conditions in one call / "
+                                           f"{len(conditions)} calls of one", "<= 0.65")
+    lines = ["| comparison | reference s | measured s | ratio (median of pairs) | pair ratios min-max | target |",
+             "|---|---|---|---|---|---|",
+             f"| {row['comparison']} | {row['reference_s']:.3f} | {row['measured_s']:.3f} | {row['ratio']:.3f} | "
+             f"{row['ratio_min']:.3f}-{row['ratio_max']:.3f} | {row['target']} |"]
+    header = (f"Evaluation kit, embedded default, torch {torch.__version__}, {torch.get_num_threads()} threads, "
+              f"{time.strftime('%Y-%m-%d %H:%M')}, {REPEATS} alternated pairs; 16 items x 2 orders\n\n")
+    out = REPO_ROOT / "out" / "bench"
+    out.mkdir(parents=True, exist_ok=True)
+    atomic_write(out / "evaluation.md", header + "\n".join(lines) + "\n")
+    atomic_write(out / "evaluation.json", json.dumps([row], indent=2))
+    print(header + "\n".join(lines))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,128 @@
+"""Controls a steering claim needs: random directions matched in KL as well as norm, and label-shuffled nulls.
+
+Why (issue "One evaluation kit"): a norm-matched random delta barely changed the model (KL 0.002 against the trained
+dW's 0.275), so "the trained delta does more than a random one" compared a strong intervention with almost none.
+A control must change the model as much as the intervention does (matched KL on neutral text) and still carry no
+behaviour. The other null is the same construction from shuffled labels: what the pipeline finds when there is
+nothing to find.
+"""
+
+from __future__ import annotations
+
+import math
+import random
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+from torch import nn
+
+from lib.evals import next_token_kl
+from lib.hooks import Steering
+from lib.kits.data import NEUTRAL_TEXTS
+from lib.vectors import SteeringVector, random_like
+
+
+@dataclass(frozen=True)
+class KLMatch:
+    """The scale at which a control's KL on neutral text reaches the target, and every (scale, KL) it tried."""
+
+    scale: float
+    kl: float
+    target: float
+    tried: list[tuple[float, float]]
+
+    @property
+    def relative_error(self) -> float:
+        return abs(self.kl - self.target) / self.target
+
+
+def match_kl(kl_at: Callable[[Sequence[float]], Sequence[float]], target: float, *, start: float = 1.0,
+             rel_tol: float = 0.05, probes: int = 4, max_rounds: int = 12) -> KLMatch:
+    """The scale s >= 0 with kl_at(s) within `rel_tol` of `target`, for a KL that grows with s (it does for an
+    added direction or delta on the scales that matter). `kl_at` takes several scales at once (one batched pass
+    each round): first the bracket is found by doubling or halving `start`, then narrowed `probes` points a round
+    on a log grid."""
+    if not target > 0:
+        raise ValueError(f"target={target} must be a positive KL (nats)")
+    if not 0 < rel_tol < 1:
+        raise ValueError(f"rel_tol={rel_tol} must be in (0, 1)")
+    tried: list[tuple[float, float]] = []
+
+    def measure(scales: list[float]) -> list[float]:
+        values = [float(v) for v in kl_at(scales)]
+        if len(values) != len(scales) or any(not math.isfinite(v) for v in values):
+            raise ValueError(f"kl_at returned {values} for scales {scales}: one finite KL per scale")
+        tried.extend(zip(scales, values, strict=True))
+        return values
+
+    def close(kl: float) -> bool:
+        return abs(kl - target) <= rel_tol * target
+
+    scales = [start * 2.0 ** k for k in range(-3, probes - 3)]
+    low, high = 0.0, None
+    for _ in range(max_rounds):
+        for scale, kl in zip(scales, measure(scales), strict=True):
+            if close(kl):
+                return KLMatch(scale, kl, target, tried)
+            if kl < target:
+                low = max(low, scale)
+            elif high is None or scale < high:
+                high = scale
+        if high is None:  # not yet above the target: keep doubling
+            scales = [scales[-1] * 2.0 ** (k + 1) for k in range(probes)]
+        elif low == 0.0:  # not yet below it: keep halving
+            scales = [high * 2.0 ** -(k + 1) for k in range(probes)]
+        else:  # inside the bracket, on a log grid
+            ratio = (high / low) ** (1 / (probes + 1))
+            scales = [low * ratio ** (k + 1) for k in range(probes)]
+    best = min(tried, key=lambda pair: abs(pair[1] - target))
+    raise ValueError(f"no scale reached KL {target:.4g} within {rel_tol:.0%} in {max_rounds} rounds (closest: scale "
+                     f"{best[0]:.4g}, KL {best[1]:.4g}); the KL may not grow with the scale here")
+
+
+def kl_matched_random(model: nn.Module, tokenizer: Any, vector: SteeringVector, target_kl: float, *, seed: int = 0,
+                      texts: Sequence[str] = NEUTRAL_TEXTS, weight: float = 1.0, layers: Sequence[int] | None = None,
+                      positions: Any = "all", rendering: str = "raw", rel_tol: float = 0.05, batch_size: int = 16,
+                      progress: bool = False) -> tuple[SteeringVector, KLMatch]:
+    """A random direction with `vector`'s per-layer norms (`random_like`, seed `seed`), rescaled so that steering
+    with it at coefficient 1 has KL `target_kl` on `texts` (the KL of the intervention it controls for, measured
+    with the same `rendering`, see `lib.evals.text_logprobs`). The scale search runs `next_token_kl` on a few
+    coefficients per batched pass."""
+    direction = random_like(vector, seed=seed)
+    steering = Steering(direction, weight, layers=layers, positions=positions)
+
+    def kl_at(scales: Sequence[float]) -> list[float]:
+        return next_token_kl(model, tokenizer, texts, steering=steering, coefficients=list(scales),
+                             rendering=rendering, batch_size=batch_size, progress=progress).tolist()
+
+    match = match_kl(kl_at, target_kl, rel_tol=rel_tol)
+    scaled = direction * match.scale
+    scaled.meta.update({"method": "random_kl_matched", "seed": seed, "target_kl": target_kl, "kl": match.kl,
+                        "scale_over_norm_matched": match.scale})
+    return scaled, match
+
+
+def shuffled_labels(labels: Sequence[Any], n_shuffles: int, seed: int = 0) -> list[list[Any]]:
+    """`n_shuffles` permutations of `labels` (seeded): rebuild the intervention from each to get its null. Each
+    shuffle keeps the label counts; none is the identity unless every permutation is (all labels equal)."""
+    if n_shuffles < 1:
+        raise ValueError(f"n_shuffles={n_shuffles} must be >= 1")
+    labels = list(labels)
+    if len(set(map(repr, labels))) < 2:
+        raise ValueError("labels has one value: shuffling it changes nothing")
+    rng = random.Random(seed)
+    out = []
+    while len(out) < n_shuffles:
+        shuffled = labels[:]
+        rng.shuffle(shuffled)
+        if shuffled != labels:
+            out.append(shuffled)
+    return out
+
+
+def label_shuffled_null(effect_of: Callable[[list[Any]], float], labels: Sequence[Any], n_shuffles: int = 20,
+                        seed: int = 0) -> list[float]:
+    """The effects `effect_of(labels)` gives on shuffled labels (the whole pipeline, built and measured again per
+    shuffle): the distribution the real effect is ranked in (`lib.kits.uncertainty.rank_p_value`)."""
+    return [float(effect_of(shuffled)) for shuffled in shuffled_labels(labels, n_shuffles, seed)]

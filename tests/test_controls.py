@@ -1,0 +1,68 @@
+"""Controls of lib.kits.controls: a KL-matched random direction reaches its target KL (re-measured independently),
+the scale search on a known curve, and a label-shuffled null that centres on zero where the real labels do not."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pytest
+import torch
+from conftest import TEXTS, ByteTokenizer
+
+from lib.evals import next_token_kl
+from lib.hooks import Steering
+from lib.kits.controls import kl_matched_random, label_shuffled_null, match_kl, shuffled_labels
+from lib.models import hidden_size, tiny_model
+from lib.vectors import SteeringVector
+
+
+def test_match_kl_finds_the_scale_on_a_known_curve():
+    """KL(s) = 0.3 s^2 (the small-coefficient regime of an added direction): the target 1.2 is at s = 2."""
+    match = match_kl(lambda scales: [0.3 * s * s for s in scales], 1.2, rel_tol=0.01)
+    assert match.relative_error <= 0.01 and match.scale == pytest.approx(2.0, rel=0.01)
+    far = match_kl(lambda scales: [1e-4 * s * s for s in scales], 5.0, rel_tol=0.05)  # needs many doublings
+    assert far.relative_error <= 0.05 and far.scale == pytest.approx(math.sqrt(5e4), rel=0.03)
+    with pytest.raises(ValueError, match="no scale reached"):
+        match_kl(lambda scales: [0.5 for _ in scales], 1.0)  # flat: never reaches it
+    with pytest.raises(ValueError, match="target"):
+        match_kl(lambda scales: scales, 0.0)
+
+
+def test_kl_matched_random_reaches_the_target_within_5_percent():
+    model, tokenizer = tiny_model("llama", seed=4), ByteTokenizer()
+    generator = torch.Generator().manual_seed(0)
+    vector = SteeringVector({1: torch.randn(hidden_size(model), generator=generator) * 0.02})  # residual-sized
+    # the target: what the vector does at coefficient 2 (about 4x its KL at 1, so a norm-matched direction misses)
+    target = float(next_token_kl(model, tokenizer, TEXTS, steering=Steering(vector), coefficients=[2.0],
+                                 progress=False)[0])
+    control, match = kl_matched_random(model, tokenizer, vector, target, texts=TEXTS, seed=1)
+    again = float(next_token_kl(model, tokenizer, TEXTS, steering=Steering(control), coefficients=[1.0],
+                                progress=False)[0])  # measured anew, not read from the search
+    assert abs(again - target) <= 0.05 * target
+    assert control.meta["method"] == "random_kl_matched" and control.meta["target_kl"] == target
+    norm_matched = float(next_token_kl(model, tokenizer, TEXTS, steering=Steering(control * (1 / match.scale)),
+                                       coefficients=[1.0], progress=False)[0])
+    assert abs(norm_matched - target) > 0.05 * target  # the norm-matched direction alone would not have matched
+    cosine = torch.nn.functional.cosine_similarity(control[1], vector[1], dim=0)
+    assert abs(float(cosine)) < 0.5  # a random direction, not the vector
+
+
+def test_label_shuffled_null_centres_on_zero():
+    rng = np.random.default_rng(0)
+    labels = [i % 2 for i in range(60)]
+    values = np.array(labels) * 1.0 + rng.normal(0, 1, 60)  # the real labels carry a difference of 1.0
+
+    def effect_of(assigned):
+        assigned = np.array(assigned)
+        return float(values[assigned == 1].mean() - values[assigned == 0].mean())
+
+    real = effect_of(labels)
+    null = np.array(label_shuffled_null(effect_of, labels, n_shuffles=200, seed=1))
+    assert abs(null.mean()) < 3 * null.std() / math.sqrt(len(null))
+    assert real > np.quantile(null, 0.99)
+    shuffles = shuffled_labels(labels, 5, seed=2)
+    assert all(sorted(s) == sorted(labels) and s != labels for s in shuffles)
+    assert shuffles == shuffled_labels(labels, 5, seed=2)
+    with pytest.raises(ValueError, match="one value"):
+        shuffled_labels([1, 1, 1], 3)
