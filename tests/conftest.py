@@ -44,6 +44,17 @@ def tiny_folder(tmp_path_factory):
     return folder
 
 
+@contextmanager
+def one_thread() -> Iterator[None]:
+    """torch on one thread for the block: a 64-wide model gains nothing from two, and on a busy machine they spin."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(threads)
+
+
 @pytest.fixture
 def isolated_cache(tmp_path, monkeypatch):
     monkeypatch.setenv("STEERLAB_CACHE", str(tmp_path / "cache"))

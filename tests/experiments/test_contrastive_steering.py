@@ -7,7 +7,15 @@ from __future__ import annotations
 
 import pytest
 import torch
-from conftest import ByteTokenizer, hand_block_outputs, hand_greedy, hand_kl, hand_reply_logprob, hand_steering
+from conftest import (
+    ByteTokenizer,
+    hand_block_outputs,
+    hand_greedy,
+    hand_kl,
+    hand_reply_logprob,
+    hand_steering,
+    one_thread,
+)
 
 from lib.experiments import contrastive_steering as cs
 from lib.experiments.contrastive_steering import ContrastiveConfig, ContrastiveData
@@ -22,10 +30,8 @@ N_LAYERS = 3
 
 @pytest.fixture(scope="module")
 def model():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)  # a 64-wide model gains nothing from two threads, and on a busy machine they spin
-    yield tiny_model("llama", n_layers=N_LAYERS, seed=21)
-    torch.set_num_threads(threads)
+    with one_thread():
+        yield tiny_model("llama", n_layers=N_LAYERS, seed=21)
 
 
 def _cfg(**overrides) -> ContrastiveConfig:

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import pytest
 import torch
-from conftest import hand_block_outputs, hand_greedy, hand_kl, hand_steering
+from conftest import hand_block_outputs, hand_greedy, hand_kl, hand_steering, one_thread
 
 from lib.experiments import math_steering as ms
 from lib.experiments.math_steering import MathSteeringConfig
@@ -36,10 +36,8 @@ def folders(tiny_folder, tmp_path_factory):
         model.lm_head.weight.mul_(30.0)
     model.save_pretrained(finetuned)
     tokenizer.save_pretrained(finetuned)
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)  # a 64-wide model gains nothing from two threads, and on a busy machine they spin
-    yield tiny_folder, finetuned
-    torch.set_num_threads(threads)
+    with one_thread():
+        yield tiny_folder, finetuned
 
 
 def _cfg(folders, **overrides) -> MathSteeringConfig:

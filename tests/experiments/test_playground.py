@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from conftest import ByteTokenizer, hand_greedy, hand_kl
+from conftest import ByteTokenizer, hand_greedy, hand_kl, one_thread
 
 from lib.experiments import playground as experiment
 from lib.experiments.playground import PlaygroundConfig
@@ -27,10 +27,8 @@ NEW = 6
 
 @pytest.fixture(scope="module")
 def model():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)  # a 64-wide model gains nothing from two threads, and on a busy machine they spin
-    yield tiny_model("llama", n_layers=3, seed=41)
-    torch.set_num_threads(threads)
+    with one_thread():
+        yield tiny_model("llama", n_layers=3, seed=41)
 
 
 @pytest.fixture(scope="module")

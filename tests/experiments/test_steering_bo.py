@@ -9,7 +9,7 @@ import json
 
 import pytest
 import torch
-from conftest import ByteTokenizer, hand_greedy, hand_reply_logprob, hand_steering
+from conftest import ByteTokenizer, hand_greedy, hand_reply_logprob, hand_steering, one_thread
 
 from lib.experiments import steering_bo as bo
 from lib.experiments.steering_bo import BOSteeringConfig
@@ -26,10 +26,8 @@ NEW = 4
 
 @pytest.fixture(scope="module")
 def model():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)  # a 64-wide model gains nothing from two threads, and on a busy machine they spin
-    yield tiny_model("llama", n_layers=N_LAYERS, seed=31)
-    torch.set_num_threads(threads)
+    with one_thread():
+        yield tiny_model("llama", n_layers=N_LAYERS, seed=31)
 
 
 @pytest.fixture(scope="module")
