@@ -31,6 +31,7 @@ import torch
 from safetensors.torch import load_file, save_file
 from torch import nn
 
+from lib.hooks import real_number
 from lib.interventions import editing_weights
 from lib.io import atomic_write, file_sha256, write_json
 
@@ -201,9 +202,7 @@ def apply_delta(model: nn.Module, delta: WeightDelta, coefficient: float = 1.0) 
     A copy of every touched parameter is saved before the edit and copied back in `finally`, so the weights
     afterwards are bit-identical to before, also when the block raises.
     """
-    coefficient = float(coefficient)
-    if not torch.isfinite(torch.tensor(coefficient)):
-        raise ValueError(f"coefficient={coefficient} must be finite")
+    coefficient = real_number(coefficient, "coefficient")  # the one number check: "2.5" is refused, not parsed
     touched = check_delta(model, delta)
     saved = {name: param.detach().clone() for name, param in touched.items()}
     try:

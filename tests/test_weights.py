@@ -282,3 +282,15 @@ def test_unknown_names_raise_naming_roles_and_the_override_wins():
     with pytest.raises(ValueError, match="not a role"):
         module_role(name, roles={"w1": "ffn"})
     assert output_axis("transformer.h.0.attn.c_proj.weight", transposed=set()) == 0  # GPTBigCode-style override
+
+
+@pytest.mark.parametrize(("coefficient", "named"), [("2.5", "coefficient='2.5' is a str"), (True, "is a bool"),
+                                                    (float("nan"), "must be finite")])
+def test_apply_delta_refuses_a_non_number_before_touching_weights(base, coefficient, named):
+    """float("2.5") took a string coefficient silently (as steer's weight did); the weights stay untouched."""
+    name = "model.layers.0.mlp.down_proj.weight"
+    delta = WeightDelta({name: torch.ones_like(base.get_submodule(name.rsplit(".", 1)[0]).weight)})
+    before = {key: value.clone() for key, value in base.state_dict().items()}
+    with pytest.raises(ValueError, match=named), apply_delta(base, delta, coefficient):
+        pass
+    assert all(torch.equal(before[key], value) for key, value in base.state_dict().items())
