@@ -186,7 +186,7 @@ peers-env:
     .venv-peers/bin/python -m pip install -q -r peers/requirements.txt
     echo "$want" > .venv-peers/.installed
 
-# llama.cpp's llama-completion, built once from PyPI's llama-cpp-python sdist into ~/.cache/steerlab (10-30 min)
+# llama.cpp's llama-completion, llama-cvector-generator and llama-server, built once from PyPI's llama-cpp-python sdist into ~/.cache/steerlab (10-30 min)
 build-llamacpp:
     nice -n 5 peers/build_llamacpp.sh
 
@@ -196,7 +196,15 @@ serve-check *ARGS: build-llamacpp
 
 # parity with steering-vectors/repeng and llama.cpp agreement (builds .venv-peers and llama.cpp on first use)
 test-peers *ARGS: peers-env build-llamacpp
-    {{py}} -m pytest -q -m "peers or llamacpp" tests/test_peers.py tests/test_llamacpp.py "$@"
+    {{py}} -m pytest -q -m "peers or llamacpp" tests/test_peers.py tests/test_llamacpp.py tests/test_judge_server.py "$@"
+
+# the LLM judge (lib.kits.judge) against llama.cpp's llama-server on the embedded GGUF: scores, cache, a killed server
+test-judge *ARGS: build-llamacpp
+    {{py}} -m pytest -q -m llamacpp tests/test_judge_server.py "$@"
+
+# the LLM judge's judged texts per second, concurrency 4 vs 1, against a local llama-server -> out/bench/judge.md
+bench-judge: build-llamacpp
+    {{py}} benchmarks/judge.py
 
 # sync .ipynb pairs from the .py sources
 sync:
