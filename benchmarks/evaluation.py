@@ -1,7 +1,8 @@
 """The evaluation kit's cost on the embedded default; writes out/bench/evaluation.{md,json}.
 
-Row (issue "One evaluation kit"): `compare` over K=4 conditions (unsteered, two vector coefficients, a system
-prompt) on 16 two-choice items in both orders, as one call, vs K calls of one condition each; target <= 0.65.
+Rows (issue "One evaluation kit"): `compare` over K=4 conditions (unsteered, two vector coefficients, a system
+prompt) on 16 two-choice items in both orders, as one call, vs K calls of one condition each; target <= 0.65. And
+`compare` of one vector on a 5-point coefficient grid (one call) vs 5 calls of one coefficient each (same target).
 Alternated pairs, as every timed row of ./just bench (benchmarks/steering.py's `paired`).
 """
 
@@ -42,18 +43,31 @@ def main() -> None:
         for condition in conditions:
             compare(model, tokenizer, [condition], scorer, neutral_texts=texts, n_boot=200)
 
-    row = paired(separately, together).row(f"compare: {len(conditions)} conditions in one call / "
-                                           f"{len(conditions)} calls of one", "<= 0.65")
+    rows = [paired(separately, together).row(f"compare: {len(conditions)} conditions in one call / "
+                                             f"{len(conditions)} calls of one", "<= 0.65")]
+    grid = [-4.0, -2.0, 0.0, 2.0, 4.0]
+    family = [steered("vector", vector, 1.0)]
+
+    def on_a_grid() -> None:
+        compare(model, tokenizer, family, scorer, coefficients=grid, neutral_texts=texts, n_boot=200)
+
+    def one_coefficient_each() -> None:
+        for coefficient in grid:
+            compare(model, tokenizer, [steered("vector", vector, coefficient)], scorer, neutral_texts=texts,
+                    n_boot=200)
+
+    rows.append(paired(one_coefficient_each, on_a_grid).row(
+        f"compare: a {len(grid)}-point coefficient grid in one call / {len(grid)} calls of one", "<= 0.65"))
     lines = ["| comparison | reference s | measured s | ratio (median of pairs) | pair ratios min-max | target |",
-             "|---|---|---|---|---|---|",
-             f"| {row['comparison']} | {row['reference_s']:.3f} | {row['measured_s']:.3f} | {row['ratio']:.3f} | "
-             f"{row['ratio_min']:.3f}-{row['ratio_max']:.3f} | {row['target']} |"]
+             "|---|---|---|---|---|---|"]
+    lines += [f"| {row['comparison']} | {row['reference_s']:.3f} | {row['measured_s']:.3f} | {row['ratio']:.3f} | "
+              f"{row['ratio_min']:.3f}-{row['ratio_max']:.3f} | {row['target']} |" for row in rows]
     header = (f"Evaluation kit, embedded default, torch {torch.__version__}, {torch.get_num_threads()} threads, "
               f"{time.strftime('%Y-%m-%d %H:%M')}, {REPEATS} alternated pairs; 16 items x 2 orders\n\n")
     out = REPO_ROOT / "out" / "bench"
     out.mkdir(parents=True, exist_ok=True)
     atomic_write(out / "evaluation.md", header + "\n".join(lines) + "\n")
-    atomic_write(out / "evaluation.json", json.dumps([row], indent=2))
+    atomic_write(out / "evaluation.json", json.dumps(rows, indent=2))
     print(header + "\n".join(lines))
 
 

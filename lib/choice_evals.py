@@ -8,7 +8,8 @@ phrased (the convention of CAA, Rimsky et al. 2024, and of weight steering, Fier
 `pmass`, the probability mass on all answer tokens, is reported beside every score: a steered model that stops
 answering moves the log-ratio without having changed its mind. On the embedded default the prompt format decides
 pmass (0.94 for (A)/(B) with the assistant turn prefilled with "(", 0.57 for Yes/No; journal, 2026-11-24,
-weight steering), so the format is chosen on validation rows (`choose_format`).
+weight steering), so the format is chosen on validation items (`lib.kits.two_choice.choose_answer_format`: pmass,
+then headroom, in both answer orders).
 """
 
 from __future__ import annotations
@@ -151,15 +152,3 @@ def summarize(scored: dict[str, torch.Tensor], low_pmass: float = LOW_PMASS) -> 
     if "logratio" in scored:
         summary["first_bias"] = float(scored["logratio"].double().mean())
     return summary
-
-
-def choose_format(model: nn.Module, tokenizer: Any, rows_by_format: dict[str, tuple[AnswerFormat, list[ChoiceRow]]],
-                  batch_size: int = 16, progress: bool = True) -> tuple[str, dict[str, dict[str, float]]]:
-    """The format with the highest mean pmass on (validation) rows, and every format's summary: a format the model
-    does not answer in cannot measure a change of mind."""
-    if not rows_by_format:
-        raise ValueError("rows_by_format is empty: give at least one candidate format")
-    summaries = {name: summarize(score_rows(model, tokenizer, rows, fmt, batch_size=batch_size, progress=progress))
-                 for name, (fmt, rows) in rows_by_format.items()}
-    best = max(summaries, key=lambda name: summaries[name]["pmass"])
-    return best, summaries

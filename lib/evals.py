@@ -88,6 +88,7 @@ def text_logprobs(
     *,
     rendering: Rendering = "raw",
     system: str | None = None,
+    instruction: str = NEUTRAL_INSTRUCTION,
     steering: Steering | None = None,
     coefficients: Sequence[float] | None = None,
     batch_size: int = 16,
@@ -100,20 +101,21 @@ def text_logprobs(
     in", item 6).
 
     - "raw": the text alone, tokenized with the tokenizer's special tokens; every real position.
-    - "chat_reply": the text as the assistant's reply to `NEUTRAL_INSTRUCTION` (`system` replaces the default system
-      prompt); the positions that predict the text's tokens.
+    - "chat_reply": the text as the assistant's reply to `instruction` (default `NEUTRAL_INSTRUCTION`; `system`
+      replaces the default system prompt); the positions that predict the text's tokens.
 
     `coefficients` (one per text) go with `steering`. `reduce(i, logprobs)`, where given, is applied to text i's
     log-probs as its batch runs and its result is kept instead (a KL sum keeps one batch of log-probs in memory)."""
     if rendering == "raw":
-        if system is not None:
-            raise ValueError("system= is part of the chat_reply rendering; rendering='raw' reads the text alone")
+        if system is not None or instruction != NEUTRAL_INSTRUCTION:
+            raise ValueError("system= and instruction= are part of the chat_reply rendering; rendering='raw' reads "
+                             "the text alone")
         rows = encode(tokenizer, texts, chat=False)
 
         def positions(index: int, logprobs: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
             return logprobs[mask.bool()]
     elif rendering == "chat_reply":
-        context = encode(tokenizer, [render_chat(tokenizer, NEUTRAL_INSTRUCTION, system=system)], chat=True)[0]
+        context = encode(tokenizer, [render_chat(tokenizer, instruction, system=system)], chat=True)[0]
         text_ids = [tokenizer(text, add_special_tokens=False)["input_ids"] for text in texts]
         rows = [context + ids for ids in text_ids]
 

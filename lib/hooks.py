@@ -12,6 +12,7 @@ record that `run_batches` applies batch by batch.
 
 from __future__ import annotations
 
+import contextlib
 import math
 import numbers
 from collections.abc import Iterator, Mapping, Sequence
@@ -393,5 +394,7 @@ class Steering:
         """The `steer` context for one batch: `rows` picks that batch's entries of per-row vectors, `coefficients`
         are its rows' strengths."""
         vector = self.vector[rows] if rows is not None and per_row(self.vector) else self.vector  # type: ignore[index]
+        if vector is not self.vector and all(v is None for v in vector) and any(v is not None for v in self.vector):
+            return contextlib.nullcontext()  # this batch holds only unsteered rows of a job that steers others
         return steer(model, vector, self.weight, layers=self.layers, positions=self.positions,
                      coefficients=coefficients, layers_path=self.layers_path)

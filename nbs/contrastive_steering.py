@@ -18,8 +18,9 @@
 # applied) of a **target** and a **baseline** subset give `vector = mean(target) - mean(baseline)`.
 # We add `scale * vector` at one layer and look at (1) side-by-side generations and (2) a number a
 # sweep can plot: the log-probability gap between held-out target and baseline replies against
-# scale, beside its cost, the KL from the unsteered next-token distribution on neutral text, with a
-# norm-matched random direction as the control. With `curve_prompts="neutral"` every reply follows
+# scale, beside its cost, the KL from the unsteered next-token distribution on neutral text, with
+# random directions matched to the vector's KL at each scale as the control (the evaluation kit,
+# docs/evaluation.md). With `curve_prompts="neutral"` every reply follows
 # the same neutral prompts (does steering make the target *style* more likely anywhere?); with
 # `"own"` each reply follows its own prompt.
 #
@@ -45,6 +46,7 @@ temperature = 0.0
 curve_scales = [0.0, 1.0, 2.0, 4.0, 8.0]
 curve_prompts = "neutral"
 random_control = True
+n_random = 1  # KL-matched random directions per scale (the rank p-value's floor is 1 / (n_random + 1))
 batch_size = 16
 seed = 0
 out_dir = ""

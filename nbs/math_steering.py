@@ -19,8 +19,9 @@
 # of a completion the finetuned model wrote (`reduction="completion_mean"`; `"prompt_last"` and
 # `"all_mean"` are the alternatives). Then base + `w * vector` at every layer is scored on the same eval
 # set, generation settings and scoring as training, for every `w` in `weights` in one batched pass,
-# beside the base and the finetuned model. A norm-matched random direction is the control, and the KL
-# from the base on neutral text tells "steering helped" from "steering broke the model".
+# beside the base and the finetuned model. A random direction scaled to the vector's KL at each weight is
+# the control (the evaluation kit, docs/evaluation.md), every pass@1 change has a paired interval over
+# problems, and the KL from the base on neutral text tells "steering helped" from "steering broke the model".
 #
 # Reference (Qwen2.5-7B-Instruct, 20 MATH problems, pass@1): base 33.75%, GRPO 56%, steered in between.
 # Use the same `source`, `train_size`, `eval_size` and `seed` as the training run.

@@ -20,12 +20,17 @@
 # persona prompt; each is merged into dense weights (merged minus base), and the base is steered with
 # `coeff * (dW_pos - dW_neg)`.
 #
-# Every method is scored on the same held-out rows by the answer-token log-ratio, signed so that positive means more
-# of the target behaviour, with `pmass` (probability on the answer tokens) and the fraction of rows under
-# `low_pmass` beside it; the answer format is the one with the highest pmass on validation rows. Baselines: no
+# Every method is scored on the same held-out items by the answer-token log-ratio, signed so that positive means more
+# of the target behaviour, in **both answer orders** (the evaluation kit, docs/evaluation.md): the score is the
+# content score (the mean of the two orders), `first_bias` the position bias (half their difference), and the items
+# are split with the target answer first in exactly half of each part. `pmass` (probability on the answer tokens)
+# and the fraction of items under `low_pmass` stand beside it; the answer format is chosen on validation items among
+# those with pmass >= `low_pmass`, by the most headroom (every format's reading is kept). Baselines: no
 # intervention, a simple and an engineered persona prompt (+1 positive, -1 negative), and activation steering with a
 # vector from the same persona replies at the layer chosen on validation rows. Side effect: KL from the base on
-# neutral text for every method, so methods are compared at matched side effects. Weight steering is repeated over
+# neutral text for every method, so methods are compared at matched side effects: each curve is read where it
+# reaches KL = `kl_budget`, with an interval over items. The control of each trained dW is a random delta with its
+# per-tensor norms scaled to its KL at each coefficient (`random_deltas`). Weight steering is repeated over
 # `n_seeds` adapter seeds: mean +- std and sign agreement, never one seed.
 #
 # `contrast_source` chooses what the adapters and the activation vector learn: `"persona"` (the recipe above),
@@ -64,6 +69,7 @@ layer_search_coeff = 2.0
 vector_coeffs = [-4.0, -2.0, -1.0, -0.5, 0.0, 0.5, 1.0, 2.0, 4.0]
 kl_budget = 0.25
 low_pmass = 0.5
+random_deltas = True  # a KL-matched random delta per family, seed and coefficient: the control
 save_deltas = False
 stop_after = "all"  # "headroom" | "contrast" | "all": the checks alone, before anything trains
 batch_size = 16
@@ -96,8 +102,9 @@ print(f"out: {out}")
 # %%
 states = {behaviour: ws.add_first_bias(ws.run_behaviour(cfg, base, tokenizer, behaviour, out), behaviour)
           for behaviour in cfg.behaviours}
-pd.DataFrame({b: {"format": s["format"], **{f"val pmass {k}": round(v["pmass"], 3)
-                                             for k, v in s["format_pmass"].items()}} for b, s in states.items()})
+pd.DataFrame({b: {"format": s["format"], "criterion": s.get("format_criterion"),
+                  **{f"val {k} {m}": round(v[m], 3) for k, v in s["format_pmass"].items()
+                     for m in ("pmass", "headroom") if m in v}} for b, s in states.items()})
 
 # %% [markdown]
 # ## Before ranking methods: headroom and contrast
@@ -114,8 +121,9 @@ contrast.round(3)
 
 # %% [markdown]
 # ## Comparison table (score delta vs the base on identical test rows)
-# `first_bias` is the unsigned first-minus-second log-ratio: a method that only shifts the preference for "(A)" moves
-# it without moving the signed score (unless target-first rows are unbalanced).
+# `score` is the content score of both answer orders; `first_bias` the position bias (the preference for "(A)" or
+# "Yes" whatever the item): a method that only shifts it no longer moves the score. `random_delta` rows are the
+# KL-matched controls of the weight rows above them.
 
 # %%
 table = ws.comparison_table([e for s in states.values() for e in s["entries"]])
@@ -131,9 +139,14 @@ seeds.to_csv(out / "seeds.csv", index=False)
 seeds.round(3)
 
 # %% [markdown]
-# ## At matched side effect (KL <= kl_budget)
+# ## At matched side effect: each curve where it reaches KL = kl_budget
+# Interpolated along the coefficients on each side of 0, with a 95% interval over test items (NaN: the curve never
+# gets there); the prompts at their own KL. Below it, the older reading: the largest change with KL <= kl_budget.
 
 # %%
+matched_at_kl = ws.matched_kl_table([e for s in states.values() for e in s["entries"]], cfg.kl_budget, cfg.seed)
+matched_at_kl.to_csv(out / "matched_at_kl.csv", index=False)
+display(matched_at_kl.round(3))
 matched = ws.matched_table(table, cfg.kl_budget)
 matched.to_csv(out / "matched.csv", index=False)
 matched.round(3)

@@ -66,3 +66,46 @@ def test_label_shuffled_null_centres_on_zero():
     assert shuffles == shuffled_labels(labels, 5, seed=2)
     with pytest.raises(ValueError, match="one value"):
         shuffled_labels([1, 1, 1], 3)
+
+
+def test_kl_matched_random_delta_reaches_the_target_by_a_hand_weight_edit():
+    """The random delta's KL re-measured by hand: the weights edited and restored by the test, one unpadded row per
+    text read as the reply to the neutral instruction (the chat_reply rendering)."""
+    from lib.evals import NEUTRAL_INSTRUCTION
+    from lib.generation import render_chat
+    from lib.kits.controls import kl_matched_random_delta
+    from lib.weights import WeightDelta
+
+    model, tokenizer = tiny_model("llama", seed=4), ByteTokenizer(chat=True)
+    name = "model.layers.0.mlp.down_proj.weight"
+    delta = WeightDelta({name: torch.randn(model.get_parameter(name).shape,
+                                                generator=torch.Generator().manual_seed(0)) * 0.02})
+    texts = TEXTS[:3]
+    prompt = tokenizer(render_chat(tokenizer, NEUTRAL_INSTRUCTION), add_special_tokens=False)["input_ids"]
+
+    @torch.no_grad()
+    def hand_kl(edit: WeightDelta | None) -> float:
+        total, count = 0.0, 0
+        for text in texts:
+            reply = tokenizer(text, add_special_tokens=False)["input_ids"]
+            ids = torch.tensor([prompt + reply])
+            sides = []
+            for side in (None, edit):
+                saved = model.get_parameter(name).detach().clone()
+                if side is not None:
+                    model.get_parameter(name).add_(side[name])
+                logits = model(ids).logits[0].double()
+                model.get_parameter(name).copy_(saved)
+                sides.append(torch.log_softmax(logits[len(prompt) - 1: -1], dim=-1))
+            total += float((sides[0].exp() * (sides[0] - sides[1])).sum())
+            count += len(reply)
+        return total / count
+
+    target = hand_kl(delta * 3.0)
+    before = model.get_parameter(name).detach().clone()
+    control, match = kl_matched_random_delta(model, tokenizer, delta, target, texts=texts, seed=2)
+    assert torch.equal(model.get_parameter(name), before)  # every probe restored the weights
+    assert abs(hand_kl(control) - target) <= 0.05 * target
+    assert abs(hand_kl(control * (1 / match.scale)) - target) > 0.05 * target  # norm matching alone would miss
+    cosine = torch.nn.functional.cosine_similarity(control[name].flatten(), delta[name].flatten(), dim=0)
+    assert abs(float(cosine)) < 0.1

@@ -79,14 +79,15 @@ def test_two_choice_conditions_batched_equal_each_condition_alone():
     assert table.comparisons.iloc[0] == 12  # 4 conditions beside the baseline x 3 metrics
 
 
-def _hand_kl(model, tokenizer, system, texts, context=None) -> float:
-    """KL(unsteered || condition) per token of each text read as the reply to the neutral instruction, one plain
-    unpadded forward per text and side."""
+def _hand_kl(model, tokenizer, system, texts, context=None, prefix="") -> float:
+    """KL(unsteered || condition) per token of each text read as the reply to the neutral instruction (with
+    `prefix` before it on the condition's side), one plain unpadded forward per text and side."""
     total, count = 0.0, 0
     for text in texts:
         sides = []
         for side, which in enumerate((None, system)):
-            prompt = tokenizer(render_chat(tokenizer, NEUTRAL_INSTRUCTION, system=which), add_special_tokens=False)
+            instruction = (prefix if side == 1 else "") + NEUTRAL_INSTRUCTION
+            prompt = tokenizer(render_chat(tokenizer, instruction, system=which), add_special_tokens=False)
             ids = prompt["input_ids"] + tokenizer(text, add_special_tokens=False)["input_ids"]
             with torch.no_grad(), (context() if context is not None and side == 1 else contextlib.nullcontext()):
                 logits = model(input_ids=torch.tensor([ids])).logits[0].double()
@@ -106,6 +107,14 @@ def test_side_effect_kl_of_a_prompt_and_a_vector_by_hand():
                                                    lambda: steer(model, vector, 3.0)), rel=1e-4)
     assert kls["delta"] == pytest.approx(_hand_kl(model, tokenizer, None, NEUTRAL,
                                                   lambda: apply_delta(model, delta, 1.0)), rel=1e-4)
+    assert kls["both"] == pytest.approx(_hand_kl(model, tokenizer, "Be terse.", NEUTRAL,
+                                                 lambda: steer(model, vector, -2.0)), rel=1e-4)
+    prefixed = side_effect_kl(model, tokenizer, [prompted("prefix", prefix="Talk like a pirate. ")], NEUTRAL)
+    assert prefixed["prefix"] > 1e-4  # a prefix changes the neutral reply's context: never a silent zero
+    assert prefixed["prefix"] == pytest.approx(_hand_kl(model, tokenizer, None, NEUTRAL,
+                                                        prefix="Talk like a pirate. "), rel=1e-4)
+    with pytest.raises(ValueError, match="rendering='raw'"):
+        side_effect_kl(model, tokenizer, conditions, NEUTRAL, rendering="raw")
 
 
 def test_continuations_and_generated_text_and_random_controls():
@@ -146,3 +155,129 @@ def test_generated_text_with_random_controls_scores_fluency_for_the_controls_too
                     n_random=1, n_boot=200)
     rows = table[table.condition == "vector"].set_index("metric")
     assert set(rows.index) == {"degenerate", "length", "fluency_nll"} and (rows.control_floor == 0.5).all()
+
+
+# ----------------------------------------------------------------------------- a coefficient grid
+
+
+def _hand_pair(model, tokenizer, prompts, targets, baseline_prompts, baselines, context) -> np.ndarray:
+    """Per unit: mean log p per token of the target after its prompt minus the baseline after its own, one
+    unpadded row at a time inside `context` (a hand hook or a hand weight edit)."""
+    from conftest import hand_reply_logprob
+
+    def ids(text):
+        return tokenizer(text, add_special_tokens=False)["input_ids"]
+
+    out = []
+    with context():
+        for p, t, q, b in zip(prompts, targets, baseline_prompts, baselines, strict=True):
+            out.append(hand_reply_logprob(model, ids(render_chat(tokenizer, p)), ids(t))
+                       - hand_reply_logprob(model, ids(render_chat(tokenizer, q)), ids(b)))
+    return np.array(out)
+
+
+@contextlib.contextmanager
+def _hand_edit(model, delta, coefficient):
+    """The delta added to the weights by hand and the saved copy put back."""
+    saved = {name: model.get_parameter(name).detach().clone() for name in delta.names}
+    with torch.no_grad():
+        for name in delta.names:
+            model.get_parameter(name).add_(coefficient * delta[name])
+    try:
+        yield
+    finally:
+        with torch.no_grad():
+            for name, value in saved.items():
+                model.get_parameter(name).copy_(value)
+
+
+def test_a_grid_runs_every_coefficient_and_reads_as_curves_matched_kl_and_slopes_by_hand():
+    from conftest import hand_steering
+
+    from lib.kits.evaluation import at_matched_kl, curves, on_grid, slopes
+
+    model, tokenizer, vector, delta, _ = _setup()
+    prompts, baseline_prompts = ["Say it", "Tell me", "Go on"], ["Write", "Explain", "Answer"]
+    targets, baselines = ["arr matey", "ahoy", "yo ho"], ["hello there", "hi", "good day"]
+    pair = ContinuationPair(prompts, targets, baselines, baseline_prompts=baseline_prompts)
+    grid = [-2.0, -1.0, 0.0, 1.0, 2.0]
+    conditions = [unsteered(), steered("vector", vector, 1.0), with_delta("delta", delta, 1.0),
+                  prompted("persona", system="You are a pirate.")]
+    table = compare(model, tokenizer, conditions, pair, coefficients=grid, baseline="unsteered",
+                    neutral_texts=NEUTRAL, n_boot=200)
+    main = table[table.metric == "logprob_difference"]
+    assert len(main) == 2 + 2 * len(grid)  # unsteered, persona, and both families at every coefficient
+    assert set(table.metric) == {"logprob_difference", "target_logprob", "baseline_logprob"}
+    plain = _hand_pair(model, tokenizer, prompts, targets, baseline_prompts, baselines, contextlib.nullcontext)
+    by_hand = {}
+    for c in grid:
+        by_hand[("vector", c)] = _hand_pair(model, tokenizer, prompts, targets, baseline_prompts, baselines,
+                                            lambda c=c: hand_steering(model, {1: c * vector[1]}))
+        by_hand[("delta", c)] = _hand_pair(model, tokenizer, prompts, targets, baseline_prompts, baselines,
+                                           lambda c=c: _hand_edit(model, delta, c))
+    for (family, c), values in by_hand.items():
+        row = main[main.condition == f"{family}@{c:g}"].iloc[0]
+        assert row["family"] == family and row["coefficient"] == c
+        assert row["value"] == pytest.approx(values.mean(), abs=1e-5), (family, c)
+        assert row["effect"] == pytest.approx((values - plain).mean(), abs=1e-5), (family, c)
+    assert table[table.condition == "vector@0"].kl.iloc[0] == pytest.approx(0.0, abs=1e-7)
+
+    curve = curves(table)
+    assert list(curve[curve.family == "vector"].coefficient) == grid
+    target = float(curve[(curve.family == "vector") & (curve.coefficient == 2.0)].kl.iloc[0]) * 0.6
+    matched = at_matched_kl(table, [target]).set_index(["family", "side"])
+    positive = curve[(curve.family == "vector") & (curve.coefficient >= 0)]
+    assert positive.kl.is_monotonic_increasing
+    assert matched.loc[("vector", "+"), "effect"] == pytest.approx(
+        np.interp(target, positive.kl, positive.effect), abs=1e-9)
+    assert set(matched.index) == {("vector", "+"), ("vector", "-"), ("delta", "+"), ("delta", "-")}
+    assert np.isnan(at_matched_kl(table, [1e6]).effect).all()  # no curve reaches it: NaN, never extrapolated
+
+    fitted = slopes(table, linear_up_to=1.0).set_index("family")
+    small = [-1.0, 0.0, 1.0]
+    units = np.array([by_hand[("vector", c)] for c in small]).T  # [units, coefficients]
+    per_unit = np.array([np.polyfit(small, row, 1)[0] for row in units])
+    assert fitted.loc["vector", "steerability"] == pytest.approx(per_unit.mean(), abs=1e-5)
+    assert fitted.loc["vector", "fraction_anti_steerable"] == pytest.approx(
+        np.mean(np.sign(per_unit) == -np.sign(per_unit.mean())))
+
+    names = [c.name for c in on_grid(conditions, [0.5, 1.0])]
+    assert names == ["unsteered", "vector@0.5", "vector@1", "delta@0.5", "delta@1", "persona"]
+    with pytest.raises(ValueError, match="repeats"):
+        on_grid(conditions, [1.0, 1.0])
+    with pytest.raises(ValueError, match="empty"):
+        on_grid(conditions, [])
+    with pytest.raises(ValueError, match="disagree"):
+        compare(model, tokenizer, conditions, pair, baseline="unsteered", n_random=3, control_floor=0.5)
+    with pytest.raises(ValueError, match="one target and one baseline per unit"):
+        ContinuationPair(prompts, targets, baselines[:2])
+
+
+def test_control_floor_sets_the_number_of_random_controls_and_deltas_get_kl_matched_ones():
+    model, tokenizer, vector, delta, _ = _setup()
+    pair = ContinuationPair(["Say it", "Tell me"], ["arr", "ahoy"], ["hello", "hi"])
+    table = compare(model, tokenizer, [unsteered(), steered("vector", vector, 3.0), with_delta("delta", delta, 4.0)],
+                    pair, baseline="unsteered", control_floor=0.5, neutral_texts=NEUTRAL, n_boot=200)
+    for name in ("vector", "delta"):
+        row = table[table.condition == name].iloc[0]
+        assert row["n_random"] == 1 and row["control_floor"] == 0.5
+        assert row["random_kl"] == pytest.approx(row["kl"], rel=0.05)  # matched in KL, measured again
+
+
+def test_a_control_that_cannot_reach_the_kl_is_noted_and_warned_never_dropped(monkeypatch):
+    """In a small model a random direction's KL can saturate below the vector's (seen on the tiny Llama): the row
+    says so in control_note, has no p-value, and a warning is raised (catches: the failure swallowed, or fatal)."""
+    import lib.kits.evaluation as evaluation
+    from lib.kits.controls import KLUnreachable
+
+    def unreachable(*args, **kwargs):
+        raise KLUnreachable("no scale reached KL 0.5 within 5% (closest: KL 0.2)")
+
+    monkeypatch.setattr(evaluation, "kl_matched_random", unreachable)
+    model, tokenizer, vector, _, conditions = _setup()
+    pair = ContinuationPair(["Say it", "Tell me"], ["arr", "ahoy"], ["hello", "hi"])
+    with pytest.warns(UserWarning, match="no KL-matched random control"):
+        table = compare(model, tokenizer, conditions[:2], pair, baseline="unsteered", n_random=2,
+                        neutral_texts=NEUTRAL, n_boot=200)
+    row = table[(table.condition == "vector") & (table.metric == "logprob_difference")].iloc[0]
+    assert "closest: KL 0.2" in row["control_note"] and np.isnan(row.get("control_p", np.nan))

@@ -152,11 +152,17 @@ def test_weight_steering_notebook_quick_preset(tmp_path):
                 "row_scores"]
         assert 0 < entries[(behaviour, "none", -1, 0.0)]["pmass"] <= 1
     seeds = results["seeds"]
+    ws_random = "random_delta"
     assert {row["n_seeds"] for row in seeds} == {2} and all("sign_agreement" in row for row in seeds)
     assert {"up_delta", "down_delta", "max_kl_tested"} <= set(results["matched"][0])
     assert results["summary"]["baseline"] is not None and set(results["summary"]["formats"]) == {"honesty",
                                                                                                   "sycophancy"}
-    for name in ("comparison.csv", "seeds.csv", "matched.csv", "comparison.png", "honesty_persona_pairs.json"):
+    # the evaluation kit: both answer orders, KL-matched random deltas, each curve read at the KL budget
+    assert results["summary"]["orders"] == {"honesty": "both", "sycophancy": "both"}
+    assert any(e["method"] == ws_random for e in results["entries"]) or any(results["random_notes"].values())
+    assert {"up_delta", "up_low", "up_high", "at_own_kl"} <= set(results["matched_at_kl"][0])
+    for name in ("comparison.csv", "seeds.csv", "matched.csv", "matched_at_kl.csv", "comparison.png",
+                 "honesty_persona_pairs.json"):
         assert (run_dir / name).stat().st_size > 100, name
     stamps = {path.name: path.stat().st_mtime_ns for path in run_dir.glob("*_partial.json")}
     record = json.loads((run_dir / "run.json").read_text())

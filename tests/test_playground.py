@@ -126,6 +126,29 @@ def test_kl_column_equals_next_token_kl_with_the_same_steering(tiny, positions):
     assert outputs.unsteered.kl == pytest.approx(0.0, abs=1e-7) and min(row.kl for row in outputs.steered) > 0
 
 
+def test_fluency_is_the_plain_models_nll_of_each_text_and_degenerate_texts_are_flagged(tiny):
+    """Each row's fluency_nll is the unsteered model's mean NLL per token of that row's text after the prompt, one
+    unpadded row by hand (catches: the NLL read under steering, or of another row's text); `degenerate` follows
+    the text (a looping steered text is flagged, and the HTML says so)."""
+    from conftest import hand_reply_logprob
+
+    from lib.generation import render_chat
+
+    model, tokenizer, vector = tiny
+    outputs = playground_outputs(model, tokenizer, PROMPT, vector, [1], [6.0], max_new_tokens=NEW)
+    prompt_ids = tokenizer(render_chat(tokenizer, PROMPT), add_special_tokens=False)["input_ids"]
+    for row in outputs.rows:
+        ids = tokenizer(row.text, add_special_tokens=False)["input_ids"]
+        if ids:
+            assert row.fluency_nll == pytest.approx(-hand_reply_logprob(model, prompt_ids, ids), abs=1e-5)
+        else:
+            assert math.isnan(row.fluency_nll) and row.degenerate
+    looping = kit.PlaygroundOutputs("p", [1], "all", 0.0, 4, 0, [
+        kit.PlaygroundRow(0.0, "a fine day", 0.0, 0.0, False, 2.0),
+        kit.PlaygroundRow(4.0, "the the the the the the the", 1.0, 0.5, True, 0.7)])
+    assert looping.to_html().count("<b>degenerate</b>") == 1
+
+
 def test_generated_scope_costs_no_kl_on_a_plain_forward_and_says_so(tiny):
     """Catches: the KL computed without the generation's position scope (it would be > 0 here), or the HTML note
     about 'generated' dropped."""
@@ -387,3 +410,6 @@ def test_results_summarise_the_configured_coefficient_beside_the_unsteered_zero(
     assert summary["main"] == outputs.row(4.0).changed and summary["baseline"] == 0.0
     assert results["metadata"]["vector"].endswith("vector.safetensors") and results["metadata"]["layers"] == [1]
     assert [row["coefficient"] for row in results["outputs"]["rows"]] == [0.0, 4.0, 16.0]
+    assert summary["fluency_nll"] == outputs.row(4.0).fluency_nll
+    assert summary["degenerate"] == outputs.row(4.0).degenerate
+    assert summary["baseline_fluency_nll"] == outputs.unsteered.fluency_nll

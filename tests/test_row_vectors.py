@@ -97,6 +97,25 @@ def test_per_row_vectors_in_batched_generation_equal_separate_generations():
         generate(model, tokenizer, prompts, steering=Steering(per_row[:5]), **settings)
 
 
+def test_a_batch_of_only_unsteered_rows_inside_a_steering_job_runs_unsteered():
+    """Per-row vectors [None, None, v, v] in batches of 2: the first batch steers no row. It ran as an error
+    ("steer no layer in any row") once a comparison put an unsteered condition before a steered one; now it runs
+    plain and the steered batch still steers (catches: the batch skipped, or steered)."""
+    model, tokenizer = tiny_model("llama", n_layers=3, seed=1), ByteTokenizer()
+    vector = _random(model, 5) / 600
+    prompts = ["abc", "hello there"] * 2
+    settings = {"max_new_tokens": 6, "chat": False, "progress": False}
+    rows = [None, None, {1: vector}, {1: vector}]
+    together = generate(model, tokenizer, prompts, steering=Steering(rows, positions="generated"), batch_size=2,
+                        **settings)
+    plain = generate(model, tokenizer, prompts[:2], **settings)
+    steered = generate(model, tokenizer, prompts[:2], steering=Steering({1: vector}, positions="generated"),
+                       **settings)
+    assert together == plain + steered and plain != steered
+    with pytest.raises(ValueError, match="steer no layer in any row"):
+        generate(model, tokenizer, prompts[:2], steering=Steering([None, None]), batch_size=1, **settings)
+
+
 def test_bf16_delta_is_computed_in_float32_and_cast_once():
     model = tiny_model("llama", n_layers=3, seed=1).to(torch.bfloat16)
     batch = padded_batch([5, 4], "left", seed=2)

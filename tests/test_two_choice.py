@@ -119,3 +119,68 @@ def test_with_target_and_refusals():
         score_both_orders(model, tokenizer, [], AB)
     with pytest.raises(ValueError, match="one per item"):
         score_both_orders(model, tokenizer, _items(2), AB, coefficients=[1.0, 2.0, 3.0, 4.0])
+
+
+def test_the_answer_format_is_chosen_on_pmass_then_headroom_and_every_format_is_reported():
+    """Planted logits: (X)/(Y) has the most pmass but is saturated (X by 12 nats whatever the order), (P)/(Q) is
+    undecided but the model gives neither answer, (A)/(B) is answered and can still move: it is chosen. pmass alone
+    would pick X/Y, headroom alone P/Q."""
+    from lib.kits.two_choice import choose_answer_format
+
+    model, tokenizer = tiny_model("llama", seed=3), ByteTokenizer(chat=True)
+    formats = {name: AnswerFormat(name, first, second, f"\nAnswer with ({first}) or ({second}).", "(")
+               for name, first, second in (("ab", "A", "B"), ("xy", "X", "Y"), ("pq", "P", "Q"))}
+    boosts = {"ab": {"A": 6.5, "B": 6.0}, "xy": {"X": 12.0}, "pq": {}}  # by the format the prompt asks for
+    seen: list[str] = []
+
+    def remember(module, args, kwargs):  # which format each row's prompt names
+        seen[:] = [tokenizer.decode(row.tolist()) for row in kwargs["input_ids"]]
+
+    def planted(rows: int) -> torch.Tensor:
+        offset = torch.zeros(rows, model.config.vocab_size)
+        for row, text in enumerate(seen):
+            name = next(name for name, fmt in formats.items() if fmt.suffix in text)
+            for letter, value in boosts[name].items():
+                offset[row, answer_token_ids(tokenizer, letter)] = value
+        return offset
+
+    handles = [model.register_forward_pre_hook(remember, with_kwargs=True), _offset(model, tokenizer, planted)]
+    try:
+        choice = choose_answer_format(model, tokenizer, _items(4), formats)
+        with pytest.raises(ValueError, match="min_pmass=0.999"):
+            choose_answer_format(model, tokenizer, _items(4), {"pq": formats["pq"]}, min_pmass=0.999)
+        weak = choose_answer_format(model, tokenizer, _items(4), formats, min_pmass=0.999, fallback=True)
+    finally:
+        for handle in handles:
+            handle.remove()
+    readings = choice.formats
+    assert set(readings) == {"ab", "xy", "pq"}
+    assert readings["xy"]["pmass"] > readings["ab"]["pmass"] > 0.5 > readings["pq"]["pmass"]
+    assert readings["pq"]["headroom"] > readings["ab"]["headroom"] > readings["xy"]["headroom"]
+    assert readings["xy"]["headroom"] < 0.01  # saturated
+    assert choice.chosen == "ab" and choice.as_dict()["chosen"] == "ab" and choice.eligible
+    assert weak.chosen == "xy" and not weak.eligible and "no format reached" in weak.as_dict()["criterion"]
+
+
+def test_a_batched_sweep_splits_into_each_coefficients_own_scores():
+    """Items x 2 coefficients in one job, cut with `split(2)`: each block equals that coefficient scored alone, and
+    `per_item` renames content to "score" (catches: blocks cut in the wrong order, or the orders interleaved)."""
+    from lib.hooks import Steering
+    from lib.models import hidden_size
+    from lib.vectors import SteeringVector
+
+    model, tokenizer = tiny_model("llama", seed=3), ByteTokenizer(chat=True)
+    items = _items(4)
+    vector = SteeringVector({1: torch.randn(hidden_size(model), generator=torch.Generator().manual_seed(2)) * 0.5})
+    both = score_both_orders(model, tokenizer, items * 2, AB, steering=Steering(vector),
+                             coefficients=[0.0] * 4 + [3.0] * 4, batch_size=5, progress=False)
+    plain, steered = both.split(2)
+    alone = score_both_orders(model, tokenizer, items, AB, steering=Steering(vector), coefficients=[3.0] * 4,
+                              progress=False)
+    torch.testing.assert_close(steered.content, alone.content, rtol=0, atol=1e-5)
+    torch.testing.assert_close(plain.content, _scores(model, tokenizer, items).content, rtol=0, atol=1e-5)
+    assert not torch.allclose(plain.content, steered.content)
+    assert set(steered.per_item()) == {"score", "position_bias", "pmass"}
+    torch.testing.assert_close(steered.per_item()["score"], steered.content)
+    with pytest.raises(ValueError, match="equal parts"):
+        both.split(3)

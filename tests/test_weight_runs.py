@@ -146,3 +146,30 @@ def test_neutral_kl_is_zero_for_the_base_and_positive_for_every_intervention(sma
     delta = WeightDelta({name: 0.05 * torch.randn(model.get_parameter(name).shape)})
     with apply_delta(model, delta, 1.0):
         assert mean_kl(reference, wr.neutral_logprobs(model, tokenizer, texts)) > 1e-6
+
+
+def test_the_split_and_the_scores_follow_the_orders_a_run_recorded(small):
+    """"both": the balanced split (target first in half of each part) and content scores from both orders, with
+    first_bias the mean position bias; "single" (a state without the field): the plain shuffle and one order, as
+    the journal's runs were scored. The digest separates the two (catches: a legacy state rebuilt with the new
+    split, which would pass the digest and mix rows)."""
+    from lib.kits.two_choice import score_both_orders
+
+    assert wr.orders_of({}) == "single" and wr.orders_of({"orders": "both"}) == "both"
+    with pytest.raises(ValueError, match="orders='sideways'"):
+        wr.orders_of({"orders": "sideways"})
+    both = wr.run_split("honesty", 4, 2, 6, 0, "both")
+    single = wr.run_split("honesty", 4, 2, 6, 0, "single")
+    assert single == choice_data.split_items(choice_data.load_honesty(), 4, 2, 6, seed=0)
+    assert sum(item.first_is_target for item in both["test"]) == 3
+    fmt = wr.FORMATS["ab_paren"]
+    assert wr.rows_digest("honesty", fmt, single) == wr.rows_digest("honesty", fmt, single, orders="single")
+    assert wr.rows_digest("honesty", fmt, both, orders="both") != wr.rows_digest("honesty", fmt, both)
+    model, tokenizer = small
+    scored = wr.score_items(model, tokenizer, both["test"], fmt, "both", batch_size=8)
+    by_hand = score_both_orders(model, tokenizer, both["test"], fmt, batch_size=3, progress=False)
+    torch.testing.assert_close(scored["score"], by_hand.content, rtol=0, atol=1e-5)
+    entry = wr.entry_record("honesty", "none", 0.0, scored, 0.0, 0.5)
+    assert entry["first_bias"] == pytest.approx(float(by_hand.position_bias.double().mean()), abs=1e-6)
+    assert entry["row_position_bias"] == pytest.approx(by_hand.position_bias.tolist(), abs=1e-5)
+    assert "position_bias" not in wr.score_items(model, tokenizer, single["test"], fmt, "single", batch_size=8)

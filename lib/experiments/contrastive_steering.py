@@ -13,6 +13,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, ClassVar
 
+import numpy as np
+import pandas as pd
 from torch import nn
 
 from lib.config import (
@@ -23,14 +25,23 @@ from lib.config import (
     check_subset,
     model_layer_count,
 )
-from lib.evals import effect_curve, next_token_kl
 from lib.extract import extract
 from lib.generation import generate, render_chat
 from lib.hooks import Steering
 from lib.kits.data import DEFAULT_PROMPTS, NEUTRAL_TEXTS, Example, load_subset, reply_pairs, split_examples, subset_name
+from lib.kits.evaluation import (
+    ContinuationPair,
+    compare,
+    curves,
+    on_grid,
+    scorer_metrics,
+    side_effect_kl,
+    steered,
+    unsteered,
+)
 from lib.kits.plots import finish_figure
 from lib.memory import Workload
-from lib.vectors import SteeringVector, mean_difference, random_like
+from lib.vectors import SteeringVector, mean_difference
 
 
 @dataclass
@@ -53,6 +64,7 @@ class ContrastiveConfig(ModelConfig):
     curve_scales: tuple[float, ...] | list[float] = (0.0, 1.0, 2.0, 4.0, 8.0)
     curve_prompts: str = "neutral"
     random_control: bool = True
+    n_random: int = 1
     batch_size: int = 16
     seed: int = 0
     out_dir: str = ""
@@ -63,7 +75,7 @@ class ContrastiveConfig(ModelConfig):
             raise ValueError(f"layer={self.layer!r} must be a non-negative int (a decoder layer index)")
         if not isinstance(self.scale, int | float) or isinstance(self.scale, bool):
             raise ValueError(f"scale={self.scale!r} must be a number")
-        for name in ("n_samples", "inference_n", "max_tokens", "batch_size"):
+        for name in ("n_samples", "inference_n", "max_tokens", "batch_size", "n_random"):
             check_positive(name, getattr(self, name))
         check_positive("n_eval", self.n_eval, allow_zero=True)
         check_positive("temperature", self.temperature, allow_zero=True)
@@ -144,26 +156,46 @@ def side_by_side(model: nn.Module, tokenizer: Any, cfg: ContrastiveConfig, vecto
 
 def measure_curves(model: nn.Module, tokenizer: Any, cfg: ContrastiveConfig, vector: SteeringVector,
                    data: ContrastiveData) -> dict[str, dict[str, list[float]]]:
-    """Log-prob gap and neutral-text KL against scale, for the vector and (optionally) a random control.
+    """Log-prob gap and neutral-text KL against scale, for the vector and (optionally) KL-matched random controls,
+    by the evaluation kit (`lib.kits.evaluation.compare` on a coefficient grid, docs/evaluation.md).
 
-    curve_prompts="neutral": held-out replies are scored after the built-in neutral prompts (cycled), so
-    the gap measures a preference for the target set's style itself; "own": after their own prompts."""
+    curve_prompts="neutral": held-out replies are scored after the built-in neutral prompts (cycled), so the gap
+    measures a preference for the target set's style itself; "own": after their own prompts. The gap is the mean
+    over held-out pairs of target minus baseline log-prob per token (the two sets' mean difference, as before); the
+    effect is its paired difference from the unsteered gap, with a bootstrap interval over pairs. The KL reads the
+    neutral texts raw, as it always did here. The random control was one norm-matched direction until the kit; it
+    is now `n_random` directions matched to the vector's KL at each scale ("random" curve: their mean)."""
     scales = sorted(set(cfg.curve_coefficients) | {0.0, cfg.coefficient})
     target = reply_pairs(data.target_eval, cfg.curve_prompts)
     baseline = reply_pairs(data.baseline_eval, cfg.curve_prompts)
-    candidates = {"steering": vector.select([cfg.layer])}
-    if cfg.random_control:
-        candidates["random"] = random_like(candidates["steering"], seed=cfg.seed)
-    curves = {}
-    for name, candidate in candidates.items():
-        steering = Steering(candidate)
-        curve = effect_curve(model, tokenizer, target, baseline, steering, scales, cfg.batch_size) if target else \
-            {"coefficient": scales}
-        curve = {"scale": curve.pop("coefficient"), **curve}  # this notebook's name for the coefficient
-        curve["kl"] = next_token_kl(model, tokenizer, NEUTRAL_TEXTS, steering=steering, coefficients=scales,
-                                    batch_size=cfg.batch_size).tolist()
-        curves[name] = curve
-    return curves
+    steering = steered("steering", vector.select([cfg.layer]), 1.0)
+    if not target:  # n_eval = 0: only the side effect
+        kls = side_effect_kl(model, tokenizer, on_grid([steering], scales), NEUTRAL_TEXTS, cfg.batch_size, "raw")
+        return {"steering": {"scale": scales, "kl": [kls[f"steering@{c:g}"] for c in scales]}}
+    scorer = ContinuationPair([p for p, _ in target], [r for _, r in target], [r for _, r in baseline], main="gap",
+                              baseline_prompts=[p for p, _ in baseline])
+    table = compare(model, tokenizer, [unsteered(), steering], scorer, coefficients=scales, baseline="unsteered",
+                    n_random=cfg.n_random if cfg.random_control else 0, kl_rendering="raw", batch_size=cfg.batch_size,
+                    seed=cfg.seed)
+    rows = {metric: curves(table, metric).set_index("coefficient") for metric in scorer_metrics(table)}
+    gap = rows["gap"]
+    out = {"steering": {"scale": scales, "target_logprob": rows["target_logprob"].value.tolist(),
+                        "baseline_logprob": rows["baseline_logprob"].value.tolist(), "gap": gap.value.tolist(),
+                        "gap_low": gap.low.tolist(), "gap_high": gap.high.tolist(), "effect": gap.effect.tolist(),
+                        "effect_low": gap.effect_low.tolist(), "effect_high": gap.effect_high.tolist(),
+                        "kl": gap.kl.tolist()}}
+    if cfg.random_control:  # at scale 0 the control is the unsteered model itself; NaN where none was matched
+        unsteered_gap = float(table[(table.condition == "unsteered") & (table.metric == "gap")].value.iloc[0])
+        zero = gap.index == 0.0
+        column = {name: gap[name] if name in gap else pd.Series(float("nan"), index=gap.index)
+                  for name in ("random_mean", "random_kl", "control_p", "control_floor", "control_note")}
+        out["random"] = {"scale": scales,
+                         "gap": np.where(zero, unsteered_gap, unsteered_gap + column["random_mean"]).tolist(),
+                         "kl": np.where(zero, 0.0, column["random_kl"]).tolist(),
+                         "control_p": column["control_p"].tolist(), "control_floor": column["control_floor"].tolist(),
+                         "control_note": [note if isinstance(note, str) else "" for note in column["control_note"]],
+                         "n_random": cfg.n_random}
+    return out
 
 
 def assemble_results(cfg: ContrastiveConfig, vector: SteeringVector, generations: list[dict[str, Any]],
@@ -177,11 +209,16 @@ def assemble_results(cfg: ContrastiveConfig, vector: SteeringVector, generations
         summary |= {"main_metric": "logprob_gap", "main": steering_curve["gap"][at],
                     "baseline": steering_curve["gap"][zero],
                     "delta": steering_curve["gap"][at] - steering_curve["gap"][zero]}
+        if "effect_low" in steering_curve:
+            summary["delta_ci"] = [steering_curve["effect_low"][at], steering_curve["effect_high"][at]]
         if "random" in curves:
             summary["random_delta"] = curves["random"]["gap"][at] - curves["random"]["gap"][zero]
             summary["random_kl"] = curves["random"]["kl"][at]
-            # what the vector does beyond any perturbation of its norm: the number to trust
+            # what the vector does beyond a random direction that changes the model as much: the number to trust
             summary["specific_delta"] = summary["delta"] - summary["random_delta"]
+            if "control_p" in curves["random"]:
+                summary["control_p"] = curves["random"]["control_p"][at]
+                summary["control_floor"] = curves["random"]["control_floor"][at]
     return {
         "metadata": {
             "target_subset": {"key": cfg.target, "name": subset_name(cfg.target)},
@@ -208,8 +245,8 @@ def assemble_results(cfg: ContrastiveConfig, vector: SteeringVector, generations
 
 
 def effect_curve_figure(curves: dict[str, dict[str, list[float]]], title: str, path: Path | None = None) -> Any:
-    """Left: target-minus-baseline log-prob gap against scale; right: KL on neutral text.
-    The random norm-matched direction is the control: a real effect separates from it."""
+    """Left: target-minus-baseline log-prob gap against scale (shaded: its bootstrap interval); right: KL on neutral
+    text. Random directions matched to the vector's KL are the control: a real effect separates from them."""
     import matplotlib.pyplot as plt
 
     fig, (left, right) = plt.subplots(1, 2, figsize=(10, 3.8))
@@ -217,6 +254,9 @@ def effect_curve_figure(curves: dict[str, dict[str, list[float]]], title: str, p
     for name, curve in curves.items():
         if "gap" in curve:
             left.plot(curve["scale"], curve["gap"], label=name, **styles.get(name, {}))
+        if "gap_low" in curve:  # the bootstrap interval over held-out pairs
+            left.fill_between(curve["scale"], curve["gap_low"], curve["gap_high"], alpha=0.2,
+                              color=styles.get(name, {}).get("color"))
         right.plot(curve["scale"], curve["kl"], label=name, **styles.get(name, {}))
     if "steering" in curves and "gap" in curves["steering"]:
         zero = curves["steering"]["scale"].index(0.0)

@@ -8,6 +8,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, ClassVar
 
+import numpy as np
 import pandas as pd
 import torch
 from torch import nn
@@ -24,10 +25,12 @@ from lib.config import (
 from lib.evals import mean_kl, next_token_kl, text_logprobs
 from lib.hooks import Steering
 from lib.io import repo_path
+from lib.kits.controls import KLUnreachable, kl_matched_random
 from lib.kits.data import NEUTRAL_TEXTS
 from lib.kits.mathdata import MathProblem, build_messages, train_eval_split
 from lib.kits.matheval import evaluate_math
 from lib.kits.plots import finish_figure
+from lib.kits.uncertainty import bootstrap
 from lib.memory import Workload
 from lib.model_diff import base_side, difference_vector, finetuned_side
 from lib.models import load_model
@@ -165,23 +168,70 @@ def evaluate(cfg: MathSteeringConfig, base: nn.Module, tokenizer: Any, eval_prob
                                 finetuned.neutral_logprobs),
         "sample_completions": {str(w): steered[w].completions[0][:1] for w in cfg.coefficients},
     }
+    evaluation["effects"] = [pass1_effect(steered[w], steered[0.0], cfg.seed) for w in cfg.coefficients]
     if cfg.random_control:
-        control = Steering(random_like(vector, seed=cfg.seed))
-        randomised = evaluate_math(base, tokenizer, eval_problems, steering=control, coefficients=cfg.coefficients,
-                                   **settings)
-        evaluation["random"] = [randomised[w].summary() for w in cfg.coefficients]
-        evaluation["kl_random"] = next_token_kl(base, tokenizer, NEUTRAL_TEXTS, steering=control,
-                                                coefficients=cfg.coefficients, batch_size=cfg.batch_size).tolist()
+        evaluation |= random_control(cfg, base, tokenizer, eval_problems, vector, evaluation["kl_steered"])
     return evaluation
 
 
+def pass1_effect(result: Any, base: Any, seed: int = 0) -> dict[str, float]:
+    """pass@1 minus the base's on the same problems, with a paired bootstrap interval over problems (per-problem
+    pass@1 = correct / completions); `lib.kits.uncertainty.bootstrap`. Two or more problems are needed."""
+    def per_problem(evaluation: Any) -> np.ndarray:
+        return np.asarray(evaluation.correct_counts, dtype=np.float64) / evaluation.n_completions
+
+    estimate = bootstrap(lambda a, b: float(np.mean(a - b)), per_problem(result), per_problem(base), seed=seed)
+    return {"value": estimate.value, "low": estimate.low, "high": estimate.high, "n": estimate.n}
+
+
+def random_control(cfg: MathSteeringConfig, base: nn.Module, tokenizer: Any, eval_problems: list[MathProblem],
+                   vector: SteeringVector, kl_steered: list[float]) -> dict[str, Any]:
+    """One random direction (per-layer norms of the vector, seed `cfg.seed`) scaled, at each weight, to the KL the
+    vector has there (`lib.kits.controls.kl_matched_random`, raw neutral text as `kl_steered`): a control that
+    changes the model as much as the steering does. A norm-matched direction was used before the evaluation kit.
+    The scales differ per weight, so the control runs as one batch with the scales as its coefficients. Where no
+    scale reaches the vector's KL, that weight has no control (`random_notes` says why; None in `random`)."""
+    scales: list[float | None] = []
+    notes: dict[str, str] = {}
+    for weight, kl in zip(cfg.coefficients, kl_steered, strict=True):
+        if weight == 0.0 or kl <= 0:
+            scales.append(0.0)
+            continue
+        try:
+            _, match = kl_matched_random(base, tokenizer, vector, kl, seed=cfg.seed, rendering="raw",
+                                         batch_size=cfg.batch_size)
+            scales.append(match.scale)
+        except KLUnreachable as error:
+            notes[str(weight)] = str(error)
+            scales.append(None)
+    run = sorted({s for s in scales if s is not None})
+    control = Steering(random_like(vector, seed=cfg.seed))
+    randomised = evaluate_math(base, tokenizer, eval_problems, steering=control, coefficients=run, **_settings(cfg))
+    kls = dict(zip(run, next_token_kl(base, tokenizer, NEUTRAL_TEXTS, steering=control, coefficients=run,
+                                      batch_size=cfg.batch_size).tolist(), strict=True))
+    return {"random": [None if s is None else randomised[s].summary() for s in scales],
+            "kl_random": [None if s is None else kls[s] for s in scales],  # re-measured at the matched scale
+            "random_scales": scales, "random_notes": notes,
+            "random_effects": [None if s is None else pass1_effect(randomised[s], randomised[0.0], cfg.seed)
+                               for s in scales]}
+
+
 def table(evaluation: dict[str, Any], weights: list[float]) -> pd.DataFrame:
+    """One row per configuration; steered and random rows carry their pass@1 effect vs the base with its interval
+    (`effect`, `effect_low`, `effect_high`); a random row without a KL-matched control says so."""
     rows = [{"config": "base", **_row(evaluation["base"]), "kl_from_base": 0.0},
             {"config": "finetuned", **_row(evaluation["finetuned"]), "kl_from_base": evaluation["kl_finetuned"]}]
-    for kind in ("steered", "random"):
-        for weight, result, kl in zip(weights, evaluation.get(kind, []), evaluation.get(f"kl_{kind}", []),
-                                      strict=False):
-            rows.append({"config": f"{kind} w={weight}", **_row(result), "kl_from_base": kl})
+    for kind, effects in (("steered", "effects"), ("random", "random_effects")):
+        results, kls = evaluation.get(kind, []), evaluation.get(f"kl_{kind}", [])
+        for at, (weight, result, kl) in enumerate(zip(weights, results, kls, strict=False)):
+            row: dict[str, Any] = {"config": f"{kind} w={weight}"}
+            if result is None:
+                rows.append({**row, "note": evaluation.get("random_notes", {}).get(str(weight), "no control")})
+                continue
+            effect = (evaluation.get(effects) or [None] * len(weights))[at]
+            if effect is not None:
+                row |= {"effect": effect["value"], "effect_low": effect["low"], "effect_high": effect["high"]}
+            rows.append({**row, **_row(result), "kl_from_base": kl})
     return pd.DataFrame(rows).set_index("config").round(4)
 
 
@@ -204,8 +254,15 @@ def results(cfg: MathSteeringConfig, vector: SteeringVector, evaluation: dict[st
         "side_effect": evaluation["kl_steered"][best],
         "kl_finetuned": evaluation["kl_finetuned"],
         "n_problems": evaluation["base"]["n_problems"],
+        "comparisons": len(steered) - 1,  # weights other than 0 the best was picked from
+
         "n_completions": evaluation["base"]["n_completions"],
     }
+    if evaluation.get("effects"):
+        effect = evaluation["effects"][best]
+        summary["effect_ci"] = [effect["low"], effect["high"]]  # pass@1 minus the base's, paired over problems
+    if evaluation.get("random") and evaluation["random"][best] is not None:
+        summary["random_at_best"] = evaluation["random"][best]["pass_at"]["1"]  # KL-matched to the best weight
     return {"parameters": cfg.as_dict(), "vector_norms": vector.norms(), "weights": cfg.coefficients, **evaluation,
             "summary": summary}
 
@@ -227,12 +284,14 @@ def weight_curve_figure(weights: list[float], steered: list[dict], base: dict, f
 
     band(base, "k", "base")
     band(finetuned, "C3", "finetuned")
-    for results, label, color in ((steered, "base + w * vector", "C0"), (random or [], "random direction", "0.5")):
-        if not results:
+    for results, label, color in ((steered, "base + w * vector", "C0"),
+                                  (random or [], "random direction at the same KL", "0.5")):
+        kept = [(w, r) for w, r in zip(weights, results, strict=False) if r is not None]  # None: no matched control
+        if not kept:
             continue
-        values = [r["pass_at"]["1"] for r in results]
-        errors = [[v - r["pass1_ci"][0] for v, r in zip(values, results, strict=True)],
-                  [r["pass1_ci"][1] - v for v, r in zip(values, results, strict=True)]]
-        axis.errorbar(weights, values, yerr=errors, marker="o", capsize=3, color=color, label=label)
+        values = [r["pass_at"]["1"] for _, r in kept]
+        errors = [[v - r["pass1_ci"][0] for v, (_, r) in zip(values, kept, strict=True)],
+                  [r["pass1_ci"][1] - v for v, (_, r) in zip(values, kept, strict=True)]]
+        axis.errorbar([w for w, _ in kept], values, yerr=errors, marker="o", capsize=3, color=color, label=label)
     axis.set(xlabel="steering weight (all layers)", ylabel="pass@1", title=title)
     return finish_figure(fig, (axis,), title, path, suptitle=False)

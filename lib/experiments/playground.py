@@ -141,7 +141,8 @@ def vector_source(cfg: PlaygroundConfig) -> str:
 def assemble_results(cfg: PlaygroundConfig, vector: SteeringVector, outputs: PlaygroundOutputs) -> dict[str, Any]:
     """results.json: parameters, the table, and a summary a sweep collects. Main metric: the fraction of the
     generated text the configured coefficient changes (its baseline, the unsteered 0, is 0 by construction); side
-    effect: the KL it costs on neutral text."""
+    effects: the KL it costs on neutral text, and the text's fluency (beside the unsteered text's) and degenerate
+    flag (the evaluation kit's readings of generated text)."""
     at = outputs.row(cfg.coefficient)
     base = outputs.unsteered
     norms = {layer: float(vector[layer].norm()) for layer in outputs.layers}
@@ -165,5 +166,8 @@ def assemble_results(cfg: PlaygroundConfig, vector: SteeringVector, outputs: Pla
             "delta": at.changed - base.changed,
             "side_effect_metric": "kl_neutral",
             "side_effect": at.kl,
+            "fluency_nll": at.fluency_nll,  # the unsteered model's NLL per token of the steered text
+            "baseline_fluency_nll": base.fluency_nll,
+            "degenerate": at.degenerate,
         },
     }

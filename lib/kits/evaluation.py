@@ -14,6 +14,7 @@ experiment spent about 80 of ~370 lines on them. Conditions are data (`Condition
 from __future__ import annotations
 
 import contextlib
+import warnings
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field, replace
 from typing import Any, Protocol
@@ -24,15 +25,16 @@ import torch
 from torch import nn
 
 from lib.choice_evals import AnswerFormat
-from lib.evals import continuation_logprobs, kl_sum, text_logprobs
+from lib.evals import NEUTRAL_INSTRUCTION, Rendering, continuation_logprobs, kl_sum, text_logprobs
 from lib.generation import generate
 from lib.hooks import Steering
 from lib.kits.choice_data import Item
-from lib.kits.controls import kl_matched_random
+from lib.kits.controls import KLUnreachable, kl_matched_random, kl_matched_random_delta
 from lib.kits.data import NEUTRAL_TEXTS
+from lib.kits.dose_response import effect_at_kl, per_row_slopes
 from lib.kits.text_scorers import degeneracy
 from lib.kits.two_choice import score_both_orders
-from lib.kits.uncertainty import bootstrap, rank_p_value
+from lib.kits.uncertainty import bootstrap, controls_for_floor, rank_p_value
 from lib.positions import PositionScope
 from lib.vectors import SteeringVector
 from lib.weights import WeightDelta, apply_delta
@@ -53,6 +55,7 @@ class Condition:
     delta_coefficient: float = 1.0
     system: str | None = None
     prefix: str = ""
+    family: str = ""  # the condition a grid point belongs to (`on_grid`); empty: the condition's own name
     context: Callable[[nn.Module], contextlib.AbstractContextManager[Any]] | None = field(default=None, compare=False)
 
     def prompt(self, text: str) -> str:
@@ -155,12 +158,22 @@ class TwoChoice:
 
 @dataclass
 class ContinuationPair:
-    """Per prompt: mean log p per token of the target continuation minus the baseline continuation (paired)."""
+    """Per unit: mean log p per token of the target continuation minus the baseline continuation. Both follow
+    `prompts[i]`, or the baseline follows `baseline_prompts[i]` where given (two held-out sets, each reply after its
+    own prompt: the mean of the unit differences is then the difference of the two sets' means)."""
 
     prompts: list[str]
     target: list[str]
     baseline: list[str]
     main: str = "logprob_difference"
+    baseline_prompts: list[str] | None = None
+
+    def __post_init__(self) -> None:
+        sizes = {"prompts": len(self.prompts), "target": len(self.target), "baseline": len(self.baseline)}
+        if self.baseline_prompts is not None:
+            sizes["baseline_prompts"] = len(self.baseline_prompts)
+        if len(set(sizes.values())) != 1 or not self.prompts:
+            raise ValueError(f"ContinuationPair needs one target and one baseline per unit, at least one: {sizes}")
 
     @property
     def units(self) -> int:
@@ -169,16 +182,19 @@ class ContinuationPair:
     def __call__(self, model: nn.Module, tokenizer: Any, conditions: Sequence[Condition],
                  batch_size: int) -> dict[str, np.ndarray]:
         n = len(self.prompts)
+        second = self.prompts if self.baseline_prompts is None else self.baseline_prompts
         prompts = [_messages(c, p) for c in conditions for p in self.prompts]
+        prompts += [_messages(c, p) for c in conditions for p in second]
         steering, coefficients = _steering(conditions, n)
-        both = continuation_logprobs(model, tokenizer, prompts * 2, [*self.target * len(conditions),
-                                                                     *self.baseline * len(conditions)],
+        both = continuation_logprobs(model, tokenizer, prompts, [*self.target * len(conditions),
+                                                                 *self.baseline * len(conditions)],
                                      steering=None if steering is None else replace(steering,
                                                                                     vector=list(steering.vector) * 2),
                                      coefficients=None if coefficients is None else coefficients * 2,
                                      batch_size=batch_size, progress=False)
-        half = len(prompts)
-        return {self.main: (both[:half] - both[half:]).double().numpy().reshape(len(conditions), n)}
+        half = len(prompts) // 2
+        target, baseline = (part.double().numpy().reshape(len(conditions), n) for part in (both[:half], both[half:]))
+        return {self.main: target - baseline, "target_logprob": target, "baseline_logprob": baseline}
 
 
 @dataclass
@@ -221,35 +237,48 @@ def _messages(condition: Condition, prompt: str) -> str | list[dict[str, str]]:
 
 
 def side_effect_kl(model: nn.Module, tokenizer: Any, conditions: Sequence[Condition],
-                   texts: Sequence[str] = NEUTRAL_TEXTS, batch_size: int = 16) -> dict[str, float]:
-    """Per condition, KL(unsteered || condition) per token on `texts` read as the assistant's reply to the neutral
-    instruction (`text_logprobs(rendering="chat_reply")`): the same continuations under a system prompt, a vector
-    or a delta, so prompts and steering are compared on one footing."""
-    reference = text_logprobs(model, tokenizer, texts, rendering="chat_reply", batch_size=batch_size, progress=False)
+                   texts: Sequence[str] = NEUTRAL_TEXTS, batch_size: int = 16,
+                   rendering: Rendering = "chat_reply") -> dict[str, float]:
+    """Per condition, KL(unsteered || condition) per token on `texts`, by default read as the assistant's reply to
+    the neutral instruction (`text_logprobs(rendering="chat_reply")`): the same continuations under a system prompt,
+    a vector or a delta, so prompts and steering are compared on one footing. `rendering="raw"` (the text alone)
+    is for vectors and deltas only: a prompt has no place in raw text."""
+    if rendering == "raw" and any(c.system is not None or c.prefix for c in conditions):
+        raise ValueError("rendering='raw' reads the neutral texts alone, so a system prompt or prefix condition "
+                         "cannot change them; use rendering='chat_reply' to compare prompts")
+    reference = text_logprobs(model, tokenizer, texts, rendering=rendering, batch_size=batch_size, progress=False)
     tokens = sum(len(r) for r in reference)
+    n = len(texts)
     out = {}
     for group in _groups(conditions):
         members = [conditions[i] for i in group]
+        contexts: dict[tuple[str | None, str], list[Condition]] = {}
+        for condition in members:  # the same rendering (system prompt, prefix) runs as one batched call
+            contexts.setdefault((condition.system, condition.prefix), []).append(condition)
         with members[0].weights(model):
-            for condition in members:  # a system prompt changes the rendering: one call per condition
-                steering, coefficients = _steering([condition], len(texts))
-                logprobs = text_logprobs(model, tokenizer, texts, rendering="chat_reply", system=condition.system,
-                                         steering=steering, coefficients=coefficients, batch_size=batch_size,
-                                         progress=False)
-                out[condition.name] = float(sum(kl_sum(a, b) for a, b in zip(reference, logprobs, strict=True))
-                                            / tokens)
+            for (system, prefix), same in contexts.items():
+                steering, coefficients = _steering(same, n)
+                rendered = {} if rendering == "raw" else {"system": system,
+                                                          "instruction": prefix + NEUTRAL_INSTRUCTION}
+                kls = text_logprobs(model, tokenizer, [texts[row % n] for row in range(len(same) * n)],
+                                    rendering=rendering, steering=steering, coefficients=coefficients,
+                                    batch_size=batch_size, progress=False,
+                                    reduce=lambda row, logprobs: float(kl_sum(reference[row % n], logprobs)),
+                                    **rendered)
+                for k, condition in enumerate(same):
+                    out[condition.name] = sum(kls[k * n:(k + 1) * n]) / tokens
     return out
 
 
 def fluency_nll(model: nn.Module, tokenizer: Any, prompts: Sequence[str], texts: Sequence[str],
-                batch_size: int = 16) -> np.ndarray:
+                batch_size: int = 16, chat: bool = True) -> np.ndarray:
     """[N] the plain model's mean negative log-probability per token of each text as the reply to its prompt (no
     condition applied): how natural the text is to the model it came from. NaN for an empty text."""
     out = np.full(len(texts), np.nan)
     keep = [i for i, text in enumerate(texts) if tokenizer(text, add_special_tokens=False)["input_ids"]]
     if keep:
         logprobs = continuation_logprobs(model, tokenizer, [prompts[i] for i in keep], [texts[i] for i in keep],
-                                         batch_size=batch_size, progress=False)
+                                         batch_size=batch_size, chat=chat, progress=False)
         out[keep] = -logprobs.double().numpy()
     return out
 
@@ -271,64 +300,206 @@ def _score(model: nn.Module, tokenizer: Any, conditions: Sequence[Condition], sc
     return results
 
 
+def on_grid(conditions: Sequence[Condition], coefficients: Sequence[float]) -> list[Condition]:
+    """Every condition with a vector or a delta once per coefficient (named `<name>@<coefficient>`, `family` = its
+    name; the vector's coefficient, or the delta's); prompt-only and unsteered conditions once, as they are."""
+    grid = [float(c) for c in coefficients]
+    if not grid:
+        raise ValueError("coefficients is empty: give the grid, e.g. dose_response.symmetric_grid(8)")
+    if len(set(grid)) != len(grid):
+        raise ValueError(f"coefficients={grid} repeats a value")
+    out = []
+    for condition in conditions:
+        family = condition.family or condition.name
+        if condition.vector is not None and condition.delta is not None:
+            raise ValueError(f"condition {condition.name!r} has a vector and a delta: a grid would scale both; give "
+                             "the grid's coefficient to one and fix the other in separate conditions")
+        if condition.vector is not None:
+            out += [replace(condition, name=f"{family}@{c:g}", family=family, coefficient=c) for c in grid]
+        elif condition.delta is not None:
+            out += [replace(condition, name=f"{family}@{c:g}", family=family, delta_coefficient=c) for c in grid]
+        else:
+            out.append(replace(condition, family=family))
+    return out
+
+
+def coefficient_of(condition: Condition) -> float:
+    """The intervention's strength: the vector's coefficient, else the delta's, else NaN (a prompt, unsteered)."""
+    if condition.vector is not None:
+        return condition.coefficient
+    if condition.delta is not None:
+        return condition.delta_coefficient
+    return float("nan")
+
+
+def _random_controls(model: nn.Module, tokenizer: Any, condition: Condition, target_kl: float, n_random: int,
+                     seed: int, texts: Sequence[str], batch_size: int, rendering: Rendering) -> list[Condition]:
+    """`n_random` conditions like `condition` with its vector or delta replaced by a random one of the same
+    per-layer (per-tensor) norms, rescaled to `target_kl`; seed k is the same at every coefficient of a grid, so
+    each control is a curve of one random direction."""
+    out = []
+    for k in range(n_random):
+        name = f"{condition.name}~random{k}"
+        if condition.vector is not None:
+            direction, _ = kl_matched_random(model, tokenizer, condition.vector * condition.coefficient, target_kl,
+                                             seed=seed + 1 + k, texts=texts, layers=condition.layers,
+                                             positions=condition.positions, rendering=rendering,
+                                             batch_size=batch_size)
+            out.append(replace(condition, name=name, vector=direction, coefficient=1.0))
+        else:
+            assert condition.delta is not None
+            random, _ = kl_matched_random_delta(model, tokenizer, condition.delta * condition.delta_coefficient,
+                                                target_kl, seed=seed + 1 + k, texts=texts, rendering=rendering,
+                                                batch_size=batch_size)
+            out.append(replace(condition, name=name, delta=random, delta_coefficient=1.0))
+    return out
+
+
 def compare(model: nn.Module, tokenizer: Any, conditions: Sequence[Condition], scorer: Scorer, *,
-            baseline: str | None = None, n_random: int = 0, neutral_texts: Sequence[str] = NEUTRAL_TEXTS,
-            n_boot: int = 2000, level: float = 0.95, batch_size: int = 16, seed: int = 0) -> pd.DataFrame:
+            coefficients: Sequence[float] | None = None, baseline: str | None = None, n_random: int = 0,
+            control_floor: float | None = None, neutral_texts: Sequence[str] = NEUTRAL_TEXTS,
+            kl_rendering: Rendering = "chat_reply", n_boot: int = 2000, level: float = 0.95, batch_size: int = 16,
+            seed: int = 0) -> pd.DataFrame:
     """Score every condition on the same units, with side effects and controls, as one tidy table.
 
-    Rows: condition x metric. Columns: value (mean over units), low/high (paired bootstrap over units), and, when
-    `baseline` names a condition, `effect` = the paired difference from it with its interval; `kl` (side effect on
-    neutral text); for vector conditions with `n_random` > 0, the effect of `n_random` random directions matched to
-    the condition's KL (`random_mean`), the rank p-value among them and its floor 1/(n_random + 1);
-    `comparisons` = how many condition x metric effects the table holds.
+    coefficients: a grid (e.g. `symmetric_grid(8)`); every vector or delta condition runs at each (`on_grid`), and
+        `curves`, `at_matched_kl` and `slopes` read the table as dose-response curves.
+    kl_rendering: how the neutral texts are read for every KL (`side_effect_kl`), the controls' matching included.
+    n_random / control_floor: KL-matched random controls per steered condition (vector or delta; none at coefficient
+        0); `control_floor=0.05` asks for the 19 a rank p-value needs to reach 0.05 (`controls_for_floor`).
+
+    Rows: condition x metric. Columns: `family` (the condition a grid point came from), `coefficient`, value (mean
+    over units), low/high (paired bootstrap over units), and, when `baseline` names a condition, `effect` = the
+    paired difference from it with its interval; `kl` (side effect on neutral text); with controls, `random_mean`
+    (the controls' mean effect at the same KL), `random_kl`, the rank p-value of |effect| among the controls'
+    |effects| (two-sided: a random direction may move the score either way) and its floor 1/(n_random + 1), or
+    `control_note` where no random direction reaches the condition's KL (then no p-value, and a warning);
+    `comparisons` = how many condition x metric effects the table holds. `table.attrs["scores"]` keeps the per-unit
+    values ({condition: {metric: [units]}}) for per-row slopes.
     """
+    if control_floor is not None:
+        needed = controls_for_floor(control_floor)
+        if n_random and n_random != needed:
+            raise ValueError(f"n_random={n_random} and control_floor={control_floor} (which needs {needed}) disagree; "
+                             "give one of them")
+        n_random = needed
+    if n_random < 0:
+        raise ValueError(f"n_random={n_random} must be >= 0")
+    if coefficients is not None:
+        conditions = on_grid(conditions, coefficients)
     names = [c.name for c in conditions]
     if len(set(names)) != len(names):
         raise ValueError(f"condition names must be unique: {names}")
     if baseline is not None and baseline not in names:
         raise ValueError(f"baseline={baseline!r} is not one of the conditions {names}")
+    if n_random and baseline is None:
+        raise ValueError("n_random needs baseline=: a control's effect is its difference from the baseline")
     scores = _score(model, tokenizer, conditions, scorer, batch_size)
-    kls = side_effect_kl(model, tokenizer, conditions, neutral_texts, batch_size)
-    controls: dict[str, dict[str, list[float]]] = {}
+    kls = side_effect_kl(model, tokenizer, conditions, neutral_texts, batch_size, kl_rendering)
+    controlled: dict[str, list[Condition]] = {}
+    unmatched: dict[str, str] = {}
     if n_random:
-        if baseline is None:
-            raise ValueError("n_random needs baseline=: a control's effect is its difference from the baseline")
         for condition in conditions:
-            if condition.vector is None or condition.coefficient == 0 or kls[condition.name] <= 0:
+            strength = coefficient_of(condition)
+            if np.isnan(strength) or strength == 0 or kls[condition.name] <= 0:
                 continue
-            randoms = []
-            for k in range(n_random):
-                direction, _ = kl_matched_random(model, tokenizer, condition.vector * condition.coefficient,
-                                                 kls[condition.name], seed=seed + 1 + k, texts=neutral_texts,
-                                                 layers=condition.layers, positions=condition.positions,
-                                                 rendering="chat_reply", batch_size=batch_size)
-                randoms.append(replace(condition, name=f"{condition.name}~random{k}", vector=direction,
-                                       coefficient=1.0))
-            scored = _score(model, tokenizer, randoms, scorer, batch_size)
-            controls[condition.name] = {metric: [float(np.nanmean(scored[r.name][metric] - scores[baseline][metric]))
-                                                 for r in randoms] for metric in scores[condition.name]}
+            try:
+                controlled[condition.name] = _random_controls(model, tokenizer, condition, kls[condition.name],
+                                                              n_random, seed, neutral_texts, batch_size, kl_rendering)
+            except KLUnreachable as error:  # reported in the table's control_note and warned: never a silent gap
+                unmatched[condition.name] = f"no KL-matched random control: {error}"
+                warnings.warn(f"{condition.name}: {unmatched[condition.name]}", stacklevel=2)
+        randoms = [r for group in controlled.values() for r in group]
+        random_scores = _score(model, tokenizer, randoms, scorer, batch_size) if randoms else {}
+        random_kls = side_effect_kl(model, tokenizer, randoms, neutral_texts, batch_size,
+                                    kl_rendering) if randoms else {}
     rows = []
     for condition in conditions:
         for metric, values in scores[condition.name].items():
             # nanmean: a metric undefined on a unit (the fluency of an empty reply) is read over the other units
             estimate = bootstrap(np.nanmean, values, n_boot=n_boot, level=level, seed=seed)
-            row: dict[str, Any] = {"condition": condition.name, "coefficient": condition.coefficient
-                                   if condition.vector is not None else np.nan, "metric": metric,
+            row: dict[str, Any] = {"condition": condition.name, "family": condition.family or condition.name,
+                                   "coefficient": coefficient_of(condition), "metric": metric,
                                    "value": estimate.value, "low": estimate.low, "high": estimate.high,
                                    "n": estimate.n, "kl": kls[condition.name]}
             if baseline is not None:
                 effect = bootstrap(lambda a, b: float(np.nanmean(a - b)), values, scores[baseline][metric],
                                    n_boot=n_boot, level=level, seed=seed)
                 row |= {"effect": effect.value, "effect_low": effect.low, "effect_high": effect.high}
-                if condition.name in controls:
-                    rank = rank_p_value(effect.value, controls[condition.name][metric])
-                    row |= {"random_mean": float(np.mean(controls[condition.name][metric])), "control_p": rank.p,
-                            "control_floor": rank.floor, "n_random": rank.n_controls}
+                if condition.name in controlled:
+                    effects = [float(np.nanmean(random_scores[r.name][metric] - scores[baseline][metric]))
+                               for r in controlled[condition.name]]
+                    rank = rank_p_value(abs(effect.value), np.abs(effects))
+                    row |= {"random_mean": float(np.mean(effects)),
+                            "random_kl": float(np.mean([random_kls[r.name] for r in controlled[condition.name]])),
+                            "control_p": rank.p, "control_floor": rank.floor, "n_random": rank.n_controls}
+                elif condition.name in unmatched:
+                    row["control_note"] = unmatched[condition.name]
             rows.append(row)
     table = pd.DataFrame(rows)
     table["comparisons"] = len(table) - (len(scores[baseline]) if baseline is not None else 0)
     table.attrs["main"] = scorer.main
+    table.attrs["baseline"] = baseline
+    table.attrs["kl_rendering"] = kl_rendering
+    table.attrs["scores"] = {name: {metric: values.tolist() for metric, values in by_metric.items()}
+                             for name, by_metric in scores.items()}
     return table
+
+
+def scorer_metrics(table: pd.DataFrame) -> list[str]:
+    """The metrics a table holds, in the order the scorer gave them."""
+    return list(dict.fromkeys(table.metric))
+
+
+def curves(table: pd.DataFrame, metric: str | None = None) -> pd.DataFrame:
+    """The grid rows of one metric (default: the scorer's main) as curves: family x coefficient, sorted."""
+    metric = metric or table.attrs.get("main")
+    rows = table[(table.metric == metric) & table.coefficient.notna()]
+    if rows.empty:
+        raise ValueError(f"the table has no steered rows for metric {metric!r}: run compare(..., coefficients=...)")
+    return rows.sort_values(["family", "coefficient"]).reset_index(drop=True)
+
+
+def at_matched_kl(table: pd.DataFrame, kls: Sequence[float], metric: str | None = None) -> pd.DataFrame:
+    """Each family's effect (and its interval ends) where its curve reaches each KL in `kls`, interpolated along
+    the curve on each side of coefficient 0 (`dose_response.effect_at_kl`); NaN where a curve never gets there.
+    Two interventions are compared where they change the model equally, not at equal coefficients."""
+    if "effect" not in table:
+        raise ValueError("the table has no effects: run compare(..., baseline='<condition>', coefficients=...)")
+    rows = []
+    for family, curve in curves(table, metric).groupby("family", sort=False):
+        grid = curve.coefficient.tolist()
+        if 0.0 not in grid:
+            raise ValueError(f"family {family!r} has no coefficient 0: put 0 in the grid (effect_at_kl starts there)")
+        for sign in (1, -1):
+            if not any(sign * c > 0 for c in grid):
+                continue
+            for kl in kls:
+                row = {"family": family, "side": "+" if sign > 0 else "-", "kl": float(kl)}
+                for column in ("effect", "effect_low", "effect_high", "random_mean"):
+                    if column in curve:
+                        values = curve[column].fillna(0.0) if column == "random_mean" else curve[column]
+                        row[column] = effect_at_kl(grid, curve.kl.tolist(), values.tolist(), float(kl), sign)
+                rows.append(row)
+    return pd.DataFrame(rows)
+
+
+def slopes(table: pd.DataFrame, metric: str | None = None, linear_up_to: float | None = None) -> pd.DataFrame:
+    """Per family: steerability (the mean per-unit slope of score on coefficient, fitted on |c| <=
+    `linear_up_to`, the linear regime) and the fraction of anti-steerable units (Tan et al. 2024), from the
+    per-unit scores `compare` keeps."""
+    scores = table.attrs.get("scores")
+    if not scores:
+        raise ValueError("the table has no per-unit scores (attrs['scores']): use a table straight from compare")
+    rows = []
+    for family, curve in curves(table, metric).groupby("family", sort=False):
+        grid = curve.coefficient.tolist()
+        values = np.array([scores[name][curve.metric.iloc[0]] for name in curve.condition]).T
+        fitted = per_row_slopes(grid, values, linear_up_to)
+        rows.append({"family": family, "steerability": fitted.steerability,
+                     "fraction_anti_steerable": fitted.fraction_anti_steerable, "linear_up_to": fitted.linear_up_to,
+                     "units": values.shape[0]})
+    return pd.DataFrame(rows)
 
 
 def frontier_figure(table: pd.DataFrame, metric: str | None = None, path: Any = None) -> Any:

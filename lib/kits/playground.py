@@ -30,6 +30,8 @@ from lib.generation import generate
 from lib.hooks import Steering
 from lib.io import repo_path
 from lib.kits.data import DEFAULT_PROMPTS, NEUTRAL_TEXTS
+from lib.kits.evaluation import fluency_nll
+from lib.kits.text_scorers import degeneracy
 from lib.models import layer_index
 from lib.vectors import SteeringVector
 
@@ -129,6 +131,8 @@ class PlaygroundRow:
     text: str
     changed: float  # 1 - word-level similarity to the unsteered text: 0 identical, 1 nothing in common
     kl: float  # mean KL(unsteered || steered) per token of neutral text, nats
+    degenerate: bool = False  # repeated trigrams or non-words over half the text, or empty (text_scorers.degeneracy)
+    fluency_nll: float = float("nan")  # the unsteered model's NLL per token of the text: how natural it reads
 
 
 @dataclass
@@ -175,11 +179,14 @@ class PlaygroundOutputs:
         texts = "".join(cell(row, html.escape(row.text) or "<i>(empty)</i>", kind=kind(row)) for row in self.rows)
         changed = "".join(cell(row, f"{row.changed:.0%}") for row in self.rows)
         kls = "".join(cell(row, f"{row.kl:.3f}") for row in self.rows)
+        fluency = "".join(cell(row, f"{row.fluency_nll:.2f}" + (" <b>degenerate</b>" if row.degenerate else ""))
+                          for row in self.rows)
         sampling = "greedy" if self.temperature == 0 else \
             f"sampled at temperature {self.temperature:g}, seed {self.seed}"
         note = (f"layers {self.layers}, positions {self.positions!r}, {sampling}, {self.max_new_tokens} new tokens. "
                 "changed: 1 - word-level similarity to the unsteered text. KL: mean KL(unsteered || steered) per "
-                "token of neutral text, nats.")
+                "token of neutral text, nats. Fluency: the unsteered model's NLL per token of the text (higher reads "
+                "less naturally); degenerate: repeated trigrams or non-words over half of it, or empty.")
         if self.positions == "generated":
             note += " The KL is a plain forward pass, which has no generated tokens: 'generated' leaves it at 0."
         label = f'<th style="{CELL_STYLE}">{{}}</th>'
@@ -188,6 +195,7 @@ class PlaygroundOutputs:
                 f"<tr>{label.format('text')}{texts}</tr>"
                 f"<tr>{label.format('changed')}{changed}</tr>"
                 f"<tr>{label.format('KL on neutral text')}{kls}</tr>"
+                f"<tr>{label.format('fluency (NLL)')}{fluency}</tr>"
                 f'</table><p style="font-size: smaller">{html.escape(note)}</p>')
 
 
@@ -246,11 +254,13 @@ def playground_outputs(
                      coefficients=rows, progress=False)  # batch_size: every coefficient in one batch
     kl = next_token_kl(model, tokenizer, neutral_texts, steering=steering, coefficients=rows,
                        batch_size=kl_batch_size, progress=False).tolist()
+    fluency = fluency_nll(model, tokenizer, [prompt] * len(rows), texts, batch_size=kl_batch_size, chat=chat)
     return PlaygroundOutputs(
         prompt=prompt, layers=chosen, positions=positions, temperature=float(temperature),
         max_new_tokens=max_new_tokens, seed=seed,
-        rows=[PlaygroundRow(coefficient, text, changed_fraction(texts[0], text), value)
-              for coefficient, text, value in zip(rows, texts, kl, strict=True)],
+        rows=[PlaygroundRow(coefficient, text, changed_fraction(texts[0], text), value, degeneracy(text).degenerate,
+                            float(nll))
+              for coefficient, text, value, nll in zip(rows, texts, kl, fluency, strict=True)],
     )
 
 

@@ -60,6 +60,22 @@ class BothOrders:
     def pmass(self) -> torch.Tensor:
         return (self.pmass_first + self.pmass_second) / 2
 
+    def per_item(self) -> dict[str, torch.Tensor]:
+        """{"score": content, "position_bias", "pmass"} per item: what a single-order scorer's "score" and "pmass"
+        were, now free of answer position."""
+        return {"score": self.content, "position_bias": self.position_bias, "pmass": self.pmass}
+
+    def split(self, parts: int) -> list[BothOrders]:
+        """The items cut into `parts` equal consecutive blocks (one per coefficient of a batched sweep)."""
+        n = len(self.items)
+        if parts < 1 or n % parts:
+            raise ValueError(f"{n} items do not split into {parts} equal parts")
+        size = n // parts
+        return [BothOrders(self.items[k * size:(k + 1) * size],
+                           *(getattr(self, name)[k * size:(k + 1) * size]
+                             for name in ("target_first", "target_second", "pmass_first", "pmass_second")))
+                for k in range(parts)]
+
     def summary(self, n_boot: int = 2000, level: float = 0.95, seed: int = 0) -> dict[str, Estimate]:
         """Mean content, position bias and pmass over items, each with a bootstrap interval over items."""
         return {name: bootstrap(_mean, getattr(self, name).double().numpy(), n_boot=n_boot, level=level, seed=seed)
@@ -135,3 +151,65 @@ def balanced_split(items: Sequence[Item], n_train: int, n_val: int, n_test: int,
         random.Random(f"{seed}-{name}").shuffle(flips)
         balanced[name] = [with_target(item, first) for item, first in zip(part, flips, strict=True)]
     return balanced
+
+
+@dataclass(frozen=True)
+class FormatChoice:
+    """The answer format chosen on validation items, and every candidate's reading (both orders each)."""
+
+    chosen: str
+    formats: dict[str, dict[str, float]]
+    min_pmass: float
+    eligible: bool = True  # False: no format reached min_pmass and the one with the most pmass was taken
+
+    @property
+    def criterion(self) -> str:
+        if not self.eligible:
+            return f"no format reached pmass >= {self.min_pmass}: the one with the most pmass (the scores are weak)"
+        return f"pmass >= {self.min_pmass}, then the most headroom"
+
+    def as_dict(self) -> dict[str, Any]:
+        return {"chosen": self.chosen, "criterion": self.criterion, "eligible": self.eligible,
+                "formats": self.formats}
+
+
+def headroom(scored: BothOrders) -> torch.Tensor:
+    """[N] room the score has to move either way: 1 - |2 p - 1| with p = the probability of the target answer
+    between the two answers (sigmoid of the signed log-ratio), averaged over both orders. 1 when the model is
+    undecided, 0 when it is certain: a saturated item cannot show a change of mind."""
+    def room(score: torch.Tensor) -> torch.Tensor:
+        return 1 - (2 * torch.sigmoid(score.double()) - 1).abs()
+
+    return (room(scored.target_first) + room(scored.target_second)) / 2
+
+
+def choose_answer_format(model: nn.Module, tokenizer: Any, items: Sequence[Item], formats: dict[str, AnswerFormat],
+                         *, min_pmass: float = 0.5, system: str | None = None, batch_size: int = 16,
+                         fallback: bool = False, progress: bool = False) -> FormatChoice:
+    """Among the formats whose mean pmass (probability on the two answer tokens, both orders) is at least
+    `min_pmass`, the one with the most headroom (`headroom`) on validation `items`. pmass alone picked the format
+    before (weight steering), and the largest validation score is the wrong aim too: an effect needs room to move
+    and an answer the model gives. Every format is scored and reported (content, position bias, pmass, headroom),
+    so a result can be read in both. When no format reaches `min_pmass`: an error, or with `fallback=True` the
+    format with the most pmass, marked `eligible=False` (a run that must go on says so in its results)."""
+    if not formats:
+        raise ValueError("formats is empty: give at least one candidate AnswerFormat")
+    if not 0 <= min_pmass < 1:
+        raise ValueError(f"min_pmass={min_pmass} must be in [0, 1)")
+    readings = {}
+    for name, fmt in formats.items():
+        scored = score_both_orders(model, tokenizer, items, fmt, system=system, batch_size=batch_size,
+                                   progress=progress)
+        readings[name] = {"content": float(scored.content.double().mean()),
+                          "position_bias": float(scored.position_bias.double().mean()),
+                          "pmass": float(scored.pmass.double().mean()),
+                          "headroom": float(headroom(scored).mean()), "n": len(scored.items)}
+    eligible = [name for name, reading in readings.items() if reading["pmass"] >= min_pmass]
+    if not eligible:
+        best = max(readings, key=lambda name: readings[name]["pmass"])
+        if fallback:
+            return FormatChoice(best, readings, min_pmass, eligible=False)
+        raise ValueError(f"no format reaches min_pmass={min_pmass} (best: {best} at {readings[best]['pmass']:.3f}): "
+                         "the model does not answer in these formats; lower min_pmass or write another format")
+    chosen = max(eligible, key=lambda name: readings[name]["headroom"])
+    return FormatChoice(chosen, readings, min_pmass)

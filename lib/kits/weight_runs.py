@@ -21,11 +21,12 @@ from typing import Any
 import torch
 from torch import nn
 
-from lib.choice_evals import AnswerFormat, summarize
+from lib.choice_evals import AnswerFormat, score_rows, summarize
 from lib.evals import Rendering, text_logprobs
 from lib.hooks import Steering
-from lib.kits.choice_data import KIND, Item, dilemma_prompt, to_rows
+from lib.kits.choice_data import KIND, LOADERS, Item, dilemma_prompt, split_items, to_rows
 from lib.kits.data import NEUTRAL_TEXTS
+from lib.kits.two_choice import balanced_split, score_both_orders
 
 # ----------------------------------------------------------------------------- the folder
 
@@ -56,6 +57,43 @@ def saved_deltas(folder: Path, behaviour: str) -> dict[str, dict[int, Path]]:
 
 # ----------------------------------------------------------------------------- the rows
 
+# How a run scored its two-choice items: "both" answer orders (runs since the evaluation kit: content score,
+# position bias, items split with the target first in exactly half of each part), or "single" (runs saved before:
+# one order, a plain seeded shuffle). A run records it in each behaviour's state; a state without it is "single".
+ORDERS = ("both", "single")
+
+
+def orders_of(state: Mapping[str, Any]) -> str:
+    """The orders a behaviour's saved state was scored in ("single" for states saved before the field existed)."""
+    orders = str(state.get("orders", "single"))
+    if orders not in ORDERS:
+        raise ValueError(f"a run state records orders={orders!r}; known: {ORDERS}")
+    return orders
+
+
+def run_split(behaviour: str, n_train: int, n_val: int, n_test: int, seed: int,
+              orders: str) -> dict[str, list[Item]]:
+    """The train / val / test items of a run: `balanced_split` for "both" orders (the target first in exactly half
+    of each part, one question's items together), the plain seeded shuffle (`split_items`) for "single" runs, whose
+    test rows were not balanced (20 of 36 sycophancy rows had the target as (A))."""
+    items = LOADERS[behaviour]()
+    if orders == "both":
+        return balanced_split(items, n_train, n_val, n_test, seed)
+    return split_items(items, n_train, n_val, n_test, seed)
+
+
+def score_items(model: nn.Module, tokenizer: Any, items: Sequence[Item], fmt: AnswerFormat, orders: str, *,
+                system: str | None = None, steering: Steering | None = None,
+                coefficients: Sequence[float] | None = None, batch_size: int = 16) -> dict[str, torch.Tensor]:
+    """Per item: "score" and "pmass", and, in both orders, "position_bias" (`lib.kits.two_choice`); in a single
+    order, "logratio" (the unsigned first-minus-second log-ratio). `coefficients`: one per item."""
+    if orders == "both":
+        return score_both_orders(model, tokenizer, items, fmt, system=system, steering=steering,
+                                 coefficients=coefficients, batch_size=batch_size, progress=False).per_item()
+    return score_rows(model, tokenizer, to_rows(items, fmt), fmt, system=system, steering=steering,
+                      coefficients=coefficients, batch_size=batch_size, progress=False)
+
+
 FORMATS = {
     "yesno": AnswerFormat("yesno", "Yes", "No", "\nAnswer Yes or No.", ""),
     "yesno_oneword": AnswerFormat("yesno_oneword", "Yes", "No", "\nReply with one word, Yes or No.", ""),
@@ -69,15 +107,19 @@ def open_prompt(item: Item, behaviour: str) -> str:
     return dilemma_prompt(item) if KIND[behaviour] == "honesty" else item.question
 
 
-def rows_digest(behaviour: str, fmt: AnswerFormat, split: dict[str, list[Item]], source: str = "persona") -> str:
+def rows_digest(behaviour: str, fmt: AnswerFormat, split: dict[str, list[Item]], source: str = "persona",
+                orders: str = "single") -> str:
     """A fingerprint of every text a behaviour's results depend on (format, test and validation prompts, persona
-    training prompts, the contrast source), so a resumed run never mixes results computed on other rows or
-    pairs. The persona source adds nothing, so digests written before `contrast_source` existed still match."""
+    training prompts, the contrast source, the answer orders), so a resumed run never mixes results computed on
+    other rows or pairs. The persona source and a single order add nothing, so digests written before those fields
+    existed still match."""
     texts: dict[str, Any] = {"format": fmt.name, "test": [r.prompt for r in to_rows(split["test"], fmt)],
                              "val": [r.prompt for r in to_rows(split["val"], fmt)],
                              "train": [open_prompt(item, behaviour) for item in split["train"]]}
     if source != "persona":
         texts["contrast_source"] = source
+    if orders != "single":
+        texts["orders"] = orders
     return hashlib.sha1(json.dumps(texts).encode()).hexdigest()[:16]
 
 
@@ -106,9 +148,14 @@ NO_ADAPTER, NO_SEED = "-", -1  # the adapter and seed of an entry that trains no
 
 def entry_record(behaviour: str, method: str, coeff: float, scored: dict[str, torch.Tensor], kl: float,
                  low_pmass: float, adapter: str = NO_ADAPTER, seed: int = NO_SEED, **extra: Any) -> dict[str, Any]:
-    """One entry as the run saves it: the unit and coefficient, the score summary, the KL, per-row scores, extras."""
-    return {"behaviour": behaviour, "method": method, "adapter": adapter, "seed": seed, "coeff": float(coeff),
-            **summarize(scored, low_pmass), "kl": kl, "row_scores": scored["score"].tolist(), **extra}
+    """One entry as the run saves it: the unit and coefficient, the score summary, the KL, per-row scores, extras.
+    Scored in both orders (`score_items`), `first_bias` is the mean position bias and its rows are kept too."""
+    record = {"behaviour": behaviour, "method": method, "adapter": adapter, "seed": seed, "coeff": float(coeff),
+              **summarize(scored, low_pmass), "kl": kl, "row_scores": scored["score"].tolist()}
+    if "position_bias" in scored:
+        record["first_bias"] = float(scored["position_bias"].double().mean())
+        record["row_position_bias"] = scored["position_bias"].tolist()
+    return record | extra
 
 
 @dataclass(frozen=True)

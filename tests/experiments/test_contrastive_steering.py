@@ -105,7 +105,7 @@ def test_curves_are_hand_log_prob_gaps_and_kls_with_zero_kl_at_scale_zero(model)
     against a steered reference."""
     cfg, data = _cfg(scale=3.0, curve_scales=[0.0, 1.5]), _data()
     generator = torch.Generator().manual_seed(4)
-    vector = SteeringVector({layer: torch.randn(64, generator=generator) * 0.3 for layer in range(N_LAYERS)})
+    vector = SteeringVector({layer: torch.randn(64, generator=generator) * 0.1 for layer in range(N_LAYERS)})
     curves = cs.measure_curves(model, TOKENIZER, cfg, vector, data)
     assert list(curves) == ["steering", "random"]
     steering = curves["steering"]
@@ -124,6 +124,11 @@ def test_curves_are_hand_log_prob_gaps_and_kls_with_zero_kl_at_scale_zero(model)
     assert abs(steering["kl"][0]) < 1e-6 and abs(curves["random"]["kl"][0]) < 1e-6
     assert steering["kl"][2] > steering["kl"][1] > 1e-6
     assert curves["random"]["gap"][0] == pytest.approx(steering["gap"][0], abs=1e-6)  # scale 0: both unsteered
+    for at in (1, 2):  # the control changes the model as much as the vector (the kit matches it within 5%)
+        assert curves["random"]["kl"][at] == pytest.approx(steering["kl"][at], rel=0.05)
+        assert curves["random"]["control_floor"][at] == pytest.approx(1 / (cfg.n_random + 1))
+        assert steering["effect_low"][at] <= steering["effect"][at] <= steering["effect_high"][at]
+        assert steering["effect"][at] == pytest.approx(steering["gap"][at] - steering["gap"][0], abs=1e-6)
 
 
 def test_summary_reads_the_curves_at_scale_and_at_zero():

@@ -119,7 +119,49 @@ def test_each_weight_is_the_coefficient_of_the_vector_at_every_layer(folders, ru
     assert len(set(evaluation["sample_completions"][str(w)][0] for w in cfg.weights)) > 1  # steering moved the text
     assert evaluation["base"] == evaluation["steered"][cfg.weights.index(0.0)]
     assert abs(evaluation["kl_steered"][0]) < 1e-6 and abs(evaluation["kl_random"][0]) < 1e-6
-    assert len(evaluation["random"]) == len(cfg.weights) and evaluation["kl_random"][2] > 0
+    assert len(evaluation["random"]) == len(cfg.weights)
+
+
+def test_the_random_control_has_the_vectors_kl_at_each_weight_by_hand(folders, run):
+    """At each non-zero weight the random direction (per-layer norms of the vector, seed cfg.seed) is scaled to the
+    vector's KL there: re-measured by hand (own hooks, one unpadded row per text) within 5%, or, where no scale
+    reaches it, recorded in random_notes with no result (never a silent norm-matched stand-in). Catches: the
+    control left norm-matched, matched to another weight's KL, or a failed match dropped silently."""
+    from lib.vectors import random_like
+
+    cfg, _, _, _, vector, evaluation = run
+    base, tokenizer = _hand(folders[0])
+    neutral = [tokenizer(text)["input_ids"] for text in NEUTRAL_TEXTS]
+    direction = random_like(vector, seed=cfg.seed)
+    matched = 0
+    for at, weight in enumerate(cfg.weights):
+        scale = evaluation["random_scales"][at]
+        if weight == 0.0:
+            assert scale == 0.0
+            continue
+        if scale is None:
+            assert evaluation["random"][at] is None and "no scale reached" in evaluation["random_notes"][str(weight)]
+            continue
+        matched += 1
+        by_hand = hand_kl(base, neutral, {layer: scale * direction[layer] for layer in direction.layers})
+        assert by_hand == pytest.approx(evaluation["kl_steered"][at], rel=0.05)
+        assert evaluation["kl_random"][at] == pytest.approx(by_hand, abs=1e-5)
+        effect = evaluation["random_effects"][at]
+        assert effect["low"] <= effect["value"] <= effect["high"]
+    assert matched >= 1  # the check has teeth: at least one weight got a matched control
+
+
+def test_pass1_effect_is_the_paired_mean_difference_with_an_interval():
+    """The effect is mean(steered - base) of per-problem pass@1 (correct / completions), and its interval comes
+    from resampling problems (catches: unpaired means, counts not divided by the completions)."""
+    from lib.kits.matheval import MathEval
+
+    def result(counts, n=2):
+        return MathEval(len(counts), n, {1: sum(counts) / (n * len(counts))}, (0.0, 1.0), counts, 1.0, [])
+
+    effect = ms.pass1_effect(result([2, 1, 0, 2, 1]), result([1, 1, 0, 0, 1]))
+    assert effect["value"] == pytest.approx((0.5 + 0 + 0 + 1 + 0) / 5)
+    assert effect["low"] <= effect["value"] <= effect["high"] and effect["low"] >= 0 and effect["n"] == 5
 
 
 def test_kl_of_the_finetuned_model_from_the_base_by_hand(folders, run):
@@ -155,14 +197,21 @@ def test_results_and_table_read_the_best_weight(folders):
     cfg = _cfg(folders, weights=[0.0, 0.1, 0.2])
     evaluation = {"base": _summary(0.25), "finetuned": _summary(0.75),
                   "steered": [_summary(0.25), _summary(0.625), _summary(0.5)], "kl_steered": [0.0, 0.03, 0.09],
-                  "kl_finetuned": 0.2, "random": [_summary(0.25)] * 3, "kl_random": [0.0, 0.01, 0.02]}
+                  "kl_finetuned": 0.2, "random": [_summary(0.25), _summary(0.375), None],
+                  "kl_random": [0.0, 0.03, None], "random_notes": {"0.2": "no scale reached KL 0.09"},
+                  "effects": [{"value": 0.0, "low": 0.0, "high": 0.0}, {"value": 0.375, "low": 0.125, "high": 0.625},
+                              {"value": 0.25, "low": 0.0, "high": 0.5}]}
     summary = ms.results(cfg, SteeringVector({0: torch.ones(64)}), evaluation)["summary"]
     assert (summary["main"], summary["best_weight"], summary["side_effect"]) == (0.625, 0.1, 0.03)
     assert (summary["baseline"], summary["finetuned"], summary["kl_finetuned"]) == (0.25, 0.75, 0.2)
+    assert summary["effect_ci"] == [0.125, 0.625] and summary["random_at_best"] == 0.375
+    assert summary["comparisons"] == 2
     table = ms.table(evaluation, cfg.weights)
     assert list(table.index) == ["base", "finetuned", "steered w=0.0", "steered w=0.1", "steered w=0.2",
                                  "random w=0.0", "random w=0.1", "random w=0.2"]
     assert table.loc["steered w=0.2", "kl_from_base"] == 0.09 and table.loc["finetuned", "pass@1"] == 0.75
+    assert table.loc["steered w=0.1", "effect_low"] == 0.125
+    assert table.loc["random w=0.2", "note"] == "no scale reached KL 0.09"
 
 
 def test_config_refuses_bad_values_naming_the_parameter(folders):

@@ -107,7 +107,7 @@ def test_retained_matches_a_hand_recompute_of_one_variant(planted):
     model, tokenizer, folder, cfg, out, ablation, table, deltas = planted
     full = deltas["lora"][0]
     mlp = WeightDelta({n: d for n, d in full.deltas.items() if ".mlp." in n})
-    rows, fmt = ablation.evals.rows, ablation.evals.fmt
+    rows, fmt = to_rows(ablation.evals.items, ablation.evals.fmt), ablation.evals.fmt  # a legacy run: one order
 
     def swing(delta):
         scores = {}
@@ -463,6 +463,10 @@ def test_the_journal_ablation_gives_the_table_and_verdict_it_saved(folder):
     if (folder / "verdict.json").exists():
         effects = pd.read_csv(folder / "full_effects.csv")
         rules = {column: wa.verdict(table, effects, cfg, column) for column in ("retained", "retained_preference")}
+        for rule in (rule for column in rules.values() for rule in column if "by_interval" in rule):
+            # added since the journal ran: each rule's answer from the 95% intervals, beside the point rule
+            assert rule.pop("by_interval") in ("holds", "fails", "inconclusive")
+            rule["text"] = rule["text"].rsplit("; by the 95% intervals: ", 1)[0]
         assert json.loads(json.dumps(rules, default=str)) == json.loads((folder / "verdict.json").read_text())
 
 
@@ -482,3 +486,62 @@ def test_layer_figures_place_single_layers_by_their_block():
     heatmap = wa.retained_figure(table)
     labels = [label.get_text() for label in heatmap.axes[0].get_yticklabels()]
     assert sorted(labels) == ["g: L2_only@norm", "g: full", "g: mid"]
+
+
+def test_a_run_scored_in_both_orders_is_rebuilt_and_reproduced_in_both_orders(small, tmp_path):
+    """A weight_steering run since the evaluation kit records orders="both": its items come from the balanced
+    split and every score is the content score of both answer orders. The ablation rebuilds those items and
+    re-scores in both orders, reproducing the saved rows exactly (catches: the legacy split or one order used
+    on such a run: the rows differ and the run is refused)."""
+    from lib.kits.two_choice import balanced_split, score_both_orders
+
+    model, tokenizer = small
+    split = balanced_split(LOADERS["honesty"](), 2, 2, 4, 0)
+    fmt = wr.FORMATS["ab_paren"]
+
+    def scored():
+        both = score_both_orders(model, tokenizer, split["test"], fmt, batch_size=4, progress=False).per_item()
+        return {**summarize(both), "row_scores": both["score"].tolist()}
+
+    delta = _layer1_delta(model, 0.08)
+    folder = tmp_path / "src"
+    delta.save(folder / "deltas" / "honesty_lora_seed0")
+    entries = [{"method": "none", "adapter": "-", "seed": -1, "coeff": 0.0, **scored()}]
+    for c in PARAMS["weight_coeffs"]:
+        if c:
+            with apply_delta(model, delta, c):
+                entries.append({"method": "weight", "adapter": "lora", "seed": 0, "coeff": c, **scored()})
+    write_json(folder / "run.json", {"notebook": "weight_steering", "parameters": PARAMS, "status": "ok"})
+    write_json(folder / "honesty_partial.json", {
+        "entries": entries, "format": "ab_paren", "orders": "both",
+        "rows_digest": wr.rows_digest("honesty", fmt, split, "written", "both"),
+        "split_ids": {part: [i.id for i in items] for part, items in split.items()}})
+    single = score_rows(model, tokenizer, to_rows(split["test"], fmt), fmt, batch_size=4, progress=False)["score"]
+    assert max(abs(a - b) for a, b in zip(single.tolist(), entries[0]["row_scores"], strict=True)) > 1e-3  # teeth
+    ablation = wa.run_ablation(_cfg(folder, groups=["controls"]), model, tokenizer, tmp_path / "a", progress=False,
+                               log=lambda message: None)
+    assert ablation.store.base["row_scores"] == pytest.approx(entries[0]["row_scores"], abs=1e-6)
+
+
+def test_retained_has_a_paired_interval_over_rows(planted):
+    """The full dW retains exactly [1, 1] of itself and the zero delta [0, 0]: only a bootstrap that resamples the
+    same rows in the variant and the full dW gives that (catches: unpaired resampling); every other interval holds
+    its point value, and a variant whose swing is undefined has none."""
+    table = planted[-2].set_index(["family", "variant"])
+    full, zero = table.loc[("lora", "full")], table.loc[("lora", "zero")]
+    assert (full.retained_low, full.retained_high) == (pytest.approx(1.0), pytest.approx(1.0))
+    assert (zero.retained_low, zero.retained_high) == (pytest.approx(0.0, abs=1e-9), pytest.approx(0.0, abs=1e-9))
+    rows = table[table.retained_low.notna()]
+    assert len(rows) > 3 and ((rows.retained_low <= rows.retained + 1e-9) & (rows.retained <= rows.retained_high
+                                                                              + 1e-9)).all()
+
+
+def test_rules_answer_from_intervals_holds_fails_or_inconclusive():
+    """`by_interval`: a part retains enough only when its whole interval clears the cut, the others are removed only
+    when theirs are under it (catches: the point value used, or low and high swapped)."""
+    assert wa.by_interval({"mlp": (0.85, 1.1)}, 0.8, {"attn": (-0.1, 0.15)}, 0.2) == "holds"
+    assert wa.by_interval({"mlp": (0.75, 1.1)}, 0.8, {"attn": (-0.1, 0.15)}, 0.2) == "inconclusive"
+    assert wa.by_interval({"mlp": (0.85, 1.1)}, 0.8, {"attn": (0.1, 0.5)}, 0.2) == "inconclusive"
+    assert wa.by_interval({"mlp": (0.3, 0.7)}, 0.8, {"attn": (-0.1, 0.15)}, 0.2) == "fails"
+    assert wa.by_interval({"mlp": (0.85, 1.1)}, 0.8, {"attn": (0.25, 0.5)}, 0.2) == "fails"
+    assert wa.by_interval({"a": (0.6, 0.9), "b": (math.nan, math.nan)}, 0.5) == "inconclusive"

@@ -151,6 +151,14 @@ def test_adapters_and_vector_train_on_the_chosen_source(source, small, monkeypat
     assert results["summary"]["contrast"]["honesty"][source]["best_auc"] == state["contrast"][source]["best_auc"]
     assert results["summary"]["headroom"]["honesty"]["has_headroom"] == state["headroom"]["has_headroom"]
     assert set(ws.contrast_table({"honesty": state}).source) == set(state["contrast"])
+    # scored in both answer orders on a position-balanced split, each weight entry with its KL-matched control
+    assert state["orders"] == "both" and all("row_position_bias" in e for e in state["entries"])
+    test_items = [items[i] for i in state["split_ids"]["test"]]
+    assert sum(item.first_is_target for item in test_items) == len(test_items) // 2
+    controls = [e for e in state["entries"] if e["method"] == ws.RANDOM_DELTA]
+    assert len(controls) + len(state.get("random_notes", {})) == 2  # coefficients -1 and +1 of the one seed
+    for control in controls:
+        assert control["kl"] == pytest.approx(control["target_kl"], rel=0.05)
 
 
 def test_offline_pairs_that_leak_an_eval_question_are_refused(small, monkeypatch):
@@ -255,3 +263,77 @@ def test_the_journal_run_folder_gives_the_comparison_table_it_saved():
     assert len(columns) == 11 and not table.diverged.any()
     pd.testing.assert_frame_equal(table[columns], saved[columns], check_dtype=False, rtol=0, atol=1e-12)
 
+
+
+def _rows_entry(method, coeff, rows, kl, seed=-1, adapter="-", diverged=False):
+    return {**_entry(method, coeff, sum(rows) / len(rows), kl, seed, adapter), "row_scores": rows,
+            **({"diverged": True} if diverged else {})}
+
+
+def test_matched_kl_table_interpolates_each_curve_at_the_budget_with_an_interval():
+    """By hand: the weight curve (seed mean per row) passes KL 0.1 at coefficient 1 and 0.4 at 2, so at the budget
+    0.25 its change is halfway between the two coefficients' mean changes; the negative side never reaches the
+    budget (NaN, not extrapolated); a diverged seed is left out; the prompts are read at their own KL. Catches:
+    the best point within the budget taken instead, extrapolation, the diverged seed averaged in."""
+    base = [0.0, 0.0, 0.0, 0.0]
+    entries = [_rows_entry("none", 0.0, base, 0.0), _rows_entry("prompt_simple", 1.0, [0.5, 0.5, 0.3, 0.3], 0.3),
+               _rows_entry("prompt_simple", -1.0, [0.0, -0.2, 0.0, -0.2], 0.05)]
+    for seed, shift in enumerate((0.0, 0.2)):
+        entries += [_rows_entry("weight", 1.0, [0.1 + shift, 0.2, 0.3, 0.2], 0.1, seed, "lora"),
+                    _rows_entry("weight", 2.0, [0.5 + shift, 0.6, 0.7, 0.6], 0.4, seed, "lora"),
+                    _rows_entry("weight", -1.0, [-0.1, -0.1, -0.1, -0.1], 0.05, seed, "lora")]
+    entries.append(_rows_entry("weight", 2.0, [9.0, 9.0, 9.0, 9.0], 0.4, 2, "lora", diverged=True))
+    table = ws.matched_kl_table(entries, kl_budget=0.25).set_index("method")
+    at_one = (0.2 + 0.2 + 0.3 + 0.2) / 4  # seed-mean row changes at coefficient 1 (first row: 0.1 and 0.3)
+    at_two = (0.6 + 0.6 + 0.7 + 0.6) / 4
+    assert table.loc["weight", "up_delta"] == pytest.approx(at_one + 0.5 * (at_two - at_one))
+    assert table.loc["weight", "up_low"] <= table.loc["weight", "up_delta"] <= table.loc["weight", "up_high"]
+    assert pd_isna(table.loc["weight", "down_delta"])  # KL 0.05 at -1, the most negative coefficient
+    assert table.loc["weight", "n_seeds"] == 2
+    assert table.loc["prompt_simple", "up_delta"] == pytest.approx(0.4) and table.loc["prompt_simple", "at_own_kl"]
+    assert table.loc["prompt_simple", "up_kl"] == 0.3
+
+
+def test_a_random_delta_control_is_matched_to_each_coefficients_kl_and_scored_on_the_same_rows(small):
+    """Each control entry's KL, measured again with the run's own reading under a hand weight edit, is within 5% of
+    the trained dW's KL at that coefficient, and its scores are the rows scored under that edit (catches: the
+    control norm-matched only, matched to another coefficient, or scored without its delta)."""
+    from lib.evals import mean_kl
+
+    model, tokenizer = small
+    name = "model.layers.0.mlp.down_proj.weight"
+    generator = torch.Generator().manual_seed(3)
+    delta = WeightDelta({name: 0.05 * torch.randn(model.get_parameter(name).shape, generator=generator)})
+    cfg = ws.WeightSteeringConfig(behaviours=["honesty"], n_test=4, batch_size=8)
+    items = choice_data.load_honesty()[:4]
+    fmt = wr.FORMATS["ab_paren"]
+    reference = wr.neutral_logprobs(model, tokenizer, batch_size=8)
+    kls = {}
+    for coeff in (-2.0, 2.0):
+        with torch.no_grad():
+            model.get_parameter(name).add_(coeff * delta[name])
+        kls[coeff] = mean_kl(reference, wr.neutral_logprobs(model, tokenizer, batch_size=8))
+        with torch.no_grad():
+            model.get_parameter(name).sub_(coeff * delta[name])
+
+    def score():
+        return wr.score_items(model, tokenizer, items, fmt, "both", batch_size=8)
+
+    before = model.get_parameter(name).detach().clone()
+    out = ws.random_delta_entries(cfg, model, tokenizer, "honesty", delta, kls, "lora", 0, score)
+    assert torch.equal(model.get_parameter(name), before)
+    assert len(out["entries"]) + len(out) - 1 == 2
+    for entry in out["entries"]:
+        assert entry["method"] == ws.RANDOM_DELTA and entry["target_kl"] == kls[entry["coeff"]]
+        scale = entry["scale_over_norm_matched"]
+        from lib.kits.delta_ablation import norm_matched_random
+
+        random = norm_matched_random(delta * entry["coeff"], seed=0).delta * scale
+        with torch.no_grad():
+            model.get_parameter(name).add_(random[name])
+        again = mean_kl(reference, wr.neutral_logprobs(model, tokenizer, batch_size=8))
+        rows = score()["score"].tolist()
+        with torch.no_grad():
+            model.get_parameter(name).copy_(before)
+        assert again == pytest.approx(kls[entry["coeff"]], rel=0.05)
+        assert entry["row_scores"] == pytest.approx(rows, abs=1e-5)
