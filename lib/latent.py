@@ -58,6 +58,8 @@ class LatentSteering:
 class LatentOutput:
     texts: list[str]  # decoded answers, one per prompt
     latents: dict[int, torch.Tensor]  # layer -> [prompts, k, hidden] block outputs at the latent positions
+    # [prompts, vocab] log-probs of the first answer token (after `end_text`), with `answer_logprobs=True`
+    answer_logprobs: torch.Tensor | None = None
 
 
 def _forward(model: nn.Module, state: dict[str, torch.Tensor], cache: DynamicCache, *,
@@ -90,13 +92,16 @@ def latent_generate(
     record_layers: Sequence[int] | None = None,
     steering: LatentSteering | None = None,
     coefficients: Sequence[float] | None = None,
+    answer_logprobs: bool = False,
     progress: bool = True,
 ) -> LatentOutput:
     """Prompt + `start_text`, `latent_steps` continuous thoughts, `end_text`, then greedy answer tokens.
 
     The first thought is the last hidden state (after the final norm, as Coconut feeds it) at the end of
     `start_text`; each later thought is the hidden state at the previous thought. Rows are left-padded with
-    positions counted over real tokens, so a row gives the same answer alone or in a batch.
+    positions counted over real tokens, so a row gives the same answer alone or in a batch. `answer_logprobs=True`
+    also returns each row's log-probs of the first answer token (float32, on the CPU): what the thoughts did to the
+    answer's distribution, for a KL.
     """
     if latent_steps < 0:
         raise ValueError(f"latent_steps={latent_steps} must be >= 0")
@@ -119,7 +124,8 @@ def latent_generate(
     end_ids = torch.tensor(tokenizer(end_text, add_special_tokens=False)["input_ids"], device=device)
     eos = tokenizer.eos_token_id
 
-    def forward(part: slice, batch: dict[str, torch.Tensor]) -> tuple[list[str], list[dict[int, torch.Tensor]]]:
+    def forward(part: slice, batch: dict[str, torch.Tensor]
+                ) -> tuple[list[str], list[dict[int, torch.Tensor]], torch.Tensor | None]:
         rows = batch["input_ids"].shape[0]
         cache = DynamicCache()
         # the prompt goes in whole, with positions counted over its real tokens
@@ -142,6 +148,7 @@ def latent_generate(
             if layers:
                 steps.append({layer: acts[layer] for layer in layers})
         _forward(model, state, cache, input_ids=end_ids.expand(rows, -1))
+        first = torch.log_softmax(state["logits"].float(), dim=-1).cpu() if answer_logprobs else None
         answers = torch.empty(rows, 0, dtype=torch.long, device=device)
         done = torch.zeros(rows, dtype=torch.bool, device=device)
         for _ in range(max_new_tokens):
@@ -151,15 +158,16 @@ def latent_generate(
             if bool(done.all()):
                 break
             _forward(model, state, cache, input_ids=token.unsqueeze(1))
-        return _decode(tokenizer, answers, eos), steps
+        return _decode(tokenizer, answers, eos), steps, first
 
     done_batches = run_batches(model, encoded, batch_size, tokenizer.pad_token_id, forward,
                                new_tokens=latent_steps + len(end_ids) + max_new_tokens, what="prompts",
                                desc="latent generate", progress=progress)
-    texts = [text for batch_texts, _ in done_batches for text in batch_texts]
-    latents = {layer: torch.cat([torch.stack([step[layer] for step in steps], dim=1) for _, steps in done_batches])
+    texts = [text for batch_texts, _, _ in done_batches for text in batch_texts]
+    latents = {layer: torch.cat([torch.stack([step[layer] for step in steps], dim=1) for _, steps, _ in done_batches])
                for layer in layers}
-    return LatentOutput(texts, latents)
+    first = torch.cat([part for _, _, part in done_batches]) if answer_logprobs else None
+    return LatentOutput(texts, latents, first)
 
 
 def _decode(tokenizer: Any, answers: torch.Tensor, eos: int | None) -> list[str]:

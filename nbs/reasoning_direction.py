@@ -18,7 +18,10 @@
 # solved and failed ones are balanced (n = the smaller count) and split `train_fraction` / rest per class;
 # `direction = mean(acts | solved) - mean(acts | failed)` at every layer of the training half; the test
 # problems are answered again with `alpha * direction` added at `layers` for every alpha, and with
-# `n_random` norm-matched random directions at `random_alphas` (the control that tells a direction from noise).
+# `n_random` random directions at `random_alphas` (the control that tells a direction from noise), each rescaled
+# so that it changes the model as much as the direction does at that alpha: KL-matched within 5% (raw next-token
+# KL on neutral text in token mode; in latent mode the KL of the first answer token after the steered thoughts,
+# neutral texts as prompts). Where no scale reaches the direction's KL, the table says so instead of a number.
 #
 # - `mode="token"`: activations of the last prompt token (`read="prompt_last"`) or the mean over the model's
 #   own completion (`"completion_mean"`); steering at `steer_positions` ("all", "prompt", "generated").
@@ -30,8 +33,11 @@
 # Reference (GPT-2 CODI, GSM8K, 86 test problems): best amplification +2.3 points (alpha +1), suppression
 # -12.8 points (alpha -3), random directions -6.7 points on average.
 #
-# Statistics: accuracy with a bootstrap CI over problems; exact McNemar (sign test on the problems that changed)
-# for each alpha vs alpha 0; the direction's rank among the random directions at the same alpha.
+# Statistics (the evaluation kit, docs/evaluation.md): accuracy with a bootstrap CI over problems; the change vs
+# alpha 0 with a paired bootstrap interval over test problems beside the exact McNemar p (sign test on the problems
+# that changed); `significant` is ours (McNemar p < 0.05 per alpha, not adjusted: the summary gives the number of
+# alphas tested as `comparisons`); the direction's rank among the KL-matched random directions at the same alpha
+# with its floor 1/(n_random + 1), the smallest p that many controls can give (19 are needed to reach 0.05).
 
 # %% tags=["parameters"]
 model = "smollm2-135m"
@@ -103,12 +109,13 @@ probe = rd.heldout_auc(cfg, model_, tokenizer, problems, rows, parts, vector, pr
 probe.round(3).to_frame().T
 
 # %% [markdown]
-# ## Steering the test problems: the direction at every alpha, random directions at `random_alphas`
+# ## Steering the test problems: the direction at every alpha, KL-matched random directions at `random_alphas`
 
 # %%
 test = [problems[i] for i in parts["test_correct"] + parts["test_wrong"]]
-evaluations = rd.evaluate(cfg, model_, tokenizer, test, rd.controls(cfg, vector), out, projection_)
-kl = rd.side_effect_kl(cfg, model_, tokenizer, vector)
+kl = rd.side_effect_kl(cfg, model_, tokenizer, vector, projection_)
+controls = rd.controls(cfg, model_, tokenizer, vector, kl, projection_)
+evaluations = rd.evaluate(cfg, model_, tokenizer, test, controls.vectors, out, projection_)
 alphas_table = rd.alpha_table(cfg, evaluations, kl)
 alphas_table.round(3)
 
@@ -118,7 +125,7 @@ transition_figure(moves.to_dict("records"), f"{cfg.mode} mode: per-problem trans
 moves
 
 # %%
-randoms = rd.random_table(evaluations)
+randoms = rd.random_table(evaluations, controls.matches)
 alpha_accuracy_figure(alphas_table.to_dict("records"), randoms.to_dict("records"),
                       f"{cfg.mode} mode, {len(test)} test problems, layers {cfg.layers}", out / "accuracy_vs_alpha.png")
 randoms.round(3)

@@ -109,3 +109,15 @@ def test_kl_matched_random_delta_reaches_the_target_by_a_hand_weight_edit():
     assert abs(hand_kl(control * (1 / match.scale)) - target) > 0.05 * target  # norm matching alone would miss
     cosine = torch.nn.functional.cosine_similarity(control[name].flatten(), delta[name].flatten(), dim=0)
     assert abs(float(cosine)) < 0.1
+
+
+def test_a_kl_that_stops_being_finite_is_unreachable_not_a_crash():
+    """A saturating model in bf16 can give inf/NaN at the huge scales the search doubles to: that is no scale
+    reaching the target (KLUnreachable, which compare and the experiments record), not a crash (catches: the
+    plain ValueError back)."""
+    from lib.kits.controls import KLUnreachable
+
+    with pytest.raises(KLUnreachable, match="not finite"):
+        match_kl(lambda scales: [min(0.1 * s, 0.5) if s < 64 else math.nan for s in scales], 2.0)
+    with pytest.raises(ValueError, match="one KL per scale"):
+        match_kl(lambda scales: [0.1], 1.0)

@@ -116,13 +116,23 @@ def test_reasoning_direction_notebook_quick_preset(tmp_path, mode):
     table = {row["alpha"]: row for row in results["alpha_table"]}
     assert set(table) == {-3.0, 0.0, 3.0} and table[0.0]["p_mcnemar"] == 1.0
     assert {row["direction"] for row in results["random_control"]} >= {"random_0", "random_1", "random mean"}
-    assert len(list((run_dir / "evals").rglob("alpha=*.json"))) == 3 + 2 * 2
+    # KL-matched random controls: each within 5% of the direction's KL at its alpha, or a note saying why none is
+    randoms = [row for row in results["random_control"] if row["direction"].startswith("random_")]
+    unmatched = [row for row in randoms if isinstance(row.get("note"), str)]
+    assert len(randoms) == 2 * 2 and all(abs(row["kl"] - row["target_kl"]) <= 0.05 * row["target_kl"]
+                                         for row in randoms if row not in unmatched)
+    assert len(list((run_dir / "evals").rglob("alpha=*.json"))) == 3 + len(randoms) - len(unmatched)
+    ranks = [row for row in results["random_control"] if row["direction"] == "direction" and row["n_random"]]
+    assert all(row["p_floor"] == pytest.approx(1 / (row["n_random"] + 1)) and row["p_rank"] >= row["p_floor"]
+               for row in ranks) and ranks
     norms = results["direction_norms"]
     assert len(norms) == 30 and all(len(steps) == (1 if mode == "token" else 2) for steps in norms.values())
     for name in ("accuracy_vs_alpha.png", "transitions.png", "direction_heatmaps.png"):
         assert (run_dir / name).stat().st_size > 10_000, name
     summary = results["summary"]
     assert summary["baseline"] == table[0.0]["accuracy"] and summary["side_effect_metric"]
+    assert summary["unmatched_random_controls"] == len(unmatched) and summary["comparisons"] == 2
+    assert summary["best_delta_low"] <= summary["best_delta_points"] <= summary["best_delta_high"]
 
 
 WEIGHT_STEERING_QUICK = {"n_seeds": 2, "n_train": 4, "n_val": 4, "n_test": 6, "n_paraphrases": 1, "max_new_tokens": 12,

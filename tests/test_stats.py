@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 from scipy.stats import binomtest
 
-from lib.kits.stats import accuracy_ci, balanced_split, binomial_two_sided, mcnemar_exact, random_control, transitions
+from lib.kits.stats import accuracy_ci, balanced_split, binomial_two_sided, mcnemar_exact, transitions
 
 
 def test_transitions_count_each_outcome():
@@ -39,16 +39,6 @@ def test_bootstrap_accuracy_interval():
     # normal approximation: 0.5 +- 1.96 * 0.05
     assert low == pytest.approx(0.402, abs=0.02) and high == pytest.approx(0.598, abs=0.02)
     assert accuracy_ci([1, 0, 1, 1], seed=3) == accuracy_ci([1, 0, 1, 1], seed=3)
-
-
-def test_random_control_rank():
-    damage = random_control(-3.0, -12.5, [-2.0, -12.5, -20.0, 0.0, 5.0])
-    assert damage.as_extreme == 2 and damage.p_value == pytest.approx(3 / 6)
-    assert damage.random_mean == pytest.approx(-5.9)
-    gain = random_control(1.0, 4.0, [0.0, 4.0, -1.0])
-    assert gain.as_extreme == 1 and gain.p_value == pytest.approx(2 / 4)
-    with pytest.raises(ValueError, match="n_random"):
-        random_control(1.0, 0.0, [])
 
 
 def test_balanced_split_is_deterministic_disjoint_and_balanced():

@@ -4,11 +4,19 @@ After the seed report "GPT-2 Activation Steering Experiment" (GPT-2 CODI on GSM8
 best amplification +2.3 points at alpha +1, suppression -12.8 points at alpha -3, random directions
 -6.7 points on average): the model answers a problem set; solved and failed problems are balanced
 and split 80/20; `direction = mean(acts | solved) - mean(acts | failed)` per layer; the test problems
-are re-run with `alpha * direction` added, and the same is done with norm-matched random directions.
+are re-run with `alpha * direction` added, and the same is done with random directions that change the
+model as much as the direction does at that alpha (KL-matched, `lib.kits.controls`; the seed's controls were
+matched in norm only, and a norm-matched random direction can change the model far less or far more).
 
 Two modes. "token": activations of ordinary tokens (the last prompt token, or the mean over the model's
-own completion) and steering at token positions. "latent": the continuous-thought loop of
-`lib.latent`, activations and steering per latent step (`[k, hidden]` per layer).
+own completion) and steering at token positions; the side effect and the controls' matching read the raw
+next-token KL on neutral text. "latent": the continuous-thought loop of `lib.latent`, activations and
+steering per latent step (`[k, hidden]` per layer); latent steering never touches ordinary tokens, so its
+KL is read through the loop (`latent_kl`: the first answer token after the thoughts, neutral texts as prompts).
+
+Statistics (the evaluation kit, docs/evaluation.md): accuracy changes with a paired bootstrap interval over
+test problems beside the exact McNemar p; the direction's rank among the random directions with its floor
+1/(n + 1) (`lib.kits.uncertainty.rank_p_value`).
 
 Every evaluation is one (direction, alpha) pair saved as it finishes, so an interrupted run resumes
 without redoing any.
@@ -17,10 +25,13 @@ without redoing any.
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass
+import warnings
+from collections.abc import Sequence
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, ClassVar
 
+import numpy as np
 import pandas as pd
 import torch
 from torch import nn
@@ -36,11 +47,12 @@ from lib.config import (
     layer_list,
     model_layer_count,
 )
-from lib.evals import next_token_kl
+from lib.evals import kl_sum, next_token_kl
 from lib.extract import extract, prompt_and_completion
 from lib.generation import generate, render_chat
 from lib.hooks import Steering
 from lib.io import repo_path, write_json
+from lib.kits.controls import KLUnreachable, kl_matched_random, match_kl
 from lib.kits.data import NEUTRAL_TEXTS
 from lib.kits.mathdata import MathProblem, build_messages, load_math
 from lib.kits.plots import finish_figure
@@ -51,9 +63,9 @@ from lib.kits.stats import (
     auc,
     balanced_split,
     mcnemar_exact,
-    random_control,
     transitions,
 )
+from lib.kits.uncertainty import Estimate, bootstrap, rank_p_value
 from lib.latent import LatentSteering, latent_generate
 from lib.memory import Workload
 from lib.models import find_layers, load_model
@@ -62,8 +74,9 @@ from lib.vectors import SteeringVector, mean_difference, random_like
 
 @dataclass
 class ReasoningDirectionConfig(ModelConfig):
-    """A "good reasoning" direction from solved vs failed problems, with random controls (the seed report
-    "GPT-2 Activation Steering Experiment"). Defaults are the quick preset; the journal run overrides sizes."""
+    """A "good reasoning" direction from solved vs failed problems, with KL-matched random controls (after the
+    seed report "GPT-2 Activation Steering Experiment"). Defaults are the quick preset; the journal run overrides
+    sizes."""
 
     notebook: ClassVar[str] = "reasoning_direction"
     SEED_NAMES: ClassVar[dict[str, str]] = {"alphas": "coefficients", "random_alphas": "random_coefficients",
@@ -122,7 +135,7 @@ class ReasoningDirectionConfig(ModelConfig):
 
     @property
     def random_coefficients(self) -> list[float]:
-        """`random_alphas`: coefficients of the norm-matched random directions."""
+        """`random_alphas`: the alphas at which random directions, KL-matched to the direction there, are run."""
         return list(self.random_alphas)
 
     @property
@@ -142,6 +155,8 @@ class ReasoningDirectionConfig(ModelConfig):
 
 START_TEXT, END_TEXT = "<think>", "</think>\n<answer>"  # latent mode: thoughts replace the text between the tags
 SIGNIFICANCE = 0.05
+# The per-alpha decision the summary makes. Ours: the seed report gave accuracy changes without a test.
+SIGNIFICANCE_RULE = "ours: exact McNemar p < 0.05 vs alpha 0, per alpha, not adjusted for the number of alphas"
 
 
 def load(cfg: ReasoningDirectionConfig) -> tuple[nn.Module, Any, list[MathProblem], nn.Module | None]:
@@ -269,19 +284,111 @@ def heldout_auc(cfg: ReasoningDirectionConfig, model: nn.Module, tokenizer: Any,
     return pd.Series(scores, name="test AUC").rename_axis("layer")
 
 
-def controls(cfg: ReasoningDirectionConfig, vector: SteeringVector) -> dict[str, SteeringVector]:
-    """The direction and its norm-matched random controls (per layer, and per step in latent mode)."""
-    return {"direction": vector, **{f"random_{i}": random_like(vector, seed=cfg.seed + 1 + i)
-                                    for i in range(cfg.n_random)}}
+@dataclass
+class Controls:
+    """What `evaluate` runs: `vectors[label][alpha]` is steered at coefficient alpha ("direction" at every alpha,
+    "random_<i>" at each random alpha where a KL-matched one exists), and `matches`, one record per random
+    (label, alpha): its seed, the direction's KL there (`target_kl`), the control's matched `kl` and its scale
+    over the norm-matched direction, or a `note` saying why there is none."""
+
+    vectors: dict[str, dict[float, SteeringVector]]
+    matches: list[dict[str, Any]] = field(default_factory=list)
+
+
+def latent_answer_logprobs(cfg: ReasoningDirectionConfig, model: nn.Module, tokenizer: Any,
+                           vector: SteeringVector | None = None, coefficients: Sequence[float] = (),
+                           projection: nn.Module | None = None, texts: Sequence[str] = NEUTRAL_TEXTS
+                           ) -> torch.Tensor:
+    """[len(coefficients) * len(texts), vocab] (or [len(texts), vocab] without a vector) log-probs of the first
+    answer token after the continuous thoughts, each text as the user prompt, with `vector` steering the thoughts
+    exactly as `solve` does (`LatentSteering` at `cfg.layers`, `step_alphas`), rows coefficient-major."""
+    prompts = [text for _ in (coefficients if vector is not None else [None]) for text in texts]
+    steering = None if vector is None else LatentSteering(vector.select(cfg.layers).vectors,
+                                                          list(cfg.step_coefficients) or None)
+    row_coefficients = None if vector is None else [float(c) for c in coefficients for _ in texts]
+    output = latent_generate(model, tokenizer, prompts, latent_steps=cfg.latent_steps, projection=projection,
+                             start_text=START_TEXT, end_text=END_TEXT, max_new_tokens=1, batch_size=cfg.batch_size,
+                             steering=steering, coefficients=row_coefficients, answer_logprobs=True, progress=False)
+    assert output.answer_logprobs is not None
+    return output.answer_logprobs
+
+
+def latent_kl(cfg: ReasoningDirectionConfig, model: nn.Module, tokenizer: Any, vector: SteeringVector,
+              coefficients: Sequence[float], projection: nn.Module | None = None,
+              reference: torch.Tensor | None = None, texts: Sequence[str] = NEUTRAL_TEXTS) -> list[float]:
+    """Latent mode's KL, one value per coefficient: KL(unsteered || steered) of the first answer token after the
+    thoughts, averaged over `texts` (each the user prompt; nats). Latent steering acts at the thought positions
+    only, so the raw KL on neutral text is 0 by construction; this reads the steering the experiment applies
+    through the loop it runs. `reference`: the unsteered log-probs, when already computed."""
+    if reference is None:
+        reference = latent_answer_logprobs(cfg, model, tokenizer, projection=projection, texts=texts)
+    steered = latent_answer_logprobs(cfg, model, tokenizer, vector, coefficients, projection, texts)
+    n = len(texts)
+    return [float(kl_sum(reference, steered[k * n:(k + 1) * n])) / n for k in range(len(coefficients))]
+
+
+def random_control(cfg: ReasoningDirectionConfig, model: nn.Module, tokenizer: Any, vector: SteeringVector,
+                   alpha: float, target_kl: float, seed: int, projection: nn.Module | None = None,
+                   reference: torch.Tensor | None = None) -> tuple[SteeringVector, float, float]:
+    """A random direction with `vector`'s per-layer (per-step) norms (`random_like`, `seed`), rescaled so that
+    steering with it at coefficient `alpha` has the KL `target_kl` (within 5%) that the direction has there.
+    Token mode: `lib.kits.controls.kl_matched_random` with the side effect's own KL (raw next-token KL on neutral
+    text, all positions of `cfg.layers`). Latent mode: the same search (`match_kl`) over `latent_kl`, the KL of the
+    latent steering `solve` applies. Returns the control, its KL and its scale over the norm-matched direction;
+    raises `KLUnreachable` when no scale gets there."""
+    if cfg.mode == "token":
+        control, match = kl_matched_random(model, tokenizer, vector, target_kl, seed=seed, texts=NEUTRAL_TEXTS,
+                                           weight=alpha, layers=cfg.layers, positions="all", rendering="raw",
+                                           batch_size=cfg.batch_size)
+        return control, match.kl, match.scale
+    direction = random_like(vector, seed=seed)
+    if reference is None:
+        reference = latent_answer_logprobs(cfg, model, tokenizer, projection=projection)
+    match = match_kl(lambda scales: latent_kl(cfg, model, tokenizer, direction, [alpha * s for s in scales],
+                                              projection, reference), target_kl)
+    control = direction * match.scale
+    control.meta.update({"method": "random_kl_matched", "seed": seed, "target_kl": target_kl, "kl": match.kl,
+                         "scale_over_norm_matched": match.scale, "kl_measure": "latent first answer token"})
+    return control, match.kl, match.scale
+
+
+def controls(cfg: ReasoningDirectionConfig, model: nn.Module, tokenizer: Any, vector: SteeringVector,
+             kl: dict[float, float], projection: nn.Module | None = None) -> Controls:
+    """The direction at every alpha and `n_random` random directions (seeds `cfg.seed + 1 + i`) at each random
+    alpha, each KL-matched to the direction's KL there (`kl`, from `side_effect_kl`; `random_control`). Seed i is
+    one random direction at every alpha, rescaled per alpha. Where no scale reaches the KL (a random direction's
+    KL saturates below the direction's on small models) the control is left out, its record says why and a
+    warning is raised: never a silent gap."""
+    vectors: dict[str, dict[float, SteeringVector]] = {"direction": dict.fromkeys(cfg.coefficients, vector)}
+    matches: list[dict[str, Any]] = []
+    reference = (latent_answer_logprobs(cfg, model, tokenizer, projection=projection)
+                 if cfg.mode == "latent" and cfg.n_random else None)
+    for i in range(cfg.n_random):
+        label, seed = f"random_{i}", cfg.seed + 1 + i
+        vectors[label] = {}
+        for alpha in cfg.random_coefficients:
+            record: dict[str, Any] = {"direction": label, "alpha": alpha, "seed": seed, "target_kl": kl[alpha]}
+            try:
+                if not kl[alpha] > 0:
+                    raise KLUnreachable(f"the direction's KL at alpha {alpha:+g} is {kl[alpha]:.3g}: nothing to match")
+                control, matched, scale = random_control(cfg, model, tokenizer, vector, alpha, kl[alpha], seed,
+                                                         projection, reference)
+            except KLUnreachable as error:
+                record["note"] = f"no KL-matched random control: {error}"
+                warnings.warn(f"{label} at alpha {alpha:+g}: {record['note']}", stacklevel=2)
+            else:
+                vectors[label][alpha] = control
+                record |= {"kl": matched, "scale_over_norm_matched": scale}
+            matches.append(record)
+    return Controls(vectors, matches)
 
 
 def evaluate(cfg: ReasoningDirectionConfig, model: nn.Module, tokenizer: Any, test: list[MathProblem],
-             vectors: dict[str, SteeringVector], out: Path, projection: nn.Module | None = None
+             vectors: dict[str, dict[float, SteeringVector]], out: Path, projection: nn.Module | None = None
              ) -> dict[str, dict[float, list[dict[str, Any]]]]:
-    """Every (direction, alpha) pair on the test problems: the direction at every alpha, the random controls at
-    `random_alphas`. Each pair is written to evals/ as it finishes and read back on resume."""
-    jobs = [(label, alpha) for label in vectors for alpha in (cfg.coefficients if label == "direction"
-                                                               else cfg.random_coefficients)]
+    """Every (label, alpha) pair of `vectors` (`Controls.vectors`) on the test problems, the vector steered at
+    coefficient alpha. Each pair is written to evals/ as it finishes and read back on resume."""
+    jobs = [(label, alpha) for label, by_alpha in vectors.items() for alpha in by_alpha]
     results: dict[str, dict[float, list[dict[str, Any]]]] = {label: {} for label in vectors}
     bar = tqdm(jobs, desc="alphas")
     for label, alpha in bar:
@@ -290,7 +397,8 @@ def evaluate(cfg: ReasoningDirectionConfig, model: nn.Module, tokenizer: Any, te
             results[label][alpha] = json.loads(path.read_text())["rows"]
             continue
         bar.set_postfix_str(f"{label} alpha={alpha:+g}")
-        rows, _ = solve(cfg, model, tokenizer, test, vector=vectors[label], alpha=alpha, projection=projection)
+        rows, _ = solve(cfg, model, tokenizer, test, vector=vectors[label][alpha], alpha=alpha,
+                        projection=projection)
         write_json(path, {"label": label, "alpha": alpha, "rows": rows})
         results[label][alpha] = rows
     return results
@@ -300,22 +408,35 @@ def _flags(rows: list[dict[str, Any]]) -> list[bool]:
     return [bool(r["correct"]) for r in rows]
 
 
+def change_points(cfg: ReasoningDirectionConfig, base: Sequence[bool], steered: Sequence[bool]) -> Estimate:
+    """The accuracy change steered - base in points, with its paired bootstrap interval over test problems
+    (`lib.kits.uncertainty.bootstrap`: each draw resamples the same problems in both runs)."""
+    return bootstrap(lambda after, before: 100 * float(np.mean(after - before)), np.asarray(steered, dtype=float),
+                     np.asarray(base, dtype=float), n_boot=cfg.n_boot, seed=cfg.seed)
+
+
 def alpha_table(cfg: ReasoningDirectionConfig, evaluations: dict[str, dict[float, list[dict[str, Any]]]],
                 kl: dict[float, float] | None = None) -> pd.DataFrame:
-    """Accuracy with bootstrap CI per alpha, change vs alpha 0, exact McNemar p on the discordant problems."""
+    """Accuracy with bootstrap CI per alpha; the change vs alpha 0 in points with its paired bootstrap interval
+    over test problems (`delta_low`, `delta_high`); exact McNemar p on the discordant problems and
+    `significant` (SIGNIFICANCE_RULE, ours); the KL per alpha (`kl_neutral` in token mode, `kl_latent` in
+    latent mode, see `side_effect_kl`)."""
     runs = evaluations["direction"]
     base = _flags(runs[0.0])
+    kl_column = "kl_neutral" if cfg.mode == "token" else "kl_latent"
     table = []
     for alpha in sorted(runs):
         flags = _flags(runs[alpha])
         low, high = accuracy_ci(flags, n_boot=cfg.n_boot, seed=cfg.seed)
+        change = change_points(cfg, base, flags)
         test = mcnemar_exact(base, flags)
         table.append({"alpha": alpha, "accuracy": sum(flags) / len(flags), "ci_low": low, "ci_high": high,
-                      "delta_points": 100 * (sum(flags) - sum(base)) / len(flags), "gained": test["gained"],
+                      "delta_points": 100 * (sum(flags) - sum(base)) / len(flags), "delta_low": change.low,
+                      "delta_high": change.high, "gained": test["gained"],
                       "lost": test["lost"], "p_mcnemar": test["p_value"],
                       "significant": alpha != 0.0 and test["p_value"] < SIGNIFICANCE,
                       "answer_rate": sum(r["answered"] for r in runs[alpha]) / len(flags),
-                      **({"kl_neutral": kl[alpha]} if kl is not None else {})})
+                      **({kl_column: kl[alpha]} if kl is not None else {})})
     return pd.DataFrame(table)
 
 
@@ -327,32 +448,53 @@ def transition_table(evaluations: dict[str, dict[float, list[dict[str, Any]]]]) 
                         columns=["alpha", *TRANSITIONS])
 
 
-def random_table(evaluations: dict[str, dict[float, list[dict[str, Any]]]]) -> pd.DataFrame:
-    """Each random direction's accuracy change at each random alpha, their mean, and the direction's rank among
-    them (how many random directions change accuracy at least as much, and the rank test's p)."""
+def random_table(evaluations: dict[str, dict[float, list[dict[str, Any]]]],
+                 matches: Sequence[dict[str, Any]] = ()) -> pd.DataFrame:
+    """Per random alpha: each random direction's accuracy change (points) with its KL match (`Controls.matches`:
+    target_kl, kl, scale_over_norm_matched, or the `note` saying why it has none), their mean, and the direction's
+    rank among the matched ones (`lib.kits.uncertainty.rank_p_value`, one-sided in the direction's sense as the
+    seed read it: for a loss, how many random directions lose at least as much; for a gain, gain at least as
+    much): `randoms_as_extreme`, `p_rank` = (1 + that count) / (n_random + 1), and its floor `p_floor` =
+    1 / (n_random + 1), the smallest p `n_random` controls can give."""
     base = _flags(evaluations["direction"][0.0])
+    labels = [label for label in evaluations if label != "direction"]
+    found = {(m["direction"], m["alpha"]): m for m in matches}
     rows = []
-    for alpha in sorted({a for label, runs in evaluations.items() if label != "direction" for a in runs}):
+    for alpha in sorted({a for label in labels for a in evaluations[label]} | {a for _, a in found}):
         def delta(label: str, alpha: float = alpha) -> float:
             flags = _flags(evaluations[label][alpha])
             return 100 * (sum(flags) - sum(base)) / len(flags)
 
-        labels = [label for label in evaluations if label != "direction"]
-        control = random_control(alpha, delta("direction"), [delta(label) for label in labels])
+        deltas = []
         for label in labels:
-            rows.append({"alpha": alpha, "direction": label, "delta_points": delta(label)})
-        rows.append({"alpha": alpha, "direction": "random mean", "delta_points": control.random_mean})
-        rows.append({"alpha": alpha, "direction": "direction", "delta_points": control.direction_delta,
-                     "randoms_as_extreme": control.as_extreme, "p_rank": control.p_value})
+            match = {k: v for k, v in found.get((label, alpha), {}).items() if k not in ("direction", "alpha")}
+            value = delta(label) if alpha in evaluations[label] else None
+            if value is not None:
+                deltas.append(value)
+            rows.append({"alpha": alpha, "direction": label, "delta_points": value, **match})
+        mine = delta("direction")
+        target = next((m["target_kl"] for (_, a), m in found.items() if a == alpha), None)
+        if deltas:
+            rank = rank_p_value(mine, deltas, larger_is_more=mine >= 0)
+            rows.append({"alpha": alpha, "direction": "random mean", "delta_points": float(np.mean(deltas))})
+            rows.append({"alpha": alpha, "direction": "direction", "delta_points": mine, "target_kl": target,
+                         "randoms_as_extreme": rank.at_least_as_large, "n_random": rank.n_controls,
+                         "p_rank": rank.p, "p_floor": rank.floor})
+        else:
+            rows.append({"alpha": alpha, "direction": "direction", "delta_points": mine, "target_kl": target,
+                         "n_random": 0, "note": "no random direction reached the direction's KL: no rank"})
     return pd.DataFrame(rows)
 
 
-def side_effect_kl(cfg: ReasoningDirectionConfig, model: nn.Module, tokenizer: Any, vector: SteeringVector
-                   ) -> dict[float, float] | None:
-    """Token mode: KL(unsteered || steered) on neutral text per alpha. Latent steering never touches ordinary
-    tokens, so there its side effect is the answer rate (well-formed answers) in the alpha table."""
+def side_effect_kl(cfg: ReasoningDirectionConfig, model: nn.Module, tokenizer: Any, vector: SteeringVector,
+                   projection: nn.Module | None = None) -> dict[float, float]:
+    """KL per alpha, the target the random controls are matched to. Token mode: KL(unsteered || steered) per
+    token of neutral text, read raw (`next_token_kl`), steering all positions of `cfg.layers`. Latent steering
+    never touches ordinary tokens, so there it is `latent_kl` (the first answer token after the thoughts), and
+    the summary's side effect stays the answer rate (well-formed answers) in the alpha table."""
     if cfg.mode == "latent":
-        return None
+        values = latent_kl(cfg, model, tokenizer, vector, cfg.coefficients, projection)
+        return dict(zip(cfg.coefficients, values, strict=True))
     steering = Steering(vector, layers=cfg.layers, positions="all")
     values = next_token_kl(model, tokenizer, NEUTRAL_TEXTS, steering=steering, coefficients=cfg.coefficients,
                            batch_size=cfg.batch_size)
@@ -367,26 +509,40 @@ def step_norms(vector: SteeringVector) -> pd.DataFrame:
 
 def results(cfg: ReasoningDirectionConfig, vector: SteeringVector, parts: dict[str, list[int]],
             alphas: pd.DataFrame, moves: pd.DataFrame, randoms: pd.DataFrame, probe: pd.Series) -> dict[str, Any]:
-    """results.json: parameters, the tables, and a summary that calls an effect real only when its test says so."""
+    """results.json: parameters, the tables, and a summary that calls an effect real only when its test says so
+    (`significant_alphas`, SIGNIFICANCE_RULE, with `comparisons`: the steered alphas tested), each change with its
+    paired interval, and the suppression's rank among the KL-matched random directions with its floor."""
     steered = alphas[alphas.alpha != 0.0]
     base = alphas[alphas.alpha == 0.0].iloc[0]
     best = steered.loc[steered.accuracy.idxmax()]
     worst = steered.loc[steered.accuracy.idxmin()]
     side = "kl_neutral" if "kl_neutral" in alphas else "answer_rate"
-    at_worst = (randoms[(randoms.alpha == worst.alpha) & (randoms.direction == "direction")] if not randoms.empty
-                else randoms)
+    ranked = (randoms[(randoms.alpha == worst.alpha) & (randoms.direction == "direction") & randoms.p_rank.notna()]
+              if "p_rank" in randoms else randoms.iloc[0:0])
+    unmatched = int(((randoms.direction != "direction") & randoms.note.notna()).sum()) if "note" in randoms else 0
     summary = {
         "main_metric": "test accuracy, best steered alpha",
         "main": float(best.accuracy), "best_alpha": float(best.alpha), "best_p_mcnemar": float(best.p_mcnemar),
         "baseline": float(base.accuracy),
         "suppression_alpha": float(worst.alpha), "suppression_accuracy": float(worst.accuracy),
         "suppression_p_mcnemar": float(worst.p_mcnemar),
-        "suppression_p_vs_random": float(at_worst.p_rank.iloc[0]) if len(at_worst) else None,
+        "best_delta_points": float(best.delta_points), "best_delta_low": float(best.delta_low),
+        "best_delta_high": float(best.delta_high),
+        "suppression_delta_points": float(worst.delta_points), "suppression_delta_low": float(worst.delta_low),
+        "suppression_delta_high": float(worst.delta_high),
+        "suppression_p_vs_random": float(ranked.p_rank.iloc[0]) if len(ranked) else None,
+        "suppression_p_floor": float(ranked.p_floor.iloc[0]) if len(ranked) else None,
+        "suppression_n_random": int(ranked.n_random.iloc[0]) if len(ranked) else 0,
+        "random_controls": ("KL-matched random directions (" + ("raw next-token KL on neutral text"
+                            if cfg.mode == "token" else "latent_kl: first answer token after the thoughts") + ")"),
+        "unmatched_random_controls": unmatched,
         "side_effect_metric": f"{side} at the best alpha" + (" (latent mode)" if side == "answer_rate" else ""),
         "side_effect": float(best[side]),
         "n_test": int(len(parts["test_correct"]) + len(parts["test_wrong"])),
         "n_train": int(len(parts["train_correct"]) + len(parts["train_wrong"])),
         "significant_alphas": [float(a) for a in alphas.alpha[alphas.significant]],
+        "comparisons": int(len(steered)),
+        "significance_rule": SIGNIFICANCE_RULE,
         "test_auc_at_steered_layers": {int(layer): float(probe[layer]) for layer in cfg.layers},
     }
     return {"parameters": cfg.as_dict(), "split_sizes": {k: len(v) for k, v in parts.items()},
@@ -416,7 +572,8 @@ def alpha_accuracy_figure(alphas: list[dict], randoms: list[dict], title: str, p
             if row.get("significant"):
                 axis.annotate(f"p={row['p_mcnemar']:.3f}", (row["alpha"], row["accuracy"]), fontsize=7,
                               textcoords="offset points", xytext=(4, 6))
-        points = [r for r in randoms if r["direction"].startswith("random_") and keep(r["alpha"])]
+        points = [r for r in randoms if r["direction"].startswith("random_") and keep(r["alpha"])
+                  and r.get("delta_points") is not None and r["delta_points"] == r["delta_points"]]
         means = [r for r in randoms if r["direction"] == "random mean" and keep(r["alpha"])]
         if points:
             axis.scatter([r["alpha"] for r in points], [base + r["delta_points"] / 100 for r in points], marker="x",

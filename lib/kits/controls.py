@@ -59,8 +59,10 @@ def match_kl(kl_at: Callable[[Sequence[float]], Sequence[float]], target: float,
 
     def measure(scales: list[float]) -> list[float]:
         values = [float(v) for v in kl_at(scales)]
-        if len(values) != len(scales) or any(not math.isfinite(v) for v in values):
-            raise ValueError(f"kl_at returned {values} for scales {scales}: one finite KL per scale")
+        if len(values) != len(scales):
+            raise ValueError(f"kl_at returned {values} for scales {scales}: one KL per scale")
+        if any(not math.isfinite(v) for v in values):  # e.g. a bf16 model overflowing at a huge scale
+            raise KLUnreachable(f"the KL is not finite at scales {scales} ({values}) before reaching {target:.4g}")
         tried.extend(zip(scales, values, strict=True))
         return values
 

@@ -2,9 +2,8 @@
 
 Two runs on the same problems are paired: the exact McNemar test looks only at the discordant
 problems (solved by one run, not the other), which is the sign test on those pairs. Accuracy
-intervals bootstrap over problems (`lib.kits.passk.pass_at_k_ci`). A steering direction is compared
-with norm-matched random directions by rank: how many random directions do at least as much
-(the seed report's control: "random directions -6.7 points on average").
+intervals bootstrap over problems (`lib.kits.passk.pass_at_k_ci`). A direction's rank among random
+directions (KL-matched, `lib.kits.controls`) is `lib.kits.uncertainty.rank_p_value`, with its floor.
 """
 
 from __future__ import annotations
@@ -12,7 +11,6 @@ from __future__ import annotations
 import math
 import random
 from collections.abc import Sequence
-from dataclasses import asdict, dataclass
 from typing import Any
 
 from lib.kits.passk import pass_at_k_ci
@@ -63,35 +61,6 @@ def mcnemar_exact(baseline: Sequence[bool], steered: Sequence[bool]) -> dict[str
 def accuracy_ci(correct: Sequence[bool], level: float = 0.95, n_boot: int = 2000, seed: int = 0) -> tuple[float, float]:
     """Percentile bootstrap interval of accuracy over problems."""
     return pass_at_k_ci([float(v) for v in _flags("correct", correct)], level=level, n_boot=n_boot, seed=seed)
-
-
-@dataclass
-class RandomControl:
-    """Where the computed direction's accuracy change falls among random directions' at the same alpha."""
-
-    alpha: float
-    direction_delta: float  # accuracy(direction) - accuracy(baseline)
-    random_deltas: list[float]
-    random_mean: float
-    as_extreme: int  # random directions whose change is at least as large in the direction's sense
-    p_value: float  # (1 + as_extreme) / (1 + n_random): the rank test's p
-
-    def as_dict(self) -> dict[str, Any]:
-        return asdict(self)
-
-
-def random_control(alpha: float, direction_delta: float, random_deltas: Sequence[float]) -> RandomControl:
-    """Rank of the direction among random directions: for damage (delta < 0), how many random directions damage as
-    much or more; for a gain, how many gain as much or more. The +1s make p exact for exchangeable directions
-    and never 0 (with 5 random directions the smallest possible p is 1/6)."""
-    deltas = [float(d) for d in random_deltas]
-    if not deltas:
-        raise ValueError("random_deltas is empty: evaluate at least one random direction (n_random >= 1)")
-    extreme = (sum(d <= direction_delta for d in deltas) if direction_delta < 0
-               else sum(d >= direction_delta for d in deltas))
-    return RandomControl(alpha=float(alpha), direction_delta=float(direction_delta), random_deltas=deltas,
-                         random_mean=sum(deltas) / len(deltas), as_extreme=extreme,
-                         p_value=(1 + extreme) / (1 + len(deltas)))
 
 
 def balanced_split(correct: Sequence[bool], train_fraction: float = 0.8, seed: int = 0) -> dict[str, list[int]]:
