@@ -281,3 +281,17 @@ def test_a_control_that_cannot_reach_the_kl_is_noted_and_warned_never_dropped(mo
                         neutral_texts=NEUTRAL, n_boot=200)
     row = table[(table.condition == "vector") & (table.metric == "logprob_difference")].iloc[0]
     assert "closest: KL 0.2" in row["control_note"] and np.isnan(row.get("control_p", np.nan))
+
+
+def test_side_effect_kl_of_vectors_at_different_layers_each_by_hand():
+    """Two vector conditions at other layers (and one unsteered) in one call: each gets its own KL, by hand
+    (catches: conditions with other layers batched under one placement, or refused)."""
+    model, tokenizer, vector, _, _ = _setup()
+    wide = SteeringVector({0: vector[1], 1: vector[1]})
+    conditions = [unsteered(), steered("layer 0", wide, 3.0, layers=(0,)), steered("layer 1", wide, 3.0, layers=(1,))]
+    kls = side_effect_kl(model, tokenizer, conditions, NEUTRAL)
+    for name, layer in (("layer 0", 0), ("layer 1", 1)):
+        assert kls[name] == pytest.approx(_hand_kl(model, tokenizer, None, NEUTRAL,
+                                                   lambda layer=layer: steer(model, {layer: wide[layer]}, 3.0)),
+                                          rel=1e-4)
+    assert kls["layer 0"] != pytest.approx(kls["layer 1"])

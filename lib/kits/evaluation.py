@@ -252,11 +252,12 @@ def side_effect_kl(model: nn.Module, tokenizer: Any, conditions: Sequence[Condit
     out = {}
     for group in _groups(conditions):
         members = [conditions[i] for i in group]
-        contexts: dict[tuple[str | None, str], list[Condition]] = {}
-        for condition in members:  # the same rendering (system prompt, prefix) runs as one batched call
-            contexts.setdefault((condition.system, condition.prefix), []).append(condition)
+        contexts: dict[tuple[Any, ...], list[Condition]] = {}
+        for condition in members:  # one batched call per rendering (system prompt, prefix) and steering placement
+            place = (condition.layers, condition.positions) if condition.vector is not None else None
+            contexts.setdefault((condition.system, condition.prefix, place), []).append(condition)
         with members[0].weights(model):
-            for (system, prefix), same in contexts.items():
+            for (system, prefix, _), same in contexts.items():
                 steering, coefficients = _steering(same, n)
                 rendered = {} if rendering == "raw" else {"system": system,
                                                           "instruction": prefix + NEUTRAL_INSTRUCTION}
