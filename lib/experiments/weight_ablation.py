@@ -659,9 +659,9 @@ def retained_table(store: Evaluations, owners: Mapping[str, Any], cfg: WeightAbl
             row[base] / writes[row.family] if row.group == "basis" and row.family in writes.index
             and abs(writes[row.family]) > 1e-12 else math.nan for _, row in frame.iterrows()]
     described = pd.DataFrame(fields, index=frame.index, columns=list(FIELD_COLUMNS))
-    joined = frame.join(described.astype({"k": "Int64", "layer": "Int64"}))
-    intervals = [c for c in joined.columns if c.endswith(("_low", "_high"))]  # last: older tables read as before
-    return joined[[c for c in joined.columns if c not in intervals] + intervals]
+    intervals = [c for c in frame.columns if c.endswith(("_low", "_high"))]  # after the older columns, fields last
+    frame = frame[[c for c in frame.columns if c not in intervals] + intervals]
+    return frame.join(described.astype({"k": "Int64", "layer": "Int64"}))
 
 
 def full_effects(table: pd.DataFrame, noise: Mapping[str, Mapping[str, Any]]) -> pd.DataFrame:
