@@ -117,6 +117,12 @@ def _steering(conditions: Sequence[Condition], units: int) -> tuple[Steering | N
     return Steering(vectors, layers=next(iter(layers)), positions=next(iter(positions))), coefficients
 
 
+def _twice(steering: Steering | None) -> Steering | None:
+    """The per-row vectors repeated for a job that runs every row twice, one block after the other (both answer
+    orders; target then baseline continuations)."""
+    return None if steering is None else replace(steering, vector=list(steering.vector) * 2)
+
+
 class Scorer(Protocol):
     """Scores `units` rows per condition for conditions that share one pass; returns {metric: [conditions, units]}.
     `main` names the metric a summary leads with."""
@@ -145,11 +151,10 @@ class TwoChoice:
         n = len(self.items)
         items = [replace(item, question=c.prompt(item.question)) for c in conditions for item in self.items]
         steering, coefficients = _steering(conditions, n)
-        if steering is not None:  # score_both_orders puts all target-first rows before all target-second rows
-            steering = replace(steering, vector=list(steering.vector) * 2)
+        # score_both_orders puts all target-first rows before all target-second rows (and doubles coefficients)
         scored = score_both_orders(model, tokenizer, items, self.fmt, system=[c.system for c in conditions
                                                                               for _ in range(n)],
-                                   steering=steering, coefficients=coefficients, batch_size=batch_size,
+                                   steering=_twice(steering), coefficients=coefficients, batch_size=batch_size,
                                    progress=False)
         shape = (len(conditions), n)
         return {name: getattr(scored, name).double().numpy().reshape(shape)
@@ -188,8 +193,7 @@ class ContinuationPair:
         steering, coefficients = _steering(conditions, n)
         both = continuation_logprobs(model, tokenizer, prompts, [*self.target * len(conditions),
                                                                  *self.baseline * len(conditions)],
-                                     steering=None if steering is None else replace(steering,
-                                                                                    vector=list(steering.vector) * 2),
+                                     steering=_twice(steering),
                                      coefficients=None if coefficients is None else coefficients * 2,
                                      batch_size=batch_size, progress=False)
         half = len(prompts) // 2
