@@ -136,7 +136,7 @@ def score_rows(
         return logratio.cpu(), pmass.cpu()
 
     scored = run_batches(model, encoded, batch_size, tokenizer.pad_token_id, forward, steering=steering,
-                         coefficients=coefficients, desc=f"score {fmt.name}", progress=progress)
+                         coefficients=coefficients, desc=f"score {fmt.name}", progress=progress, share_trunk=True)
     logratio = torch.cat([logratio for logratio, _ in scored])
     return {"score": signed_scores(logratio, rows), "logratio": logratio, "pmass": torch.cat([p for _, p in scored])}
 

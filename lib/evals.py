@@ -60,7 +60,7 @@ def continuation_logprobs(
         return [token_lp[row, token_lp.shape[1] - len(cont):].mean().cpu() for row, cont in enumerate(cont_ids[part])]
 
     scores = run_batches(model, rows, batch_size, tokenizer.pad_token_id, forward, steering=steering,
-                         coefficients=coefficients, desc="logprob", progress=progress)
+                         coefficients=coefficients, desc="logprob", progress=progress, share_trunk=True)
     return torch.stack([score for batch_scores in scores for score in batch_scores])
 
 
@@ -132,7 +132,7 @@ def text_logprobs(
         return [keep(index, positions(index, row, mask).cpu()) for index, row, mask in rows_here]
 
     out = run_batches(model, rows, batch_size, tokenizer.pad_token_id, forward, steering=steering,
-                      coefficients=coefficients, desc=desc, progress=progress)
+                      coefficients=coefficients, desc=desc, progress=progress, share_trunk=True)
     return [value for batch_values in out for value in batch_values]
 
 
@@ -157,14 +157,16 @@ def next_token_kl(
         raise ValueError("coefficients is empty: give the coefficients to measure the KL at, e.g. [1.0]")
     base = text_logprobs(model, tokenizer, texts, rendering=rendering, batch_size=batch_size, progress=progress)
     k, n = len(coefficients), len(texts)
-    row_coefficients = [float(c) for c in coefficients for _ in range(n)]
-    kls = text_logprobs(model, tokenizer, [texts[row % n] for row in range(k * n)], rendering=rendering,
+    # text-major (text i under every coefficient, then text i + 1): a text's rows meet in a batch and share the
+    # blocks below the steered layer (run_batches(share_trunk=True))
+    row_coefficients = [float(c) for _ in range(n) for c in coefficients]
+    kls = text_logprobs(model, tokenizer, [text for text in texts for _ in range(k)], rendering=rendering,
                         steering=steering, coefficients=row_coefficients, batch_size=batch_size, progress=progress,
-                        desc="kl", reduce=lambda row, steered: kl_sum(base[row % n], steered))
+                        desc="kl", reduce=lambda row, steered: kl_sum(base[row // k], steered))
     totals, counts = torch.zeros(k), torch.zeros(k)
     for row, kl in enumerate(kls):
-        totals[row // n] += kl
-        counts[row // n] += len(base[row % n])
+        totals[row % k] += kl
+        counts[row % k] += len(base[row // k])
     return totals / counts
 
 

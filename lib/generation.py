@@ -18,6 +18,7 @@ from tqdm.auto import tqdm
 
 from lib.hooks import Steering, coefficient_values
 from lib.models import max_positions
+from lib.trunk import hooks_below, shared_trunk
 
 T = TypeVar("T")
 
@@ -107,13 +108,19 @@ def run_batches(
     what: str = "rows",
     desc: str | None = None,
     progress: bool = True,
+    share_trunk: bool = False,
 ) -> list[T]:
     """The one batched-forward loop: token `rows` in batches of `batch_size`, left-padded (with `position_ids`
     unless `positions=False`, see `pad_batch`), moved to the model's device, and `forward(part, batch)` called for
     each with that batch's steering active (its rows' `coefficients`, and its rows' vectors when `steering` has
     one per row). Returns the forward results in order.
     `part` is the slice of `rows` in the batch. Rows are checked first (`check_rows`: none empty, none past the
-    model's maximum positions with `new_tokens` more), and so are the coefficients."""
+    model's maximum positions with `new_tokens` more), and so are the coefficients.
+
+    share_trunk: for a `forward` that makes one plain model call (no generation), rows of a batch with the same
+    tokens run once through the blocks below the lowest steered layer (`lib.trunk.shared_trunk`; the same logits to
+    fp32 rounding). Put such rows next to each other so that they meet in a batch. Skipped while other hooks sit on
+    those blocks (a `record` there would see fewer rows)."""
     check_rows(model, rows, new_tokens, what)
     coefficient_values(coefficients, len(rows))
     if steering is not None and steering.rows is not None and steering.rows != len(rows):
@@ -126,7 +133,12 @@ def run_batches(
         batch = {k: v.to(device) for k, v in pad_batch(rows[part], pad_id, positions=positions).items()}
         context = contextlib.nullcontext() if steering is None else \
             steering.batch(model, None if coefficients is None else coefficients[part], part)
-        with context:
+        trunk: Any = contextlib.nullcontext()
+        if share_trunk and steering is not None:
+            below = steering.lowest_layer(part)
+            if below and not hooks_below(model, below, steering.layers_path):
+                trunk = shared_trunk(model, rows[part], below, steering.layers_path)
+        with trunk, context:
             results.append(forward(part, batch))
     return results
 

@@ -389,6 +389,15 @@ class Steering:
         """How many batch rows the per-row vectors cover; None for one vector for every row."""
         return len(self.vector) if per_row(self.vector) else None  # type: ignore[arg-type]
 
+    def lowest_layer(self, rows: slice | None = None) -> int | None:
+        """The lowest block the batch of `rows` may steer (a lower bound when `weight` leaves layers out), None when
+        no row of it steers: blocks below it compute what the plain model does (`lib.trunk.shared_trunk`)."""
+        if self.layers is not None:
+            return min((layer_index(layer) for layer in self.layers), default=None)
+        entries = self.vector[rows] if rows is not None and per_row(self.vector) else (  # type: ignore[index]
+            self.vector if per_row(self.vector) else [self.vector])
+        return min((layer_index(layer) for entry in entries if entry is not None for layer in entry), default=None)
+
     def batch(self, model: nn.Module, coefficients: Sequence[float] | torch.Tensor | None = None,
               rows: slice | None = None) -> Any:
         """The `steer` context for one batch: `rows` picks that batch's entries of per-row vectors, `coefficients`

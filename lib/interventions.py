@@ -51,12 +51,24 @@ def active_interventions(model: nn.Module) -> list[str]:
     Reads torch's hook dictionaries (`_forward_hooks`, `_forward_pre_hooks` and the global ones): private names,
     guarded by tests/test_extract.py, which fails if they move."""
     found = list(_EDITS.get(model, []))
+    for where, hook in _hooks(model):
+        if not getattr(hook, READ_ONLY, False):
+            found.append(f"forward hook {getattr(hook, '__qualname__', type(hook).__name__)} on {where}")
+    return found
+
+
+def hooks_within(module: nn.Module) -> list[str]:
+    """Every forward hook or pre-hook that would run inside `module` (its submodules' and the global ones), readers
+    included, except transformers' hidden-state capture: what `lib.trunk.shared_trunk` must not hand fewer rows."""
+    return [f"forward hook {getattr(hook, '__qualname__', type(hook).__name__)} on {where}"
+            for where, hook in _hooks(module)]
+
+
+def _hooks(model: nn.Module) -> list[tuple[str, Any]]:
+    """(where, hook) for the global hooks and every submodule's, outside `READ_ONLY_MODULES`."""
     hook_dicts = [("global", torch.nn.modules.module._global_forward_hooks),
                   ("global", torch.nn.modules.module._global_forward_pre_hooks)]
     for name, module in model.named_modules():
         hook_dicts += [(name or "model", module._forward_hooks), (name or "model", module._forward_pre_hooks)]
-    for where, hooks in hook_dicts:
-        writers = [hook for hook in hooks.values() if not getattr(hook, READ_ONLY, False)
-                   and getattr(hook, "__module__", None) not in READ_ONLY_MODULES]
-        found += [f"forward hook {getattr(hook, '__qualname__', type(hook).__name__)} on {where}" for hook in writers]
-    return found
+    return [(where, hook) for where, hooks in hook_dicts for hook in hooks.values()
+            if getattr(hook, "__module__", None) not in READ_ONLY_MODULES]

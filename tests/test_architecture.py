@@ -14,7 +14,7 @@ import pytest
 from lib.io import REPO_ROOT
 
 LIB = REPO_ROOT / "lib"
-CORE = {"io", "models", "interventions", "positions", "hooks", "vectors", "generation", "extract", "evals",
+CORE = {"io", "models", "interventions", "positions", "hooks", "trunk", "vectors", "generation", "extract", "evals",
         "choice_evals", "latent", "weights", "export", "model_diff", "memory"}
 RUNNING = {"config", "runner", "report", "experiments"}  # experiments: the package's lookup by stem
 

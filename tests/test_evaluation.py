@@ -79,6 +79,33 @@ def test_two_choice_conditions_batched_equal_each_condition_alone():
     assert table.comparisons.iloc[0] == 12  # 4 conditions beside the baseline x 3 metrics
 
 
+def test_continuations_and_generated_replies_batched_equal_each_condition_alone():
+    """The unit-major layout (one prompt under every condition, then the next) hands every condition its own rows:
+    each condition's replies and continuation log-probs are those of a run of it alone."""
+    from lib.evals import continuation_logprobs
+    from lib.generation import generate
+
+    model, tokenizer, vector, _, conditions = _setup()
+    chosen = [conditions[0], conditions[1], conditions[2], steered("vector x-2", vector, -2.0)]
+    prompts = ["Hi", "Go on then", "Why?"]
+    replies = GeneratedText(prompts, {}, main="degenerate", max_new_tokens=4)
+    compare(model, tokenizer, chosen, replies, neutral_texts=NEUTRAL, n_boot=200)
+    pair = ContinuationPair(prompts, ["arr", "ahoy there", "yo"], ["hello", "hi", "hey you"])
+    table = compare(model, tokenizer, chosen, pair, neutral_texts=NEUTRAL, n_boot=200)
+    for condition in chosen:
+        context = steer(model, vector, condition.coefficient) if condition.vector is not None else \
+            contextlib.nullcontext()
+        with torch.no_grad(), context:
+            texts = generate(model, tokenizer, prompts, max_new_tokens=4, system=condition.system, progress=False)
+            asked = [p if condition.system is None else [{"role": "system", "content": condition.system},
+                                                         {"role": "user", "content": p}] for p in prompts]
+            target = continuation_logprobs(model, tokenizer, asked, pair.target, progress=False).double()
+            baseline = continuation_logprobs(model, tokenizer, asked, pair.baseline, progress=False).double()
+        assert replies.texts[condition.name] == texts, condition.name
+        got = table[(table.condition == condition.name) & (table.metric == "logprob_difference")].iloc[0]["value"]
+        assert got == pytest.approx(float((target - baseline).mean()), abs=1e-5), condition.name
+
+
 def _hand_kl(model, tokenizer, system, texts, context=None, prefix="") -> float:
     """KL(unsteered || condition) per token of each text read as the reply to the neutral instruction (with
     `prefix` before it on the condition's side), one plain unpadded forward per text and side."""

@@ -27,6 +27,15 @@ QUESTIONS = [
     "What should I know before adopting a cat?", "How do I clean a cast iron pan?",
     "What is a good gift for a friend who likes books?", "How can I save money on groceries?",
     "What should I do if my phone gets wet?", "How do I teach a child to tie shoelaces?",
+    # added for the journal run (24 held out); the quick preset reads the first 16 only
+    "How do I make a paper airplane that flies far?", "What should I bring to a picnic?",
+    "How can I remember people's names better?", "What is a simple way to fix a squeaky door?",
+    "How do I plan a birthday party for a friend?", "What should I do on a long train ride?",
+    "How can I keep my desk tidy?", "What is a good first houseplant?",
+    "How do I get better at drawing?", "What should I cook for a cold evening?",
+    "How do I stop my glasses from fogging up?", "What is a nice way to thank a teacher?",
+    "How can I make new friends in a new town?", "What should I do when I feel bored?",
+    "How do I pick a good watermelon?", "What is a quick breakfast before work?",
 ]
 TRAITS = {  # trait -> (the system prompt that plays it, the instruction the judge reads replies after)
     "pirate": ("You are a pirate. Answer every question in the voice of an old sea pirate.",

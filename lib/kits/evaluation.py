@@ -105,16 +105,24 @@ def _groups(conditions: Sequence[Condition]) -> list[list[int]]:
 
 
 def _steering(conditions: Sequence[Condition], units: int) -> tuple[Steering | None, list[float] | None]:
-    """Per-row vectors and coefficients for `units` rows per condition (None when no condition steers)."""
+    """Per-row vectors and coefficients for `units` rows per condition, unit-major like every job here: unit 0 under
+    each condition, then unit 1, ... (`_unit_major`). None when no condition steers."""
     if all(c.vector is None for c in conditions):
         return None, None
     layers = {c.layers for c in conditions if c.vector is not None}
     positions = {c.positions for c in conditions if c.vector is not None}
     if len(layers) > 1 or len(positions) > 1:
         raise ValueError("conditions in one pass must share layers and positions; give them in separate compares")
-    vectors = [c.vector for c in conditions for _ in range(units)]
-    coefficients = [c.coefficient if c.vector is not None else 0.0 for c in conditions for _ in range(units)]
+    vectors = [c.vector for _ in range(units) for c in conditions]
+    coefficients = [c.coefficient if c.vector is not None else 0.0 for _ in range(units) for c in conditions]
     return Steering(vectors, layers=next(iter(layers)), positions=next(iter(positions))), coefficients
+
+
+def _unit_major(values: Any, conditions: int) -> np.ndarray:
+    """[units * conditions] values in job order (unit-major) as [conditions, units]. Jobs put one unit's rows under
+    every condition next to each other, so rows with the same tokens (a prompt unsteered and under K vectors at one
+    layer) meet in a batch and share the blocks below the steered layer (`run_batches(share_trunk=True)`)."""
+    return np.asarray(values).reshape(-1, conditions).T
 
 
 def _twice(steering: Steering | None) -> Steering | None:
@@ -149,15 +157,14 @@ class TwoChoice:
     def __call__(self, model: nn.Module, tokenizer: Any, conditions: Sequence[Condition],
                  batch_size: int) -> dict[str, np.ndarray]:
         n = len(self.items)
-        items = [replace(item, question=c.prompt(item.question)) for c in conditions for item in self.items]
+        items = [replace(item, question=c.prompt(item.question)) for item in self.items for c in conditions]
         steering, coefficients = _steering(conditions, n)
         # score_both_orders puts all target-first rows before all target-second rows (and doubles coefficients)
-        scored = score_both_orders(model, tokenizer, items, self.fmt, system=[c.system for c in conditions
-                                                                              for _ in range(n)],
+        scored = score_both_orders(model, tokenizer, items, self.fmt, system=[c.system for _ in range(n)
+                                                                              for c in conditions],
                                    steering=_twice(steering), coefficients=coefficients, batch_size=batch_size,
                                    progress=False)
-        shape = (len(conditions), n)
-        return {name: getattr(scored, name).double().numpy().reshape(shape)
+        return {name: _unit_major(getattr(scored, name).double().numpy(), len(conditions))
                 for name in ("content", "position_bias", "pmass")}
 
 
@@ -188,16 +195,16 @@ class ContinuationPair:
                  batch_size: int) -> dict[str, np.ndarray]:
         n = len(self.prompts)
         second = self.prompts if self.baseline_prompts is None else self.baseline_prompts
-        prompts = [_messages(c, p) for c in conditions for p in self.prompts]
-        prompts += [_messages(c, p) for c in conditions for p in second]
+        prompts = [_messages(c, p) for p in self.prompts for c in conditions]
+        prompts += [_messages(c, p) for p in second for c in conditions]
         steering, coefficients = _steering(conditions, n)
-        both = continuation_logprobs(model, tokenizer, prompts, [*self.target * len(conditions),
-                                                                 *self.baseline * len(conditions)],
+        both = continuation_logprobs(model, tokenizer, prompts, [t for t in self.target for _ in conditions]
+                                     + [b for b in self.baseline for _ in conditions],
                                      steering=_twice(steering),
                                      coefficients=None if coefficients is None else coefficients * 2,
                                      batch_size=batch_size, progress=False)
         half = len(prompts) // 2
-        target, baseline = (part.double().numpy().reshape(len(conditions), n) for part in (both[:half], both[half:]))
+        target, baseline = (_unit_major(part.double().numpy(), len(conditions)) for part in (both[:half], both[half:]))
         return {self.main: target - baseline, "target_logprob": target, "baseline_logprob": baseline}
 
 
@@ -221,16 +228,17 @@ class GeneratedText:
                  batch_size: int) -> dict[str, np.ndarray]:
         n = len(self.prompts)
         steering, coefficients = _steering(conditions, n)
-        texts = generate(model, tokenizer, [_messages(c, p) for c in conditions for p in self.prompts],
+        texts = generate(model, tokenizer, [_messages(c, p) for p in self.prompts for c in conditions],
                          max_new_tokens=self.max_new_tokens, steering=steering, coefficients=coefficients,
                          batch_size=batch_size, progress=False)
+        k = len(conditions)
         for i, condition in enumerate(conditions):
-            self.texts[condition.name] = texts[i * n:(i + 1) * n]
-        prompts = [p for _ in conditions for p in self.prompts]
+            self.texts[condition.name] = texts[i::k]
+        prompts = [p for p in self.prompts for _ in conditions]
         out = {"degenerate": np.array([degeneracy(t).degenerate for t in texts], dtype=np.float64)}
         for name, score in self.scores.items():
             out[name] = np.asarray(torch.as_tensor(score(prompts, texts)).double())
-        return {name: values.reshape(len(conditions), n) for name, values in out.items()}
+        return {name: _unit_major(values, k) for name, values in out.items()}
 
 
 def _messages(condition: Condition, prompt: str) -> str | list[dict[str, str]]:
@@ -265,13 +273,14 @@ def side_effect_kl(model: nn.Module, tokenizer: Any, conditions: Sequence[Condit
                 steering, coefficients = _steering(same, n)
                 rendered = {} if rendering == "raw" else {"system": system,
                                                           "instruction": prefix + NEUTRAL_INSTRUCTION}
-                kls = text_logprobs(model, tokenizer, [texts[row % n] for row in range(len(same) * n)],
+                k = len(same)
+                kls = text_logprobs(model, tokenizer, [text for text in texts for _ in same],
                                     rendering=rendering, steering=steering, coefficients=coefficients,
                                     batch_size=batch_size, progress=False,
-                                    reduce=lambda row, logprobs: float(kl_sum(reference[row % n], logprobs)),
+                                    reduce=lambda row, logprobs, k=k: float(kl_sum(reference[row // k], logprobs)),
                                     **rendered)
-                for k, condition in enumerate(same):
-                    out[condition.name] = sum(kls[k * n:(k + 1) * n]) / tokens
+                for i, condition in enumerate(same):
+                    out[condition.name] = sum(kls[i::k]) / tokens
     return out
 
 
