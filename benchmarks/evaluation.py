@@ -3,6 +3,10 @@
 Rows (issue "One evaluation kit"): `compare` over K=4 conditions (unsteered, two vector coefficients, a system
 prompt) on 16 two-choice items in both orders, as one call, vs K calls of one condition each; target <= 0.65. And
 `compare` of one vector on a 5-point coefficient grid (one call) vs 5 calls of one coefficient each (same target).
+A third row asks the question as a user asks it, effects against the unsteered baseline: the 4 conditions in one
+call vs 3 calls of (baseline, condition), the way each experiment measured one setting before the kit.
+What one call saves is the blocks below the steered layer (`lib.trunk.shared_trunk`, layer 12 of 30 here) and the
+neutral texts' reference log-probs; a system prompt changes every block and shares nothing.
 Alternated pairs, as every timed row of ./just bench (benchmarks/steering.py's `paired`).
 """
 
@@ -56,6 +60,17 @@ def main() -> None:
             compare(model, tokenizer, [steered("vector", vector, coefficient)], scorer, neutral_texts=texts,
                     n_boot=200)
 
+    def with_effects() -> None:
+        compare(model, tokenizer, conditions, scorer, baseline="unsteered", neutral_texts=texts, n_boot=200)
+
+    def each_with_its_baseline() -> None:
+        for condition in conditions[1:]:
+            compare(model, tokenizer, [conditions[0], condition], scorer, baseline="unsteered", neutral_texts=texts,
+                    n_boot=200)
+
+    rows.append(paired(each_with_its_baseline, with_effects).row(
+        f"compare: {len(conditions) - 1} effects vs the baseline in one call / {len(conditions) - 1} calls of "
+        "(baseline, condition)", "<= 0.65"))
     rows.append(paired(one_coefficient_each, on_a_grid).row(
         f"compare: a {len(grid)}-point coefficient grid in one call / {len(grid)} calls of one", "<= 0.65"))
     lines = ["| comparison | reference s | measured s | ratio (median of pairs) | pair ratios min-max | target |",

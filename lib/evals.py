@@ -16,6 +16,7 @@ system prompts).
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
+from dataclasses import replace
 from typing import Any, Literal
 
 import torch
@@ -150,13 +151,19 @@ def next_token_kl(
 ) -> torch.Tensor:
     """[len(coefficients)] mean KL(unsteered || steered) over the positions `rendering` reads of `texts`
     (`text_logprobs`), one value per coefficient; the texts are repeated once per coefficient so all of them run
-    batched."""
+    batched. `steering` holds one vector for every coefficient, or one per coefficient (a list: K random
+    directions, each at its own scale, in one pass)."""
     if not texts:
         raise ValueError("texts is empty: the KL is averaged over the tokens of at least one neutral text")
     if len(coefficients) == 0:
         raise ValueError("coefficients is empty: give the coefficients to measure the KL at, e.g. [1.0]")
-    base = text_logprobs(model, tokenizer, texts, rendering=rendering, batch_size=batch_size, progress=progress)
     k, n = len(coefficients), len(texts)
+    if steering.rows is not None and steering.rows != k:
+        raise ValueError(f"steering has {steering.rows} per-row vectors for {k} coefficients; give one vector per "
+                         "coefficient, or one vector for all")
+    base = text_logprobs(model, tokenizer, texts, rendering=rendering, batch_size=batch_size, progress=progress)
+    if steering.rows is not None:
+        steering = replace(steering, vector=list(steering.vector) * n)  # type: ignore[arg-type]
     # text-major (text i under every coefficient, then text i + 1): a text's rows meet in a batch and share the
     # blocks below the steered layer (run_batches(share_trunk=True))
     row_coefficients = [float(c) for _ in range(n) for c in coefficients]

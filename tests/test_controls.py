@@ -12,7 +12,15 @@ from conftest import TEXTS, ByteTokenizer
 
 from lib.evals import next_token_kl
 from lib.hooks import Steering
-from lib.kits.controls import kl_matched_random, label_shuffled_null, match_kl, shuffled_labels
+from lib.kits.controls import (
+    KLUnreachable,
+    kl_matched_random,
+    kl_matched_randoms,
+    label_shuffled_null,
+    match_kl,
+    match_kl_jointly,
+    shuffled_labels,
+)
 from lib.models import hidden_size, tiny_model
 from lib.vectors import SteeringVector
 
@@ -46,6 +54,43 @@ def test_kl_matched_random_reaches_the_target_within_5_percent():
     assert abs(norm_matched - target) > 0.05 * target  # the norm-matched direction alone would not have matched
     cosine = torch.nn.functional.cosine_similarity(control[1], vector[1], dim=0)
     assert abs(float(cosine)) < 0.5  # a random direction, not the vector
+
+
+def test_searches_run_jointly_probe_what_each_probes_alone_one_pass_a_round():
+    """Three known curves (one flat: unreachable) searched together: each tries exactly the scales of its search
+    alone, the passes are as many as the longest search's rounds, and the flat one comes back as its error."""
+    curves = [lambda s: 0.3 * s * s, lambda s: 1e-4 * s * s, lambda s: 0.5 + 0 * s]
+    targets = [1.2, 5.0, 1.0]
+    alone = [match_kl(lambda scales, f=f: [f(x) for x in scales], t) for f, t in zip(curves[:2], targets, strict=False)]
+    passes = []
+
+    def kl_at(pairs):
+        passes.append(pairs)
+        return [curves[i](scale) for i, scale in pairs]
+
+    together = match_kl_jointly(kl_at, targets)
+    for match, single in zip(together[:2], alone, strict=True):
+        assert match.scale == single.scale and match.tried == single.tried
+    assert isinstance(together[2], KLUnreachable)
+    assert len(passes) == 12  # the flat search runs all 12 rounds; the others leave once matched
+    assert {i for i, _ in passes[-1]} == {2}
+
+
+def test_random_directions_matched_together_equal_each_matched_alone():
+    model, tokenizer = tiny_model("llama", seed=4), ByteTokenizer()
+    vector = SteeringVector({1: torch.randn(hidden_size(model), generator=torch.Generator().manual_seed(0)) * 0.02})
+    target = float(next_token_kl(model, tokenizer, TEXTS, steering=Steering(vector), coefficients=[2.0],
+                                 progress=False)[0])
+    together = kl_matched_randoms(model, tokenizer, vector, target, seeds=[1, 2, 3], texts=TEXTS)
+    for seed, (control, match) in zip([1, 2, 3], together, strict=True):
+        single, single_match = kl_matched_random(model, tokenizer, vector, target, texts=TEXTS, seed=seed)
+        assert match.scale == pytest.approx(single_match.scale, rel=1e-6) and control.meta["seed"] == seed
+        torch.testing.assert_close(control[1], single[1])
+        again = float(next_token_kl(model, tokenizer, TEXTS, steering=Steering(control), coefficients=[1.0],
+                                    progress=False)[0])
+        assert abs(again - target) <= 0.05 * target
+    with pytest.raises(ValueError, match="seeds is empty"):
+        kl_matched_randoms(model, tokenizer, vector, target, seeds=[])
 
 
 def test_label_shuffled_null_centres_on_zero():

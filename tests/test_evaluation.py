@@ -300,7 +300,7 @@ def test_a_control_that_cannot_reach_the_kl_is_noted_and_warned_never_dropped(mo
     def unreachable(*args, **kwargs):
         raise KLUnreachable("no scale reached KL 0.5 within 5% (closest: KL 0.2)")
 
-    monkeypatch.setattr(evaluation, "kl_matched_random", unreachable)
+    monkeypatch.setattr(evaluation, "kl_matched_randoms", unreachable)
     model, tokenizer, vector, _, conditions = _setup()
     pair = ContinuationPair(["Say it", "Tell me"], ["arr", "ahoy"], ["hello", "hi"])
     with pytest.warns(UserWarning, match="no KL-matched random control"):

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import math
 import random
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Generator, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -45,26 +45,18 @@ class KLMatch:
         return abs(self.kl - self.target) / self.target
 
 
-def match_kl(kl_at: Callable[[Sequence[float]], Sequence[float]], target: float, *, start: float = 1.0,
-             rel_tol: float = 0.05, probes: int = 4, max_rounds: int = 12) -> KLMatch:
-    """The scale s >= 0 with kl_at(s) within `rel_tol` of `target`, for a KL that grows with s (it does for an
-    added direction or delta on the scales that matter). `kl_at` takes several scales at once (one batched pass
-    each round): first the bracket is found by doubling or halving `start`, then narrowed `probes` points a round
-    on a log grid."""
+def _checked(target: float, rel_tol: float) -> None:
     if not target > 0:
         raise ValueError(f"target={target} must be a positive KL (nats)")
     if not 0 < rel_tol < 1:
         raise ValueError(f"rel_tol={rel_tol} must be in (0, 1)")
-    tried: list[tuple[float, float]] = []
 
-    def measure(scales: list[float]) -> list[float]:
-        values = [float(v) for v in kl_at(scales)]
-        if len(values) != len(scales):
-            raise ValueError(f"kl_at returned {values} for scales {scales}: one KL per scale")
-        if any(not math.isfinite(v) for v in values):  # e.g. a bf16 model overflowing at a huge scale
-            raise KLUnreachable(f"the KL is not finite at scales {scales} ({values}) before reaching {target:.4g}")
-        tried.extend(zip(scales, values, strict=True))
-        return values
+
+def _search(target: float, start: float, rel_tol: float, probes: int,
+            max_rounds: int) -> Generator[list[float], list[float], KLMatch]:
+    """One scale search as a generator: it yields the scales to measure next and is sent their KLs; it returns the
+    match or raises KLUnreachable. `match_kl` drives one, `match_kl_jointly` several in one pass a round."""
+    tried: list[tuple[float, float]] = []
 
     def close(kl: float) -> bool:
         return abs(kl - target) <= rel_tol * target
@@ -72,7 +64,13 @@ def match_kl(kl_at: Callable[[Sequence[float]], Sequence[float]], target: float,
     scales = [start * 2.0 ** k for k in range(-3, probes - 3)]
     low, high = 0.0, None
     for _ in range(max_rounds):
-        for scale, kl in zip(scales, measure(scales), strict=True):
+        values = [float(v) for v in (yield scales)]
+        if len(values) != len(scales):
+            raise ValueError(f"kl_at returned {values} for scales {scales}: one KL per scale")
+        if any(not math.isfinite(v) for v in values):  # e.g. a bf16 model overflowing at a huge scale
+            raise KLUnreachable(f"the KL is not finite at scales {scales} ({values}) before reaching {target:.4g}")
+        tried.extend(zip(scales, values, strict=True))
+        for scale, kl in zip(scales, values, strict=True):
             if close(kl):
                 return KLMatch(scale, kl, target, tried)
             if kl < target:
@@ -88,7 +86,55 @@ def match_kl(kl_at: Callable[[Sequence[float]], Sequence[float]], target: float,
             scales = [low * ratio ** (k + 1) for k in range(probes)]
     best = min(tried, key=lambda pair: abs(pair[1] - target))
     raise KLUnreachable(f"no scale reached KL {target:.4g} within {rel_tol:.0%} in {max_rounds} rounds (closest: scale "
-                     f"{best[0]:.4g}, KL {best[1]:.4g}); the KL may not grow with the scale here")
+                        f"{best[0]:.4g}, KL {best[1]:.4g}); the KL may not grow with the scale here")
+
+
+def match_kl(kl_at: Callable[[Sequence[float]], Sequence[float]], target: float, *, start: float = 1.0,
+             rel_tol: float = 0.05, probes: int = 4, max_rounds: int = 12) -> KLMatch:
+    """The scale s >= 0 with kl_at(s) within `rel_tol` of `target`, for a KL that grows with s (it does for an
+    added direction or delta on the scales that matter). `kl_at` takes several scales at once (one batched pass
+    each round): first the bracket is found by doubling or halving `start`, then narrowed `probes` points a round
+    on a log grid."""
+    _checked(target, rel_tol)
+    search = _search(target, start, rel_tol, probes, max_rounds)
+    scales = next(search)
+    try:
+        while True:
+            scales = search.send(list(kl_at(scales)))
+    except StopIteration as done:
+        return done.value
+
+
+def match_kl_jointly(kl_at: Callable[[Sequence[tuple[int, float]]], Sequence[float]], targets: Sequence[float], *,
+                     start: float = 1.0, rel_tol: float = 0.05, probes: int = 4,
+                     max_rounds: int = 12) -> list[KLMatch | KLUnreachable]:
+    """`match_kl` for several interventions at once: `kl_at` takes (intervention index, scale) pairs, every probe of
+    every search still open, and measures them in one batched pass a round (K random directions at one layer share
+    the blocks below it, `lib.trunk`). Each search probes exactly the scales it would alone. Per intervention, its
+    match or the KLUnreachable it ended with."""
+    for target in targets:
+        _checked(target, rel_tol)
+    searches = {i: _search(target, start, rel_tol, probes, max_rounds) for i, target in enumerate(targets)}
+    results: dict[int, KLMatch | KLUnreachable] = {}
+    asked = {i: next(search) for i, search in searches.items()}
+    while asked:
+        pairs = [(i, scale) for i, scales in asked.items() for scale in scales]
+        values = [float(v) for v in kl_at(pairs)]
+        if len(values) != len(pairs):
+            raise ValueError(f"kl_at returned {len(values)} KLs for {len(pairs)} (index, scale) pairs")
+        by_search: dict[int, list[float]] = {}
+        for (i, _), value in zip(pairs, values, strict=True):
+            by_search.setdefault(i, []).append(value)
+        following = {}
+        for i, kls in by_search.items():
+            try:
+                following[i] = searches[i].send(kls)
+            except StopIteration as done:
+                results[i] = done.value
+            except KLUnreachable as error:
+                results[i] = error
+        asked = following
+    return [results[i] for i in range(len(targets))]
 
 
 def kl_matched_random(model: nn.Module, tokenizer: Any, vector: SteeringVector, target_kl: float, *, seed: int = 0,
@@ -99,18 +145,38 @@ def kl_matched_random(model: nn.Module, tokenizer: Any, vector: SteeringVector, 
     with it at coefficient 1 has KL `target_kl` on `texts` (the KL of the intervention it controls for, measured
     with the same `rendering`, see `lib.evals.text_logprobs`). The scale search runs `next_token_kl` on a few
     coefficients per batched pass."""
-    direction = random_like(vector, seed=seed)
-    steering = Steering(direction, weight, layers=layers, positions=positions)
+    return kl_matched_randoms(model, tokenizer, vector, target_kl, seeds=[seed], texts=texts, weight=weight,
+                              layers=layers, positions=positions, rendering=rendering, rel_tol=rel_tol,
+                              batch_size=batch_size, progress=progress)[0]
 
-    def kl_at(scales: Sequence[float]) -> list[float]:
-        return next_token_kl(model, tokenizer, texts, steering=steering, coefficients=list(scales),
+
+def kl_matched_randoms(model: nn.Module, tokenizer: Any, vector: SteeringVector, target_kl: float, *,
+                       seeds: Sequence[int], texts: Sequence[str] = NEUTRAL_TEXTS, weight: float = 1.0,
+                       layers: Sequence[int] | None = None, positions: Any = "all", rendering: str = "raw",
+                       rel_tol: float = 0.05, batch_size: int = 16,
+                       progress: bool = False) -> list[tuple[SteeringVector, KLMatch]]:
+    """`kl_matched_random` for one direction per seed, searched together (`match_kl_jointly`): each round measures
+    every open search's probes in one `next_token_kl` pass with a vector per row, so K directions at one layer share
+    the blocks below it. Raises KLUnreachable, naming the seed, if any direction cannot reach the KL."""
+    if not seeds:
+        raise ValueError("seeds is empty: give one seed per random direction")
+    directions = [random_like(vector, seed=seed) for seed in seeds]
+
+    def kl_at(pairs: Sequence[tuple[int, float]]) -> list[float]:
+        steering = Steering([directions[i] for i, _ in pairs], weight, layers=layers, positions=positions)
+        return next_token_kl(model, tokenizer, texts, steering=steering, coefficients=[s for _, s in pairs],
                              rendering=rendering, batch_size=batch_size, progress=progress).tolist()
 
-    match = match_kl(kl_at, target_kl, rel_tol=rel_tol)
-    scaled = direction * match.scale
-    scaled.meta.update({"method": "random_kl_matched", "seed": seed, "target_kl": target_kl, "kl": match.kl,
-                        "scale_over_norm_matched": match.scale})
-    return scaled, match
+    out = []
+    for seed, direction, match in zip(seeds, directions, match_kl_jointly(kl_at, [target_kl] * len(seeds),
+                                                                         rel_tol=rel_tol), strict=True):
+        if isinstance(match, KLUnreachable):
+            raise KLUnreachable(f"random direction seed {seed}: {match}")
+        scaled = direction * match.scale
+        scaled.meta.update({"method": "random_kl_matched", "seed": seed, "target_kl": target_kl, "kl": match.kl,
+                            "scale_over_norm_matched": match.scale})
+        out.append((scaled, match))
+    return out
 
 
 @torch.no_grad()

@@ -29,7 +29,7 @@ from lib.evals import NEUTRAL_INSTRUCTION, Rendering, continuation_logprobs, kl_
 from lib.generation import generate
 from lib.hooks import Steering
 from lib.kits.choice_data import Item
-from lib.kits.controls import KLUnreachable, kl_matched_random, kl_matched_random_delta
+from lib.kits.controls import KLUnreachable, kl_matched_random_delta, kl_matched_randoms
 from lib.kits.data import NEUTRAL_TEXTS
 from lib.kits.dose_response import effect_at_kl, per_row_slopes
 from lib.kits.text_scorers import degeneracy
@@ -351,21 +351,20 @@ def _random_controls(model: nn.Module, tokenizer: Any, condition: Condition, tar
     """`n_random` conditions like `condition` with its vector or delta replaced by a random one of the same
     per-layer (per-tensor) norms, rescaled to `target_kl`; seed k is the same at every coefficient of a grid, so
     each control is a curve of one random direction."""
+    if condition.vector is not None:  # searched together: the directions share the blocks below the layer
+        matched = kl_matched_randoms(model, tokenizer, condition.vector * condition.coefficient, target_kl,
+                                     seeds=[seed + 1 + k for k in range(n_random)], texts=texts,
+                                     layers=condition.layers, positions=condition.positions, rendering=rendering,
+                                     batch_size=batch_size)
+        return [replace(condition, name=f"{condition.name}~random{k}", vector=direction, coefficient=1.0)
+                for k, (direction, _) in enumerate(matched)]
+    assert condition.delta is not None
     out = []
-    for k in range(n_random):
-        name = f"{condition.name}~random{k}"
-        if condition.vector is not None:
-            direction, _ = kl_matched_random(model, tokenizer, condition.vector * condition.coefficient, target_kl,
-                                             seed=seed + 1 + k, texts=texts, layers=condition.layers,
-                                             positions=condition.positions, rendering=rendering,
-                                             batch_size=batch_size)
-            out.append(replace(condition, name=name, vector=direction, coefficient=1.0))
-        else:
-            assert condition.delta is not None
-            random, _ = kl_matched_random_delta(model, tokenizer, condition.delta * condition.delta_coefficient,
-                                                target_kl, seed=seed + 1 + k, texts=texts, rendering=rendering,
-                                                batch_size=batch_size)
-            out.append(replace(condition, name=name, delta=random, delta_coefficient=1.0))
+    for k in range(n_random):  # a weight edit cannot ride in a batch as rows: one search per delta
+        random, _ = kl_matched_random_delta(model, tokenizer, condition.delta * condition.delta_coefficient,
+                                            target_kl, seed=seed + 1 + k, texts=texts, rendering=rendering,
+                                            batch_size=batch_size)
+        out.append(replace(condition, name=f"{condition.name}~random{k}", delta=random, delta_coefficient=1.0))
     return out
 
 
