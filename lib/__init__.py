@@ -8,7 +8,8 @@ The map of the house (docs/architecture.md has the rules and a worked example):
   hooks (`record`, `steer`, `Steering`) -> vectors (`SteeringVector` and its `apply`, builders, layer groups) ->
   generation (chat rendering,
   the one batched-forward loop `run_batches`, `generate`) -> extract (cached activations), evals (log-probs,
-  KL), choice_evals, latent (continuous-thought loop), weights (`WeightDelta`, `apply_delta`), export
+  KL), choice_evals, latent (continuous-thought loop), weights (`WeightDelta`, `apply_delta`), ablation
+  (`ablate`, `orthogonalize`: a direction out of the residual stream, by hooks or as weights), export
   (llama.cpp control vectors, folded checkpoints), model_diff, memory (the plan checked before a run loads).
 - Kits, importable on their own: data and choice_data (offline data sets), contrast (is there a contrast to learn;
   prompt headroom), mathdata, matheval, rewards, passk, stats, optimize and optimize_plots (Bayesian
@@ -22,6 +23,7 @@ The map of the house (docs/architecture.md has the rules and a worked example):
 The strength of an intervention is called `coefficient` everywhere in lib and is passed when applying.
 """
 
+from lib.ablation import ablate, orthogonalize, untie_embeddings
 from lib.evals import continuation_logprobs, effect_curve, model_kl, next_token_kl
 from lib.export import export_folded_checkpoint, export_llamacpp, import_llamacpp
 from lib.extract import extract
@@ -36,6 +38,7 @@ __all__ = [
     "Steering",
     "SteeringVector",
     "WeightDelta",
+    "ablate",
     "apply_delta",
     "continuation_logprobs",
     "delta_from_merged",
@@ -53,10 +56,12 @@ __all__ = [
     "mean_difference",
     "model_kl",
     "next_token_kl",
+    "orthogonalize",
     "pca_direction",
     "random_like",
     "record",
     "render_chat",
     "steer",
     "tiny_model",
+    "untie_embeddings",
 ]

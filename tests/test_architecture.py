@@ -15,7 +15,7 @@ from lib.io import REPO_ROOT
 
 LIB = REPO_ROOT / "lib"
 CORE = {"io", "models", "interventions", "positions", "hooks", "trunk", "vectors", "generation", "extract", "evals",
-        "choice_evals", "latent", "weights", "export", "model_diff", "memory"}
+        "choice_evals", "latent", "weights", "ablation", "export", "model_diff", "memory"}
 RUNNING = {"config", "runner", "report", "experiments"}  # experiments: the package's lookup by stem
 
 
