@@ -5,7 +5,8 @@ The map of the house (docs/architecture.md has the rules and a worked example):
 - Core, at the bottom; knows no experiment:
   io (paths, atomic writes) -> models (loading, the one layer locator and layer indices, fingerprints) ->
   interventions (what acts on a model now) -> positions (prompt, generated and padding tokens of a forward call) ->
-  hooks (`record`, `steer`, `Steering`) -> vectors (`SteeringVector` and its `apply`, builders, layer groups) ->
+  gates (conditional steering: `Gate`) -> hooks (`record`, `steer`, `Steering`) ->
+  vectors (`SteeringVector` and its `apply`, builders, layer groups) ->
   generation (chat rendering,
   the one batched-forward loop `run_batches`, `generate`) -> extract (cached activations), evals (log-probs,
   KL), choice_evals, latent (continuous-thought loop), weights (`WeightDelta`, `apply_delta`), ablation
@@ -27,6 +28,7 @@ from lib.ablation import ablate, orthogonalize, untie_embeddings
 from lib.evals import continuation_logprobs, effect_curve, model_kl, next_token_kl
 from lib.export import export_folded_checkpoint, export_llamacpp, import_llamacpp
 from lib.extract import extract
+from lib.gates import Gate
 from lib.generation import generate, render_chat
 from lib.hooks import Steering, record, steer
 from lib.models import EMBEDDED_DEFAULT, find_layers, load_model, tiny_model
@@ -35,6 +37,7 @@ from lib.weights import WeightDelta, apply_delta, delta_from_merged, export_chec
 
 __all__ = [
     "EMBEDDED_DEFAULT",
+    "Gate",
     "Steering",
     "SteeringVector",
     "WeightDelta",

@@ -24,6 +24,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from lib.gates import Gate
 from lib.interventions import read_only
 from lib.models import check_layers, find_layers, hidden_size, layer_index
 from lib.positions import PositionScope, check_scope, tracked
@@ -295,6 +296,7 @@ def steer(
     positions: PositionScope = "all",
     coefficients: Sequence[float] | torch.Tensor | None = None,
     layers_path: str | None = None,
+    gate: Gate | None = None,
 ) -> Iterator[None]:
     """Add `coefficient[row] * weight[layer] * vector[layer]` to block outputs at the positions in scope.
 
@@ -307,6 +309,8 @@ def steer(
         unpadded sequence.
     coefficients: one value per batch row, so a sweep over K coefficients runs as one batch
         (repeat the prompts K times). Omitted, every row gets 1.
+    gate: conditional steering (`lib.gates.Gate`, Lee et al. 2025): each row is steered only where the gate, reading
+        the row's prompt at its condition layer during the prefill, opens; the decision holds for generated tokens.
 
     The added delta is computed in float32 (coefficient x weight x vector, scope mask) and cast to the model's
     dtype once, so a bf16 model gets the bf16 rounding of the exact delta, not a product of rounded factors.
@@ -321,6 +325,16 @@ def steer(
     stacked, n_rows = _row_vectors(model, vectors, weight, layers, blocks)
     check_scope(positions)
     row_coefficients = coefficient_values(coefficients)
+    if gate is not None:
+        check_layers(model, [gate.layer], blocks=blocks)
+        if gate.direction.shape != (hidden_size(model),):
+            raise ValueError(f"the gate's direction has shape {tuple(gate.direction.shape)}; the model's hidden size "
+                             f"is {hidden_size(model)}")
+        early = [layer for layer in stacked if layer < gate.layer]
+        if early and positions != "generated":
+            raise ValueError(f"layers {early} lie below the gate's condition layer {gate.layer}: the prompt would be "
+                             "steered there before the gate has read it. Steer at or above the condition layer, or "
+                             "pass positions='generated'")
 
     handles = []
     with tracked(model, path) as tracker:
@@ -352,15 +366,27 @@ def steer(
                 # the scope mask is 0/1, so multiplying after the cast equals casting the masked product
                 in_scope = tracker.current.scope_mask(positions, hidden.device, hidden.dtype)
                 delta = deltas[key] if in_scope is None else deltas[key] * in_scope
+                if gate is not None:  # 0/1 per row, exact like the scope
+                    delta = delta * gate.rows(batch, hidden.device, hidden.dtype)
                 return join_block_output(hidden + delta, rest)
 
             return hook
+
+        @read_only
+        def read_condition(module: nn.Module, args: tuple, output: Any) -> None:
+            assert gate is not None and tracker.current is not None
+            if tracker.current.past == 0:  # the prefill: read the prompt, before this block is steered
+                hidden, _ = split_block_output(output, gate.layer)
+                gate.read_prefill(hidden.detach(), tracker.current.real)
 
         try:
             for layer in stacked:
                 # prepend: the block's output is steered before any other hook sees it (transformers' hidden-state
                 # capture installs its hooks on first use, possibly before this block was entered)
                 handles.append(blocks[layer].register_forward_hook(make_hook(layer), prepend=True))
+            if gate is not None:  # prepended after the steering hooks: it reads the condition block unsteered
+                gate.decisions = gate.scores = None
+                handles.append(blocks[gate.layer].register_forward_hook(read_condition, prepend=True))
             yield
         finally:
             for handle in handles:
@@ -379,6 +405,7 @@ class Steering:
     layers: Sequence[int] | None = None
     positions: PositionScope = "all"
     layers_path: str | None = None
+    gate: Gate | None = None
 
     def __post_init__(self) -> None:
         per_row(self.vector)  # a wrong type is refused here, not at the first batch
@@ -406,4 +433,4 @@ class Steering:
         if vector is not self.vector and all(v is None for v in vector) and any(v is not None for v in self.vector):
             return contextlib.nullcontext()  # this batch holds only unsteered rows of a job that steers others
         return steer(model, vector, self.weight, layers=self.layers, positions=self.positions,
-                     coefficients=coefficients, layers_path=self.layers_path)
+                     coefficients=coefficients, layers_path=self.layers_path, gate=self.gate)

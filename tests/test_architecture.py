@@ -14,8 +14,8 @@ import pytest
 from lib.io import REPO_ROOT
 
 LIB = REPO_ROOT / "lib"
-CORE = {"io", "models", "interventions", "positions", "hooks", "trunk", "vectors", "generation", "extract", "evals",
-        "choice_evals", "latent", "weights", "ablation", "export", "model_diff", "memory"}
+CORE = {"io", "models", "interventions", "positions", "gates", "hooks", "trunk", "vectors", "generation", "extract",
+        "evals", "choice_evals", "latent", "weights", "ablation", "export", "model_diff", "memory"}
 RUNNING = {"config", "runner", "report", "experiments"}  # experiments: the package's lookup by stem
 
 
