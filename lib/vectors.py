@@ -309,6 +309,103 @@ def pca_direction(
     return SteeringVector(vectors, {"method": "pca_direction", "n": len(next(iter(positive.values()))), **(meta or {})})
 
 
+def _on_mean_difference_scale(direction: torch.Tensor, target: torch.Tensor, baseline: torch.Tensor) -> torch.Tensor:
+    """The unit `direction` oriented so that the target projects above the baseline and scaled to the mean
+    difference's projection on it: every builder's vector is on `mean_difference`'s scale."""
+    unit = direction / direction.norm().clamp_min(1e-12)
+    return unit * float((target.float().mean(0) - baseline.float().mean(0)) @ unit)
+
+
+def ledoit_wolf_shrinkage(centered: torch.Tensor) -> float:
+    """The Ledoit-Wolf (2004) shrinkage toward a scaled identity for the covariance of `centered` [n, d] rows:
+    with n << d (a few hundred examples, thousands of hidden units) the sample covariance is singular."""
+    x = centered.double()
+    n, d = x.shape
+    squared = x ** 2
+    trace = squared.sum(0) / n
+    mu = trace.sum() / d
+    delta_sum = ((x.T @ x) ** 2).sum() / n ** 2
+    beta = ((squared.T @ squared).sum() / n - delta_sum) / (d * n)
+    delta = (delta_sum - 2 * mu * trace.sum() + d * mu ** 2) / d
+    beta = min(float(beta), float(delta))
+    return 0.0 if beta == 0 else beta / float(delta)
+
+
+def _shrunk_covariance(rows: torch.Tensor, shrinkage: float | None) -> tuple[torch.Tensor, float]:
+    """The covariance of `rows` [n, d] (float64) shrunk in standardised units: the correlation-scale matrix toward a
+    scaled identity (Ledoit-Wolf's amount unless `shrinkage` is given), scaled back. Shrinking the raw covariance
+    toward one variance would let the few massive residual dimensions set it for all."""
+    centered = rows - rows.mean(0)
+    std = centered.pow(2).mean(0).sqrt()
+    std = torch.where(std > 0, std, torch.ones_like(std))
+    z = centered / std
+    alpha = ledoit_wolf_shrinkage(z) if shrinkage is None else float(shrinkage)
+    covariance = z.T @ z / len(z)
+    scale = covariance.trace() / covariance.shape[0]
+    shrunk = (1 - alpha) * covariance + alpha * scale * torch.eye(covariance.shape[0], dtype=torch.float64)
+    return std[:, None] * shrunk * std[None, :], alpha
+
+
+def lda_direction(target: Mapping[int, torch.Tensor], baseline: Mapping[int, torch.Tensor],
+                  shrinkage: float | None = None, meta: dict[str, Any] | None = None) -> SteeringVector:
+    """Linear discriminant: the mean difference whitened by the within-class covariance, Sigma^-1 (mean_target -
+    mean_baseline), Sigma the classes' covariances weighted by their sizes, each shrunk in standardised units
+    (`_shrunk_covariance`; `shrinkage` in [0, 1], by default Ledoit-Wolf's, as scikit-learn's lsqr solver with
+    shrinkage="auto"). One of the estimators AxBench (Wu et al. 2025) compares with mean difference; on the mean
+    difference's scale (`_on_mean_difference_scale`)."""
+    _check_sets(target, baseline, paired=False)
+    if shrinkage is not None and not 0 <= shrinkage <= 1:
+        raise ValueError(f"shrinkage={shrinkage} must be in [0, 1] (None: Ledoit-Wolf)")
+    vectors, used = {}, {}
+    for layer in target:
+        a, b = target[layer].double(), baseline[layer].double()
+        if len(a) < 2 or len(b) < 2:
+            raise ValueError(f"layer {layer}: LDA needs at least 2 examples per class, got {len(a)} and {len(b)}")
+        (cov_a, alpha_a), (cov_b, alpha_b) = _shrunk_covariance(a, shrinkage), _shrunk_covariance(b, shrinkage)
+        weight = len(a) / (len(a) + len(b))
+        direction = torch.linalg.solve(weight * cov_a + (1 - weight) * cov_b, a.mean(0) - b.mean(0))
+        vectors[layer] = _on_mean_difference_scale(direction.float(), target[layer], baseline[layer])
+        used[layer] = (alpha_a + alpha_b) / 2
+    return SteeringVector(vectors, {"method": "lda", "shrinkage": used, **(meta or {})})
+
+
+def _logistic_weights(z: torch.Tensor, y: torch.Tensor, l2: float, steps: int) -> torch.Tensor:
+    """L2-penalised logistic regression weights for rows `z` [n, d] and 0/1 labels `y`, by L-BFGS (float64)."""
+    weights = torch.zeros(z.shape[1], dtype=torch.float64, requires_grad=True)
+    bias = torch.zeros((), dtype=torch.float64, requires_grad=True)
+    optimizer = torch.optim.LBFGS([weights, bias], max_iter=steps, line_search_fn="strong_wolfe")
+
+    def loss() -> torch.Tensor:
+        optimizer.zero_grad()
+        value = torch.nn.functional.binary_cross_entropy_with_logits(z @ weights + bias, y) + l2 * (weights ** 2).sum()
+        value.backward()
+        return value
+
+    with torch.enable_grad():
+        optimizer.step(loss)
+    return weights.detach()
+
+
+def probe_direction(target: Mapping[int, torch.Tensor], baseline: Mapping[int, torch.Tensor],
+                    l2: float = 1e-2, steps: int = 200, meta: dict[str, Any] | None = None) -> SteeringVector:
+    """A logistic-regression probe's weight vector per layer (target = 1), fit by L-BFGS on standardised
+    activations with an L2 penalty `l2` on the weights, mapped back to the activation space; on the mean
+    difference's scale. The estimator a probe-based monitor reads (Chen et al. 2025; AxBench)."""
+    _check_sets(target, baseline, paired=False)
+    if l2 < 0 or steps < 1:
+        raise ValueError(f"l2={l2} must be >= 0 and steps={steps} >= 1")
+    vectors = {}
+    for layer in target:
+        x = torch.cat([target[layer], baseline[layer]]).double()
+        y = torch.cat([torch.ones(len(target[layer])), torch.zeros(len(baseline[layer]))]).double()
+        mean, std = x.mean(0), x.std(0).clamp_min(1e-6)
+        z = (x - mean) / std
+        weights = _logistic_weights(z, y, l2, steps)
+        direction = (weights / std).float()  # w.(x - mean)/std = (w/std).x + const
+        vectors[layer] = _on_mean_difference_scale(direction, target[layer], baseline[layer])
+    return SteeringVector(vectors, {"method": "logistic_probe", "l2": l2, **(meta or {})})
+
+
 def random_like(vector: SteeringVector, seed: int = 0) -> SteeringVector:
     """A random direction with the same per-layer norms (per step for [k, hidden] latent vectors): the control
     every steering result needs."""
