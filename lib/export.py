@@ -1,6 +1,7 @@
-"""Serve activation steering without Python hooks: llama.cpp control vectors and folded-bias checkpoints.
+"""Serve activation steering without Python hooks: llama.cpp control vectors, folded-bias checkpoints, and weight
+deltas written into a GGUF.
 
-Two exports, each exact where it claims to be:
+Three exports, each exact where it claims to be:
 
 - `export_llamacpp` / `import_llamacpp`: the control-vector GGUF that llama.cpp loads with
   `--control-vector-scaled FILE:SCALE` (format of llama.cpp's `cvector-generator` and of repeng's
@@ -13,6 +14,9 @@ Two exports, each exact where it claims to be:
   projection, saved as an ordinary transformers checkpoint (transformers and vLLM load it with no code of ours).
   In a Llama-family block `h = h + mlp(norm(h))`, so a down-projection bias is added to the block output at
   every position: exact for steering at all positions only (CAA, Rimsky et al. 2024, steers all positions).
+- `export_gguf_with_delta`: `base + coefficient * dW` into a llama GGUF (edited tensors in F32, the rest copied),
+  e.g. `lib.orthogonalize`'s directional ablation as weights: llama.cpp's greedy tokens equal our hooks' where the
+  ablation moves them (tests/test_llamacpp.py, `peers/serve_check.orthogonal_check`).
 """
 
 from __future__ import annotations
@@ -260,3 +264,101 @@ def export_folded_checkpoint(
         shutil.rmtree(out_dir)
     partial.replace(out_dir)
     return out_dir
+
+
+# ----------------------------------------------------------------------------- weight deltas into a llama GGUF
+# Hugging Face Llama names -> llama.cpp's. q_proj and k_proj are left out on purpose: llama.cpp stores them with
+# their heads permuted (convert_hf_to_gguf's `permute`), so a delta on them would need that permutation too.
+_GGUF_NAMES = (
+    (re.compile(r"^model\.embed_tokens\.weight$"), "token_embd.weight"),
+    (re.compile(r"^lm_head\.weight$"), "output.weight"),
+    (re.compile(r"^model\.norm\.weight$"), "output_norm.weight"),
+    (re.compile(r"^model\.layers\.(\d+)\.self_attn\.v_proj\.weight$"), "blk.{}.attn_v.weight"),
+    (re.compile(r"^model\.layers\.(\d+)\.self_attn\.o_proj\.weight$"), "blk.{}.attn_output.weight"),
+    (re.compile(r"^model\.layers\.(\d+)\.mlp\.gate_proj\.weight$"), "blk.{}.ffn_gate.weight"),
+    (re.compile(r"^model\.layers\.(\d+)\.mlp\.up_proj\.weight$"), "blk.{}.ffn_up.weight"),
+    (re.compile(r"^model\.layers\.(\d+)\.mlp\.down_proj\.weight$"), "blk.{}.ffn_down.weight"),
+    (re.compile(r"^model\.layers\.(\d+)\.input_layernorm\.weight$"), "blk.{}.attn_norm.weight"),
+    (re.compile(r"^model\.layers\.(\d+)\.post_attention_layernorm\.weight$"), "blk.{}.ffn_norm.weight"),
+)
+
+
+def gguf_name(hf_name: str) -> str:
+    """llama.cpp's tensor name for a Hugging Face Llama parameter; q/k projections and unknown names are refused."""
+    for pattern, target in _GGUF_NAMES:
+        match = pattern.match(hf_name)
+        if match:
+            return target.format(*match.groups())
+    raise ValueError(f"{hf_name}: no llama.cpp tensor name known for it (q_proj/k_proj are stored head-permuted in "
+                     "a GGUF and are not supported); use export_checkpoint and llama.cpp's convert_hf_to_gguf.py")
+
+
+def export_gguf_with_delta(base_gguf: str | Path, delta: Any, coefficient: float, path: str | Path,
+                           overwrite: bool = False) -> Path:
+    """A llama-architecture GGUF with `base + coefficient * delta` in place of the tensors the delta touches (each
+    dequantised, edited in float32 and written F32; the rest copied as they are, quantised or not), so llama.cpp
+    serves an orthogonalised or weight-steered model with no hooks and no conversion from a checkpoint. Where the
+    delta edits the token embeddings of a GGUF whose output head reuses them, the original embeddings are written
+    as `output.weight`, as `lib.ablation.untie_embeddings` keeps them apart in PyTorch."""
+    import gguf
+
+    from lib.weights import WeightDelta
+
+    if not isinstance(delta, WeightDelta):
+        raise TypeError(f"delta is a {type(delta).__name__}; give a lib.weights.WeightDelta")
+    path = Path(path)
+    if path.exists() and not overwrite:
+        raise FileExistsError(f"{path} exists; pass overwrite=True or choose another path")
+    reader = gguf.GGUFReader(str(base_gguf))
+    architecture = reader.fields[gguf.Keys.General.ARCHITECTURE].contents()
+    if architecture != "llama":
+        raise ValueError(f"{base_gguf} is a {architecture!r} GGUF; the name mapping covers llama only")
+    edits = {gguf_name(name): change for name, change in delta.deltas.items()}
+    tensors = {tensor.name: tensor for tensor in reader.tensors}
+    missing = sorted(set(edits) - set(tensors) - {"output.weight"})
+    if missing:
+        raise ValueError(f"the GGUF has no tensors {missing[:4]}: was the delta made on another model?")
+    untie = ("token_embd.weight" in edits or "output.weight" in edits) and "output.weight" not in tensors
+
+    def edited(name: str) -> np.ndarray:
+        tensor = tensors[name]
+        base = gguf.quants.dequantize(tensor.data, tensor.tensor_type).astype(np.float32)
+        change = edits[name].detach().float().cpu().numpy()
+        if base.shape != change.shape:
+            raise ValueError(f"{name}: the delta has shape {change.shape}, the GGUF tensor {base.shape}")
+        return (base + float(coefficient) * change).astype(np.float32)
+
+    tmp = path.with_name(path.name + ".tmp")
+    writer = gguf.GGUFWriter(str(tmp), architecture)
+    for field in reader.fields.values():
+        if field.name == gguf.Keys.General.ARCHITECTURE or field.name.startswith("GGUF."):
+            continue  # the writer writes these itself
+        kind = field.types[0]
+        writer.add_key_value(field.name, field.contents(), kind,
+                             sub_type=field.types[-1] if kind == gguf.GGUFValueType.ARRAY else None)
+    written: list[tuple[str, np.ndarray | None]] = []
+    for tensor in reader.tensors:
+        if tensor.name in edits:
+            data = edited(tensor.name)
+            writer.add_tensor_info(tensor.name, data.shape, data.dtype, data.nbytes, gguf.GGMLQuantizationType.F32)
+            written.append((tensor.name, data))
+        else:
+            writer.add_tensor_info(tensor.name, tensor.data.shape, tensor.data.dtype, tensor.data.nbytes,
+                                   tensor.tensor_type)
+            written.append((tensor.name, None))
+    if untie:  # the head was the embedding matrix: it keeps the original, plus its own edit if the delta has one
+        head = gguf.quants.dequantize(tensors["token_embd.weight"].data,
+                                      tensors["token_embd.weight"].tensor_type).astype(np.float32)
+        if "output.weight" in edits:
+            head = head + float(coefficient) * edits["output.weight"].detach().float().cpu().numpy()
+        writer.add_tensor_info("output.weight", head.shape, head.dtype, head.nbytes, gguf.GGMLQuantizationType.F32)
+        written.append(("output.weight", head))
+    writer.write_header_to_file()
+    writer.write_kv_data_to_file()
+    writer.write_ti_data_to_file()
+    for name, data in written:
+        writer.write_tensor_data(tensors[name].data if data is None else data,
+                                 **({"tensor_endianess": reader.endianess} if data is None else {}))
+    writer.close()
+    tmp.replace(path)
+    return path

@@ -187,6 +187,39 @@ def run(n_prompts: int = 24, scale: float = SCALE, layers=LAYERS, offsets=(-1, 0
     return report
 
 
+def orthogonal_check(n_prompts: int = 40, layer: int = 15, components: tuple[int, int] = (1, 4),
+                     threads: int = 1) -> dict:
+    """Directional ablation served by llama.cpp with no hooks (issue "Beyond addition"): principal components
+    `components` of the prompts' mean residual at `layer` (the first is left out: ablating it breaks the model, and
+    a broken model's argmax agrees with nothing) are ablated by `lib.ablate` in our fp32 model and orthogonalised
+    into the embedded GGUF (`lib.orthogonalize`, `export_gguf_with_delta`); the greedy next tokens are compared."""
+    from lib.ablation import ablate, orthogonalize, untie_embeddings
+    from lib.export import export_gguf_with_delta
+    from lib.hooks import record
+
+    model, tokenizer = load_model()
+    untie_embeddings(model)
+    texts = check_prompts(tokenizer, n_prompts)
+    batch = pad_batch(encode(tokenizer, texts), tokenizer.pad_token_id)
+    with torch.no_grad(), record(model, [layer], reduction="mean") as acts:
+        model(**batch)
+    centered = acts[layer] - acts[layer].mean(0)
+    subspace = torch.linalg.svd(centered, full_matrices=False)[2][components[0]:components[1]]
+    binary = llamacpp_binary()
+    plain_ours = hooked_next_tokens(model, tokenizer, texts, None, 0.0)
+    plain_theirs = llamacpp_next_tokens(binary, embedded_gguf(), texts, None, 0.0, threads=threads)
+    with tempfile.TemporaryDirectory() as tmp:
+        gguf = export_gguf_with_delta(embedded_gguf(), orthogonalize(model, subspace), 1.0, Path(tmp) / "orth.gguf")
+        theirs = llamacpp_next_tokens(binary, gguf, texts, None, 0.0, threads=threads)
+    with ablate(model, subspace):
+        ours = hooked_next_tokens(model, tokenizer, texts, None, 0.0)
+    changed = [i for i in range(len(texts)) if ours[i] != plain_ours[i]]
+    return {"n_prompts": len(texts), "unablated_agreement": agreement(plain_ours, plain_theirs),
+            "orthogonal_agreement": agreement(ours, theirs), "ablation_changes": len(changed) / len(texts),
+            "agreement_where_ablation_changed": sum(ours[i] == theirs[i] for i in changed) / max(len(changed), 1),
+            "unedited_gguf_vs_ablated": agreement(ours, plain_theirs)}
+
+
 def cvector_generator_check(scale: float = 4.0, n_prompts: int = 16, threads: int = 1) -> dict:
     """A control vector written by llama.cpp's own cvector-generator (mean method, happy vs sad system prompts):
     imported with lib.export.import_llamacpp and applied by our hooks, it must steer as llama.cpp applies the file."""

@@ -210,3 +210,45 @@ def test_folding_refuses_what_it_cannot_do_exactly(tmp_path):
     with pytest.raises(FileExistsError, match="overwrite=True"):
         export_folded_checkpoint(llama, None, vector, 1.0, tmp_path / "full")
     assert (tmp_path / "full" / "x").read_text() == "keep me"
+
+
+def test_a_delta_written_into_a_gguf_edits_its_tensors_and_copies_the_rest(tmp_path):
+    """export_gguf_with_delta on a small llama GGUF written here (one F32 and one Q8_0 tensor, tied head): the
+    edited tensors read back as dequantised base + coefficient x delta in F32, the untouched one byte for byte, the
+    metadata key for key, and the head keeps the original embeddings as its own output.weight."""
+    from lib.export import export_gguf_with_delta, gguf_name
+    from lib.weights import WeightDelta
+
+    rng = np.random.default_rng(0)
+    embeddings = rng.normal(size=(64, 32)).astype(np.float32)  # [vocab, hidden] as llama.cpp reads it back
+    down = rng.normal(size=(32, 64)).astype(np.float32)
+    norm = rng.normal(size=(32,)).astype(np.float32)
+    base = tmp_path / "base.gguf"
+    writer = gguf.GGUFWriter(str(base), "llama")
+    writer.add_block_count(1)
+    writer.add_string("general.name", "tiny")
+    writer.add_tensor("token_embd.weight", embeddings)
+    quantized = gguf.quants.quantize(down, gguf.GGMLQuantizationType.Q8_0)
+    writer.add_tensor("blk.0.ffn_down.weight", quantized, raw_dtype=gguf.GGMLQuantizationType.Q8_0)
+    writer.add_tensor("blk.0.attn_norm.weight", norm)
+    writer.write_header_to_file()
+    writer.write_kv_data_to_file()
+    writer.write_tensors_to_file()
+    writer.close()
+    delta = WeightDelta({"model.embed_tokens.weight": torch.ones(64, 32),
+                         "model.layers.0.mlp.down_proj.weight": torch.full((32, 64), 0.5)})
+    out = export_gguf_with_delta(base, delta, 2.0, tmp_path / "edited.gguf")
+    read = {t.name: t for t in gguf.GGUFReader(str(out)).tensors}
+    original = {t.name: t for t in gguf.GGUFReader(str(base)).tensors}
+    np.testing.assert_allclose(read["token_embd.weight"].data, embeddings + 2.0, atol=1e-6)
+    dequantized = gguf.quants.dequantize(original["blk.0.ffn_down.weight"].data, gguf.GGMLQuantizationType.Q8_0)
+    np.testing.assert_allclose(read["blk.0.ffn_down.weight"].data, dequantized + 1.0, atol=1e-6)
+    assert read["blk.0.ffn_down.weight"].tensor_type == gguf.GGMLQuantizationType.F32
+    assert np.array_equal(read["blk.0.attn_norm.weight"].data, norm)
+    np.testing.assert_allclose(read["output.weight"].data, embeddings, atol=0)  # untied: the head kept them
+    fields = gguf.GGUFReader(str(out)).fields
+    assert fields["general.name"].contents() == "tiny" and fields["llama.block_count"].contents() == 1
+    with pytest.raises(ValueError, match="head-permuted"):
+        gguf_name("model.layers.0.self_attn.q_proj.weight")
+    with pytest.raises(FileExistsError):
+        export_gguf_with_delta(base, delta, 1.0, out)

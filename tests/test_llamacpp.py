@@ -72,3 +72,14 @@ def test_imports_a_vector_written_by_llamacpps_cvector_generator():
     assert report["steered_agreement_offset+0"] >= 0.8
     for offset in ("-1", "+1"):
         assert report[f"steered_agreement_offset{offset}"] <= report["steered_agreement_offset+0"] - 0.1
+
+
+def test_llamacpp_serves_the_orthogonalised_model_as_our_ablation_hooks():
+    """The ablation as weights in a GGUF (no hooks, no control vector): llama.cpp's greedy next token equals our
+    hooked fp32 model's where the ablation moved it, and the unedited GGUF does not."""
+    report = serve_check.orthogonal_check()
+    print(report)
+    assert report["orthogonal_agreement"] >= 0.9
+    assert report["ablation_changes"] >= 0.15  # the check has teeth: the ablation moves the argmax
+    assert report["agreement_where_ablation_changed"] >= 0.9
+    assert report["unedited_gguf_vs_ablated"] < report["orthogonal_agreement"] - 0.1
