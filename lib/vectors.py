@@ -28,6 +28,7 @@ from safetensors.torch import load as load_safetensors
 from safetensors.torch import save as save_safetensors
 from torch import nn
 
+from lib.gates import Gate
 from lib.hooks import real_number, steer
 from lib.io import atomic_write, write_json
 from lib.models import layer_index
@@ -85,15 +86,15 @@ class SteeringVector(Mapping[int, torch.Tensor]):
     # -- applying
     def apply(self, model: nn.Module, coefficient: float = 1.0, *, weight: float | Mapping[int, float] = 1.0,
               layers: Sequence[int] | None = None, positions: PositionScope = "all",
-              layers_path: str | None = None) -> AbstractContextManager[None]:
+              layers_path: str | None = None, gate: Gate | None = None) -> AbstractContextManager[None]:
         """`with vector.apply(model, coefficient=4.0, positions="generated"):` adds coefficient * weight[layer] *
         vector[layer] to the block outputs inside the block, restored on exit (`lib.hooks.steer`, which takes raw
         dicts and per-row vectors and coefficients as well). The one way in for a vector; `weight` weighs layers
-        (`group_weights`), `coefficient` is the strength."""
+        (`group_weights`), `coefficient` is the strength, `gate` makes it conditional (`lib.gates.Gate`)."""
         strength = real_number(coefficient, "coefficient")
         scaled: float | dict[int, float] = strength * real_number(weight, "weight") if not isinstance(weight, Mapping) \
             else {layer: strength * real_number(value, f"weight[{layer}]") for layer, value in weight.items()}
-        return steer(model, self, scaled, layers=layers, positions=positions, layers_path=layers_path)
+        return steer(model, self, scaled, layers=layers, positions=positions, layers_path=layers_path, gate=gate)
 
     def __repr__(self) -> str:
         norms = ", ".join(f"{layer}: {norm:.2f}" for layer, norm in self.norms().items())

@@ -156,3 +156,18 @@ def test_the_grid_search_finds_a_separating_gate_that_opens_for_the_labelled_pro
     assert [bool(d) for d in gate.decisions] == labels  # F1 = 1 on these prompts, whichever layer won
     with pytest.raises(ValueError, match="one class"):
         search_gate(model, tokenizer, prompts, [True] * len(prompts), {1: condition})
+
+
+def test_vector_apply_takes_the_gate():
+    from lib.vectors import SteeringVector
+
+    model, condition, vector = _setup(6)
+    gate = _gate(model, condition)
+    batch = pad_batch(PROMPTS, 0)
+    with torch.no_grad():
+        with SteeringVector(vector).apply(model, coefficient=1.5, gate=gate):
+            got = model(**batch).logits
+        with steer(model, vector, 1.5, gate=Gate(condition, 1, gate.threshold)):
+            expected = model(**batch).logits
+    assert 0 < gate.decisions.sum() < len(PROMPTS)
+    torch.testing.assert_close(got, expected)
