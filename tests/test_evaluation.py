@@ -322,3 +322,25 @@ def test_side_effect_kl_of_vectors_at_different_layers_each_by_hand():
                                                    lambda layer=layer: steer(model, {layer: wide[layer]}, 3.0)),
                                           rel=1e-4)
     assert kls["layer 0"] != pytest.approx(kls["layer 1"])
+
+
+def test_an_ablated_and_a_gated_condition_equal_their_interventions_alone():
+    from lib.ablation import ablate
+    from lib.gates import Gate
+    from lib.kits.evaluation import ablated, gated
+
+    model, tokenizer, vector, _, _ = _setup()
+    direction = torch.randn(hidden_size(model), generator=torch.Generator().manual_seed(3))
+    gate = Gate(direction, layer=1, threshold=0.0)
+    items = _items()
+    table = compare(model, tokenizer, [unsteered(), ablated("ablated", direction), gated("gated", vector, 3.0, gate)],
+                    TwoChoice(items, AB), neutral_texts=NEUTRAL, n_boot=200)
+    with torch.no_grad():
+        with ablate(model, direction):
+            alone = score_both_orders(model, tokenizer, items, AB, progress=False)
+        with steer(model, vector, 3.0, gate=Gate(direction, 1, 0.0)):
+            gated_alone = score_both_orders(model, tokenizer, items, AB, progress=False)
+    for name, scored in (("ablated", alone), ("gated", gated_alone)):
+        row = table[(table.condition == name) & (table.metric == "content")].iloc[0]
+        assert row["value"] == pytest.approx(float(scored.content.double().mean()), abs=1e-5), name
+        assert row["kl"] > 0

@@ -24,10 +24,12 @@ import pandas as pd
 import torch
 from torch import nn
 
+from lib.ablation import ablate
 from lib.choice_evals import AnswerFormat
 from lib.evals import NEUTRAL_INSTRUCTION, Rendering, continuation_logprobs, kl_sum, text_logprobs
+from lib.gates import Gate
 from lib.generation import generate
-from lib.hooks import Steering
+from lib.hooks import Steering, steer
 from lib.kits.choice_data import Item
 from lib.kits.controls import KLUnreachable, kl_matched_random_delta, kl_matched_randoms
 from lib.kits.data import NEUTRAL_TEXTS
@@ -94,6 +96,18 @@ def prompted(name: str, system: str | None = None, prefix: str = "") -> Conditio
 
 def with_delta(name: str, delta: WeightDelta, coefficient: float) -> Condition:
     return Condition(name, delta=delta, delta_coefficient=float(coefficient))
+
+
+def ablated(name: str, direction: Any, **options: Any) -> Condition:
+    """The model with `direction` removed from every residual write (`lib.ablation.ablate(model, direction,
+    **options)`: layers, embeddings, positions, value), as a condition with its own pass."""
+    return Condition(name, context=lambda model: ablate(model, direction, **options))
+
+
+def gated(name: str, vector: SteeringVector, coefficient: float, gate: Gate, **options: Any) -> Condition:
+    """Conditional steering (`lib.gates.Gate`, Lee et al. 2025): `vector` at `coefficient` on the rows whose prompt
+    opens `gate`, as a condition with its own pass (the gate's decisions for the last batch stay on `gate`)."""
+    return Condition(name, context=lambda model: steer(model, vector, float(coefficient), gate=gate, **options))
 
 
 def _groups(conditions: Sequence[Condition]) -> list[list[int]]:
