@@ -321,10 +321,12 @@ def _score(model: nn.Module, tokenizer: Any, conditions: Sequence[Condition], sc
             scored = scorer(model, tokenizer, members, batch_size)
         for row, condition in enumerate(members):
             results[condition.name] = {metric: values[row] for metric, values in scored.items()}
-    if isinstance(scorer, GeneratedText):  # under the plain model, outside every condition's context
-        for condition in conditions:
-            results[condition.name]["fluency_nll"] = fluency_nll(model, tokenizer, scorer.prompts,
-                                                                 scorer.texts[condition.name], batch_size)
+    if isinstance(scorer, GeneratedText):  # under the plain model, outside every condition's context; one job
+        n = len(scorer.prompts)
+        values = fluency_nll(model, tokenizer, scorer.prompts * len(conditions),
+                             [text for condition in conditions for text in scorer.texts[condition.name]], batch_size)
+        for i, condition in enumerate(conditions):
+            results[condition.name]["fluency_nll"] = values[i * n:(i + 1) * n]
     return results
 
 
