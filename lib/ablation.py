@@ -19,6 +19,7 @@ unembedding projected too: `untie_embeddings` first, or `embeddings=False`.
 
 from __future__ import annotations
 
+import weakref
 from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from typing import Any
@@ -96,6 +97,7 @@ def _value_rows(value: float | Sequence[float] | None, rows: int | None, k: int)
     return torch.tensor([real_number(value, "value")], dtype=torch.float32)
 
 
+_CHECKED: weakref.WeakKeyDictionary[nn.Module, set[tuple[int, ...]]] = weakref.WeakKeyDictionary()
 POST_NORMS = ("post_attention_layernorm", "post_feedforward_layernorm")  # Gemma 2/3, OLMo 2 (Llama's
 # post_attention_layernorm is its pre-MLP norm: only a block with both has norms after attention and MLP)
 
@@ -144,7 +146,8 @@ def ablate(model: nn.Module, direction: Direction | Sequence[Direction | None], 
     layers: the blocks whose writers (attention and MLP outputs, `residual_writers`) lose it (default: all);
         embeddings: whether the input of the first block does too (default: when `layers` is all of them). Every
         block plus the embeddings leaves nothing along it at any point of the stream.
-    positions: the tokens it applies to ("all" real tokens, "prompt", "generated", or a slice), as in `steer`.
+    positions: the tokens it applies to ("all", "prompt", "generated", or a slice), as in `steer`; "all" includes
+        padding, which the attention mask hides from every real token.
     value: after ablating the embeddings, their component along the direction is set to this (one number, or one
         per row); the ablated blocks keep it, so the stream carries exactly `value` along it.
 
@@ -168,10 +171,12 @@ def ablate(model: nn.Module, direction: Direction | Sequence[Direction | None], 
     if missing:
         raise ValueError(f"no residual writer found in blocks {missing}: ablate knows o_proj/down_proj, c_proj, "
                          "dense/dense_4h_to_h and Gemma's post norms")
-    if not active_interventions(model):
+    checked = _CHECKED.setdefault(model, set())
+    if tuple(chosen) not in checked and not active_interventions(model):  # once per model and blocks
         first = next(row for row in basis if row.abs().sum() > 0)
         check_block_writes(model, [[module for module in writers[layer].values()] for layer in chosen],
                            [blocks[layer] for layer in chosen], chosen, first)
+        checked.add(tuple(chosen))
     cast: dict[tuple, tuple[torch.Tensor, torch.Tensor | None]] = {}
 
     def parts(hidden: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None]:
@@ -189,8 +194,16 @@ def ablate(model: nn.Module, direction: Direction | Sequence[Direction | None], 
             cast[key] = (rows, added)
         return cast[key]
 
+    shared: dict[torch.device, torch.Tensor] = {}  # one basis for every row: two plain matmuls per call
+    fast = n_rows is None and positions == "all"
+
     def along(hidden: torch.Tensor, part: torch.Tensor) -> torch.Tensor:
         """The projection of `part` [batch, tokens, hidden] on each row's basis, float32."""
+        if n_rows is None:
+            if hidden.device not in shared:
+                shared[hidden.device] = basis[0].to(hidden.device)
+            unit = shared[hidden.device]
+            return (part.float() @ unit.T) @ unit
         rows, _ = parts(hidden)
         return torch.einsum("btk,bkh->bth", torch.einsum("bth,bkh->btk", part.float(), rows), rows)
 
@@ -198,6 +211,8 @@ def ablate(model: nn.Module, direction: Direction | Sequence[Direction | None], 
     with tracked(model, path) as tracker:
 
         def scope(hidden: torch.Tensor) -> torch.Tensor | None:
+            if positions == "all":  # padding too: masked, so no real token reads it (and no mask work per call)
+                return None
             if tracker.current is None:
                 raise RuntimeError("ablate: the decoder stack ran without its position tracker")
             if not tracker.mask_is_2d and positions != "all":
@@ -205,6 +220,8 @@ def ablate(model: nn.Module, direction: Direction | Sequence[Direction | None], 
             return tracker.current.scope_mask(positions, hidden.device, torch.float32)
 
         def writer_hook(module: nn.Module, args: tuple, output: Any) -> Any:
+            if fast and isinstance(output, torch.Tensor) and output.dtype == torch.float32:
+                return output - along(output, output)  # one basis, every position, float32: nothing to cast
             hidden, rest = split_block_output(output, -1)
             change = -along(hidden, hidden)
             in_scope = scope(hidden)

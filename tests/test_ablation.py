@@ -240,3 +240,17 @@ def test_the_embedded_default_orthogonalized_equals_ablate(embedded):
         plain = model(input_ids=ids).logits
     torch.testing.assert_close(got, expected, atol=2e-3, rtol=1e-3)
     assert (plain - expected).abs().max() > 0.1
+
+
+def test_a_writer_ablate_does_not_know_is_caught_by_the_probe(monkeypatch):
+    """If the writer table missed a module (here the MLP's down projection, hidden from it), the entry probe finds
+    the block still writing along the direction and refuses, instead of a silent partial ablation."""
+    import lib.ablation as ablation
+
+    known = ablation.residual_writers
+    monkeypatch.setattr(ablation, "residual_writers", lambda block, prefix="": {
+        name: module for name, module in known(block, prefix).items() if not name.endswith("down_proj")})
+    model = tiny_model("llama", n_layers=2, seed=5)
+    with pytest.raises(ValueError, match="a module steerlab does not know writes the residual stream"), \
+            ablate(model, _direction(model, 11)):
+        pass
