@@ -52,7 +52,7 @@ def test_summary_reads_the_strongest_vector_beside_the_baseline_and_the_prompt()
 
 @pytest.mark.parametrize(("overrides", "match"), [
     ({"trait": "angry"}, "trait='angry'"), ({"relative_coefficients": [0.5, -1]}, "relative_coefficients"),
-    ({"n_train": 10, "n_eval": 10}, "exceeds the 16 questions"), ({"n_random": -1}, "n_random"),
+    ({"n_train": 20, "n_eval": 20}, "exceeds the 32 questions"), ({"n_random": -1}, "n_random"),
 ])
 def test_config_refuses_by_name(overrides, match):
     with pytest.raises(ValueError, match=match):
