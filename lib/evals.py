@@ -161,20 +161,30 @@ def next_token_kl(
     if steering.rows is not None and steering.rows != k:
         raise ValueError(f"steering has {steering.rows} per-row vectors for {k} coefficients; give one vector per "
                          "coefficient, or one vector for all")
+    values = [float(c) for c in coefficients]
+    # a zero coefficient adds nothing: that is the plain model, KL 0 exactly (measured, batch composition would leave
+    # rounding noise of either sign, e.g. -2e-9); only the others run
+    run = [j for j, c in enumerate(values) if c != 0.0]
+    out = torch.zeros(k)
+    if not run:
+        return out
     base = text_logprobs(model, tokenizer, texts, rendering=rendering, batch_size=batch_size, progress=progress)
     if steering.rows is not None:
-        steering = replace(steering, vector=list(steering.vector) * n)  # type: ignore[arg-type]
+        vectors = list(steering.vector)  # type: ignore[arg-type]
+        steering = replace(steering, vector=[vectors[j] for j in run] * n)
     # text-major (text i under every coefficient, then text i + 1): a text's rows meet in a batch and share the
     # blocks below the steered layer (run_batches(share_trunk=True))
-    row_coefficients = [float(c) for _ in range(n) for c in coefficients]
-    kls = text_logprobs(model, tokenizer, [text for text in texts for _ in range(k)], rendering=rendering,
+    m = len(run)
+    row_coefficients = [values[j] for _ in range(n) for j in run]
+    kls = text_logprobs(model, tokenizer, [text for text in texts for _ in range(m)], rendering=rendering,
                         steering=steering, coefficients=row_coefficients, batch_size=batch_size, progress=progress,
-                        desc="kl", reduce=lambda row, steered: kl_sum(base[row // k], steered))
-    totals, counts = torch.zeros(k), torch.zeros(k)
+                        desc="kl", reduce=lambda row, steered: kl_sum(base[row // m], steered))
+    totals, counts = torch.zeros(m), torch.zeros(m)
     for row, kl in enumerate(kls):
-        totals[row % k] += kl
-        counts[row % k] += len(base[row // k])
-    return totals / counts
+        totals[row % m] += kl
+        counts[row % m] += len(base[row // m])
+    out[run] = totals / counts
+    return out
 
 
 def kl_sum(reference: torch.Tensor, current: torch.Tensor) -> torch.Tensor:

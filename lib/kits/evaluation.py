@@ -272,10 +272,17 @@ def side_effect_kl(model: nn.Module, tokenizer: Any, conditions: Sequence[Condit
     if rendering == "raw" and any(c.system is not None or c.prefix for c in conditions):
         raise ValueError("rendering='raw' reads the neutral texts alone, so a system prompt or prefix condition "
                          "cannot change them; use rendering='chat_reply' to compare prompts")
+    out: dict[str, float] = {}
+    plain = [c for c in conditions if c.system is None and not c.prefix and c.delta is None and c.context is None
+             and (c.vector is None or c.coefficient == 0.0)]
+    for condition in plain:  # the plain model (a zero coefficient adds nothing): 0 exactly, not rounding noise
+        out[condition.name] = 0.0
+    conditions = [c for c in conditions if c.name not in out]
+    if not conditions:
+        return out
     reference = text_logprobs(model, tokenizer, texts, rendering=rendering, batch_size=batch_size, progress=False)
     tokens = sum(len(r) for r in reference)
     n = len(texts)
-    out = {}
     for group in _groups(conditions):
         members = [conditions[i] for i in group]
         contexts: dict[tuple[Any, ...], list[Condition]] = {}
