@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import contextlib
 import copy
-import json
 import sys
 import time
 from collections.abc import Callable
@@ -21,12 +20,11 @@ from pathlib import Path
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from benchmarks.steering import NEW_TOKENS, REPEATS, paired  # noqa: E402
+from benchmarks.steering import NEW_TOKENS, REPEATS, paired, write_table  # noqa: E402
 from lib.ablation import ablate, orthogonalize, untie_embeddings  # noqa: E402
 from lib.gates import Gate  # noqa: E402
 from lib.generation import generate  # noqa: E402
 from lib.hooks import Steering  # noqa: E402
-from lib.io import REPO_ROOT, atomic_write  # noqa: E402
 from lib.kits.data import DEFAULT_PROMPTS  # noqa: E402
 from lib.models import hidden_size, load_model  # noqa: E402
 
@@ -67,20 +65,12 @@ def main() -> None:
             params[name].add_(change.to(params[name].dtype))
     rows.append(paired(plain, gen(which=orthogonal)).row(
         f"generate 16 x {NEW_TOKENS} tokens: orthogonalised weights / base weights (no hooks)", "1 within noise"))
-    lines = ["| comparison | reference s | measured s | ratio (median of pairs) | pair ratios min-max | target |",
-             "|---|---|---|---|---|---|"]
-    lines += [f"| {row['comparison']} | {row['reference_s']:.3f} | {row['measured_s']:.3f} | {row['ratio']:.3f} | "
-              f"{row['ratio_min']:.3f}-{row['ratio_max']:.3f} | {row['target']} |" for row in rows]
-    header = (f"Ablation, conditional steering and orthogonalised weights, embedded default, torch {torch.__version__},"
-              " "
-              f"{torch.get_num_threads()} threads, {time.strftime('%Y-%m-%d %H:%M')}, {REPEATS} alternated pairs; "
+    header = ("Ablation, conditional steering and orthogonalised weights, embedded default, "
+              f"torch {torch.__version__}, {torch.get_num_threads()} threads, {time.strftime('%Y-%m-%d %H:%M')}, "
+              f"{REPEATS} alternated pairs; "
               f"half the rows pass the gate ({int(gate.decisions.sum()) if gate.decisions is not None else '?'} of "
               f"16 in the last run)\n\n")
-    out = REPO_ROOT / "out" / "bench"
-    out.mkdir(parents=True, exist_ok=True)
-    atomic_write(out / "beyond_addition.md", header + "\n".join(lines) + "\n")
-    atomic_write(out / "beyond_addition.json", json.dumps(rows, indent=2))
-    print(header + "\n".join(lines))
+    write_table("beyond_addition", header, rows)
 
 
 if __name__ == "__main__":

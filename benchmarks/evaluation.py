@@ -12,7 +12,6 @@ Alternated pairs, as every timed row of ./just bench (benchmarks/steering.py's `
 
 from __future__ import annotations
 
-import json
 import sys
 import time
 from pathlib import Path
@@ -20,8 +19,7 @@ from pathlib import Path
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from benchmarks.steering import REPEATS, paired  # noqa: E402
-from lib.io import REPO_ROOT, atomic_write  # noqa: E402
+from benchmarks.steering import REPEATS, paired, write_table  # noqa: E402
 from lib.kits.choice_data import load_honesty  # noqa: E402
 from lib.kits.evaluation import TwoChoice, compare, prompted, steered, unsteered  # noqa: E402
 from lib.kits.persona import persona_vector  # noqa: E402
@@ -73,17 +71,9 @@ def main() -> None:
         "(baseline, condition)", "<= 0.65"))
     rows.append(paired(one_coefficient_each, on_a_grid).row(
         f"compare: a {len(grid)}-point coefficient grid in one call / {len(grid)} calls of one", "<= 0.65"))
-    lines = ["| comparison | reference s | measured s | ratio (median of pairs) | pair ratios min-max | target |",
-             "|---|---|---|---|---|---|"]
-    lines += [f"| {row['comparison']} | {row['reference_s']:.3f} | {row['measured_s']:.3f} | {row['ratio']:.3f} | "
-              f"{row['ratio_min']:.3f}-{row['ratio_max']:.3f} | {row['target']} |" for row in rows]
     header = (f"Evaluation kit, embedded default, torch {torch.__version__}, {torch.get_num_threads()} threads, "
               f"{time.strftime('%Y-%m-%d %H:%M')}, {REPEATS} alternated pairs; 16 items x 2 orders\n\n")
-    out = REPO_ROOT / "out" / "bench"
-    out.mkdir(parents=True, exist_ok=True)
-    atomic_write(out / "evaluation.md", header + "\n".join(lines) + "\n")
-    atomic_write(out / "evaluation.json", json.dumps(rows, indent=2))
-    print(header + "\n".join(lines))
+    write_table("evaluation", header, rows)
 
 
 if __name__ == "__main__":

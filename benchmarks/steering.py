@@ -18,14 +18,13 @@ import tempfile
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
-from pathlib import Path
 
 import torch
 
 from lib.extract import extract, forward_batches
 from lib.generation import encode, generate, pad_batch, render_chat
 from lib.hooks import Steering
-from lib.io import REPO_ROOT
+from lib.io import REPO_ROOT, atomic_write
 from lib.kits.data import DEFAULT_PROMPTS, load_subset
 from lib.models import hidden_size, load_model
 from lib.vectors import SteeringVector, random_like
@@ -68,6 +67,20 @@ def paired(first: Callable[[], object], second: Callable[[], object], repeats: i
                 torch.cuda.synchronize()
             times.append(time.perf_counter() - start)
     return Timing(a, b)
+
+
+def write_table(stem: str, header: str, rows: list[dict[str, object]]) -> None:
+    """out/bench/<stem>.md (the header line, then one table row per timing row) and <stem>.json, and print the table:
+    the one table every ratio benchmark writes."""
+    lines = ["| comparison | reference s | measured s | ratio (median of pairs) | pair ratios min-max | target |",
+             "|---|---|---|---|---|---|"]
+    lines += [f"| {r['comparison']} | {r['reference_s']:.3f} | {r['measured_s']:.3f} | {r['ratio']:.3f} | "
+              f"{r['ratio_min']:.3f}-{r['ratio_max']:.3f} | {r['target']} |" for r in rows]
+    out = REPO_ROOT / "out" / "bench"
+    out.mkdir(parents=True, exist_ok=True)
+    atomic_write(out / f"{stem}.md", header + "\n".join(lines) + "\n")
+    atomic_write(out / f"{stem}.json", json.dumps(rows, indent=2))
+    print(header + "\n".join(lines))
 
 
 def cache_hit_and_miss(model, tokenizer, texts: list[str], repeats: int = REPEATS) -> Timing:
@@ -165,18 +178,10 @@ def main() -> None:
 
     rows.append(cache_hit_and_miss(model, tokenizer, texts).row("extract 32 texts: cache hit / miss", "<= 0.05"))
 
-    out = REPO_ROOT / "out" / "bench"
-    out.mkdir(parents=True, exist_ok=True)
-    lines = ["| comparison | reference s | measured s | ratio (median of pairs) | pair ratios min-max | target |",
-             "|---|---|---|---|---|---|"]
-    lines += [f"| {r['comparison']} | {r['reference_s']:.3f} | {r['measured_s']:.3f} | {r['ratio']:.3f} | "
-              f"{r['ratio_min']:.3f}-{r['ratio_max']:.3f} | {r['target']} |" for r in rows]
     header = (f"Steering benchmarks, embedded default, torch {torch.__version__}, {torch.get_num_threads()} threads, "
               f"{time.strftime('%Y-%m-%d %H:%M')}, {REPEATS} alternated pairs per row (one warm-up each); "
               f"generation rows make exactly {NEW_TOKENS} tokens per row\n\n")
-    Path(out / "steering.md").write_text(header + "\n".join(lines) + "\n")
-    Path(out / "steering.json").write_text(json.dumps(rows, indent=2))
-    print(header + "\n".join(lines))
+    write_table("steering", header, rows)
 
 
 if __name__ == "__main__":

@@ -21,7 +21,7 @@ from __future__ import annotations
 
 import weakref
 from collections.abc import Iterator, Mapping, Sequence
-from contextlib import contextmanager
+from contextlib import AbstractContextManager, contextmanager
 from typing import Any
 
 import torch
@@ -258,12 +258,30 @@ def check_block_writes(model: nn.Module, writers: list[list[nn.Module]], blocks:
     """On a probe of 8 tokens, with `basis` [k, hidden] projected out of each block's `writers` outputs, each block's
     write (output minus input) must hold nothing along it; else another module writes the stream there, and
     neither `ablate` nor `orthogonalize` would be what they claim."""
-    leaks: dict[int, float] = {}
 
     def project(module: nn.Module, args: tuple, output: Any) -> Any:
         hidden, rest = split_block_output(output, -1)
         unit = basis.to(hidden.device)
         return join_block_output(hidden - ((hidden.float() @ unit.T) @ unit).to(hidden.dtype), rest)
+
+    @contextmanager
+    def projected() -> Iterator[None]:
+        handles = [module.register_forward_hook(project) for group in writers for module in group]
+        try:
+            yield
+        finally:
+            for handle in handles:
+                handle.remove()
+
+    _refuse_leaks(model, _leaks(model, dict(zip(layers, blocks, strict=True)), basis, projected()),
+                  "ablating its writers")
+
+
+def _leaks(model: nn.Module, blocks: Mapping[int, nn.Module], basis: torch.Tensor,
+           edit: AbstractContextManager[Any]) -> dict[int, float]:
+    """{layer: |write along basis| / |write|} for each block's write (output minus input) on a probe of 8 tokens,
+    run inside `edit` (the writers' projections hooked, or the orthogonalised weights applied)."""
+    leaks: dict[int, float] = {}
 
     def keeper(layer: int):
         def hook(module: nn.Module, args: tuple, kwargs: dict, output: Any) -> None:
@@ -273,18 +291,16 @@ def check_block_writes(model: nn.Module, writers: list[list[nn.Module]], blocks:
             leaks[layer] = float((write @ basis.to(write.device).T).norm() / write.norm().clamp_min(1e-12))
         return hook
 
-    handles = [module.register_forward_hook(project) for group in writers for module in group]
-    handles += [block.register_forward_hook(keeper(layer), with_kwargs=True) for block, layer in zip(blocks, layers,
-                                                                                                   strict=True)]
+    handles = [block.register_forward_hook(keeper(layer), with_kwargs=True) for layer, block in blocks.items()]
     try:
         device = next(model.parameters()).device
         probe = torch.arange(1, 9, device=device)[None] % model.get_input_embeddings().weight.shape[0]
-        with torch.no_grad():
+        with torch.no_grad(), edit:
             model(input_ids=probe)
     finally:
         for handle in handles:
             handle.remove()
-    _refuse_leaks(model, leaks, "ablating its writers")
+    return leaks
 
 
 def _refuse_leaks(model: nn.Module, leaks: dict[int, float], after: str) -> None:
@@ -381,24 +397,5 @@ def _check_writes(model: nn.Module, delta: WeightDelta, basis: torch.Tensor, cho
                   blocks: nn.ModuleList) -> None:
     """Under the edit, each chosen block's write (output minus input) on a probe must hold nothing along the basis;
     a norm after the projections breaks that, and then no weight edit equals `ablate`."""
-    device = next(model.parameters()).device
-    leaks: dict[int, float] = {}
-
-    def keeper(layer: int):
-        def hook(module: nn.Module, args: tuple, kwargs: dict, output: Any) -> None:
-            hidden, _ = split_block_output(output, layer)
-            before = args[0] if args else kwargs["hidden_states"]
-            write = (hidden - before).float()
-            along = (write @ basis.to(write.device).T).norm()
-            leaks[layer] = float(along / write.norm().clamp_min(1e-12))
-        return hook
-
-    handles = [blocks[layer].register_forward_hook(keeper(layer), with_kwargs=True) for layer in chosen]
-    try:
-        probe = torch.arange(1, 9, device=device)[None] % model.get_input_embeddings().weight.shape[0]
-        with apply_delta(model, delta):
-            model(input_ids=probe)
-    finally:
-        for handle in handles:
-            handle.remove()
-    _refuse_leaks(model, leaks, "orthogonalizing")
+    _refuse_leaks(model, _leaks(model, {layer: blocks[layer] for layer in chosen}, basis, apply_delta(model, delta)),
+                  "orthogonalizing")

@@ -14,7 +14,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from dataclasses import dataclass, field
-from typing import Any, Literal
+from typing import Literal
 
 import torch
 
@@ -77,9 +77,3 @@ class Gate:
             raise RuntimeError(f"the gate decided for {self.decisions.numel()} rows, the batch has {batch}")
         return self.decisions.to(device=device, dtype=dtype)[:, None, None]
 
-
-def describe(gate: Gate) -> dict[str, Any]:
-    """The gate's settings and last decisions, for a results file."""
-    return {"layer": gate.layer, "threshold": gate.threshold, "comparison": gate.comparison,
-            "decisions": None if gate.decisions is None else gate.decisions.tolist(),
-            "scores": None if gate.scores is None else gate.scores.tolist()}
