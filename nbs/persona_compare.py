@@ -44,12 +44,12 @@ from functools import partial
 from IPython.display import display
 
 import lib
-from lib.experiments.persona_compare import TRAITS, PersonaCompareConfig, summary, trait_judge
+from lib.experiments.persona_compare import PersonaCompareConfig, summary
 from lib.io import write_json
 from lib.kits.data import NEUTRAL_TEXTS
 from lib.kits.dose_response import relative_coefficient, residual_norms
 from lib.kits.evaluation import GeneratedText, compare, frontier_figure, prompted, steered, unsteered
-from lib.kits.persona import persona_vector
+from lib.kits.persona import TRAITS, persona_vector, trait_judge
 
 cfg = PersonaCompareConfig.from_namespace(globals())
 out = cfg.resolve_out_dir()

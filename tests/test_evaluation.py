@@ -12,7 +12,7 @@ from conftest import ByteTokenizer
 
 from lib.choice_evals import AnswerFormat
 from lib.evals import NEUTRAL_INSTRUCTION
-from lib.generation import render_chat
+from lib.generation import generate, render_chat
 from lib.hooks import steer
 from lib.kits.choice_data import Item
 from lib.kits.evaluation import (
@@ -344,3 +344,32 @@ def test_an_ablated_and_a_gated_condition_equal_their_interventions_alone():
         row = table[(table.condition == name) & (table.metric == "content")].iloc[0]
         assert row["value"] == pytest.approx(float(scored.content.double().mean()), abs=1e-5), name
         assert row["kl"] > 0
+
+
+def test_every_coefficient_zero_point_is_the_unsteered_model_scored_once():
+    """A grid's 0 point of a vector and of a delta is the plain model: compare scores it once (as the first plain
+    condition) and gives every plain condition those scores and replies, never a pass per family."""
+    model, tokenizer, vector, delta, _ = _setup()
+    prompts = ["Say it", "Tell me"]
+    calls: list[list[str]] = []
+
+    class Spy(GeneratedText):
+        def __call__(self, model, tokenizer, conditions, batch_size):
+            calls.append([c.name for c in conditions])
+            return super().__call__(model, tokenizer, conditions, batch_size)
+
+    scorer = Spy(prompts, {"length": lambda p, texts: [float(len(t)) for t in texts]}, main="length",
+                 max_new_tokens=4)
+    conditions = [unsteered(), steered("vector", vector, 1.0), with_delta("delta", delta, 1.0)]
+    table = compare(model, tokenizer, conditions, scorer, coefficients=[0.0, 2.0], baseline="unsteered",
+                    neutral_texts=NEUTRAL, n_boot=200)
+    ran = [name for names in calls for name in names]
+    assert "vector@0" not in ran and "delta@0" not in ran and ran.count("unsteered") == 1
+    assert "vector@2" in ran and "delta@2" in ran
+    for name in ("vector@0", "delta@0"):
+        assert scorer.texts[name] == scorer.texts["unsteered"]
+        assert table.attrs["scores"][name] == table.attrs["scores"]["unsteered"]
+        rows = table[(table.condition == name) & (table.metric == "length")].iloc[0]
+        assert rows["effect"] == 0.0 and rows["kl"] == 0.0
+    plain = generate(model, tokenizer, prompts, max_new_tokens=4, progress=False)  # the independent route
+    assert scorer.texts["delta@0"] == plain

@@ -248,3 +248,30 @@ def test_persona_compare_notebook_quick_preset(tmp_path):
     assert (run_dir / "frontier.png").stat().st_size > 10_000
     summary = results["summary"]
     assert summary["side_effect"] > 0 and set(summary) >= {"main", "baseline", "prompt"}
+
+
+@pytest.mark.slow
+def test_methods_compared_notebook_quick_preset(tmp_path):
+    """Every method on identical rows end to end: each family a curve with its shared 0 point, the matched-KL table
+    with a verdict per method and the nulls beside it, the suppression, the gate on both row subsets, the monitor
+    with chance, and a summary a sweep can collect."""
+    run_dir = run_notebook("methods_compared", {}, out_root=tmp_path)
+    results = json.loads((run_dir / "results.json").read_text())
+    trait = [row for row in results["table"] if row["metric"] == "trait"]
+    families = {row["family"] for row in trait}
+    assert {"mean_difference", "pca", "lda", "probe", "random 0", "shuffled 0", "weight (LoRA difference)",
+            "system prompt", "system prompt + ablation", "gated on food x0.5"} <= families
+    zero = [row for row in trait if row["coefficient"] == 0.0]
+    assert len(zero) == 7 and all(row["effect"] == 0.0 and row["kl"] == 0.0 for row in zero)
+    matched = results["matched"]
+    assert {row["family"] for row in matched} == {"mean_difference", "pca", "lda", "probe", "weight (LoRA difference)"}
+    assert all(row["beats_nulls (ours)"] in {"holds", "fails", "inconclusive", "not reached"} for row in matched)
+    assert [row["condition"] for row in results["suppression"]] == ["system prompt + ablation",
+                                                                    "system prompt + random ablation 0"]
+    gate_rows = {(row["condition"], row["rows"]): row for row in results["gate"]["rows"]}
+    assert abs(gate_rows["gated on food x0.5", "other"]["effect"]) < 1e-3 or results["gate"]["eval_accuracy"] < 1
+    assert {row["direction"] for row in results["monitor"]} == {"mean_difference", "pca", "lda", "probe", "random 0",
+                                                                "shuffled 0"}
+    assert (run_dir / "frontier.png").stat().st_size > 10_000
+    summary = results["summary"]
+    assert summary["side_effect"] > 0 and set(summary) >= {"main", "baseline", "prompt", "best_at_kl"}

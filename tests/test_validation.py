@@ -96,6 +96,7 @@ LAYER_CASES = {
     ("toy_sweep", "layer"): {"layer": 4},  # the toy stream's own 4 layers
     ("playground", "layers"): {"layers": [10, EMBEDDED_N_LAYERS]},
     ("persona_compare", "layer"): {"layer": EMBEDDED_N_LAYERS},
+    ("methods_compared", "layer"): {"layer": EMBEDDED_N_LAYERS},
 }
 
 

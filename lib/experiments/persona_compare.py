@@ -6,43 +6,14 @@ the plain model's NLL of the replies (fluency) and the KL on neutral text."""
 
 from __future__ import annotations
 
-from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Any, ClassVar
+from typing import ClassVar
 
 import pandas as pd
-from torch import nn
 
 from lib.config import ModelConfig, check_layer_parameter, check_positive, model_layer_count
-from lib.kits.text_scorers import likelihood_judge
+from lib.kits.persona import QUESTIONS, TRAITS
 from lib.memory import Workload
-
-# Everyday questions written for steerlab: the first half builds the vector, the second half is scored.
-QUESTIONS = [
-    "What should I pack for a weekend trip?", "How do I keep basil alive on a windowsill?",
-    "What is a good way to start the morning?", "How can I make my bicycle chain quieter?",
-    "What should I say when I meet new neighbours?", "How do I choose a ripe melon?",
-    "What can I cook with rice and eggs?", "How do I write a polite complaint letter?",
-    "What is a fun game for a rainy afternoon?", "How can I fall asleep faster?",
-    "What should I know before adopting a cat?", "How do I clean a cast iron pan?",
-    "What is a good gift for a friend who likes books?", "How can I save money on groceries?",
-    "What should I do if my phone gets wet?", "How do I teach a child to tie shoelaces?",
-    # added for the journal run (24 held out); the quick preset reads the first 16 only
-    "How do I make a paper airplane that flies far?", "What should I bring to a picnic?",
-    "How can I remember people's names better?", "What is a simple way to fix a squeaky door?",
-    "How do I plan a birthday party for a friend?", "What should I do on a long train ride?",
-    "How can I keep my desk tidy?", "What is a good first houseplant?",
-    "How do I get better at drawing?", "What should I cook for a cold evening?",
-    "How do I stop my glasses from fogging up?", "What is a nice way to thank a teacher?",
-    "How can I make new friends in a new town?", "What should I do when I feel bored?",
-    "How do I pick a good watermelon?", "What is a quick breakfast before work?",
-]
-TRAITS = {  # trait -> (the system prompt that plays it, the instruction the judge reads replies after)
-    "pirate": ("You are a pirate. Answer every question in the voice of an old sea pirate.",
-               "Answer in the voice of an old sea pirate."),
-    "cheerful": ("You are extremely cheerful and enthusiastic about everything.",
-                 "Answer in an extremely cheerful, enthusiastic tone."),
-}
 
 
 @dataclass
@@ -90,20 +61,6 @@ class PersonaCompareConfig(ModelConfig):
     @property
     def eval_questions(self) -> list[str]:
         return QUESTIONS[self.n_train:self.n_train + self.n_eval]
-
-
-def trait_judge(model: nn.Module, tokenizer: Any, trait: str, prompts: Sequence[str], texts: Sequence[str]) -> Any:
-    """The likelihood judge for `trait`: log p(reply | trait instruction + question) - log p(reply | question), per
-    token. An empty reply has nothing to judge: 0 (it is flagged degenerate beside)."""
-    import torch
-
-    instruction = TRAITS[trait][1]
-    out = torch.zeros(len(texts))
-    keep = [i for i, text in enumerate(texts) if text.strip()]
-    if keep:
-        out[keep] = likelihood_judge(model, tokenizer, [texts[i] for i in keep],
-                                     [f"{instruction}\n\n{prompts[i]}" for i in keep], [prompts[i] for i in keep])
-    return out
 
 
 def summary(table: pd.DataFrame) -> dict[str, float]:

@@ -273,9 +273,7 @@ def side_effect_kl(model: nn.Module, tokenizer: Any, conditions: Sequence[Condit
         raise ValueError("rendering='raw' reads the neutral texts alone, so a system prompt or prefix condition "
                          "cannot change them; use rendering='chat_reply' to compare prompts")
     out: dict[str, float] = {}
-    plain = [c for c in conditions if c.system is None and not c.prefix and c.delta is None and c.context is None
-             and (c.vector is None or c.coefficient == 0.0)]
-    for condition in plain:  # the plain model (a zero coefficient adds nothing): 0 exactly, not rounding noise
+    for condition in filter(is_plain, conditions):  # a zero coefficient adds nothing: 0 exactly, not rounding noise
         out[condition.name] = 0.0
     conditions = [c for c in conditions if c.name not in out]
     if not conditions:
@@ -318,22 +316,38 @@ def fluency_nll(model: nn.Module, tokenizer: Any, prompts: Sequence[str], texts:
     return out
 
 
+def is_plain(condition: Condition) -> bool:
+    """Whether the condition is the unsteered model: no prompt, no other context, and no vector or delta, or one at
+    coefficient 0 (a grid's 0 point adds exactly nothing)."""
+    return (condition.system is None and not condition.prefix and condition.context is None
+            and (condition.vector is None or condition.coefficient == 0.0)
+            and (condition.delta is None or condition.delta_coefficient == 0.0))
+
+
 def _score(model: nn.Module, tokenizer: Any, conditions: Sequence[Condition], scorer: Scorer,
            batch_size: int) -> dict[str, dict[str, np.ndarray]]:
-    """{condition: {metric: [units]}}, one pass per weight context; generated text also gets `fluency_nll`."""
+    """{condition: {metric: [units]}}, one pass per weight context; generated text also gets `fluency_nll`. Plain
+    conditions (`is_plain`: unsteered, every family's coefficient-0 point) are the same model: scored once, as the
+    first of them, and shared, so a grid with 0 in it costs no extra pass per family."""
     results: dict[str, dict[str, np.ndarray]] = {}
-    for group in _groups(conditions):
-        members = [conditions[i] for i in group]
+    plain = [c for c in conditions if is_plain(c)]
+    run = [c for c in conditions if not is_plain(c) or c is plain[0]]
+    for group in _groups(run):
+        members = [run[i] for i in group]
         with members[0].weights(model):
             scored = scorer(model, tokenizer, members, batch_size)
         for row, condition in enumerate(members):
             results[condition.name] = {metric: values[row] for metric, values in scored.items()}
     if isinstance(scorer, GeneratedText):  # under the plain model, outside every condition's context; one job
         n = len(scorer.prompts)
-        values = fluency_nll(model, tokenizer, scorer.prompts * len(conditions),
-                             [text for condition in conditions for text in scorer.texts[condition.name]], batch_size)
-        for i, condition in enumerate(conditions):
+        values = fluency_nll(model, tokenizer, scorer.prompts * len(run),
+                             [text for condition in run for text in scorer.texts[condition.name]], batch_size)
+        for i, condition in enumerate(run):
             results[condition.name]["fluency_nll"] = values[i * n:(i + 1) * n]
+    for condition in plain[1:]:
+        results[condition.name] = {metric: values.copy() for metric, values in results[plain[0].name].items()}
+        if isinstance(scorer, GeneratedText):
+            scorer.texts[condition.name] = list(scorer.texts[plain[0].name])
     return results
 
 

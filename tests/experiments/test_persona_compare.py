@@ -7,10 +7,10 @@ import pytest
 import torch
 from conftest import ByteTokenizer
 
-from lib.experiments.persona_compare import PersonaCompareConfig, summary, trait_judge
+from lib.experiments.persona_compare import PersonaCompareConfig, summary
 from lib.generation import render_chat
 from lib.hooks import record
-from lib.kits.persona import persona_vector
+from lib.kits.persona import persona_vector, trait_judge
 from lib.models import tiny_model
 
 
@@ -52,7 +52,7 @@ def test_summary_reads_the_strongest_vector_beside_the_baseline_and_the_prompt()
 
 @pytest.mark.parametrize(("overrides", "match"), [
     ({"trait": "angry"}, "trait='angry'"), ({"relative_coefficients": [0.5, -1]}, "relative_coefficients"),
-    ({"n_train": 20, "n_eval": 20}, "exceeds the 32 questions"), ({"n_random": -1}, "n_random"),
+    ({"n_train": 24, "n_eval": 20}, "exceeds the 40 questions"), ({"n_random": -1}, "n_random"),
 ])
 def test_config_refuses_by_name(overrides, match):
     with pytest.raises(ValueError, match=match):
