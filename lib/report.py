@@ -581,6 +581,11 @@ def run_page_html(run: Run, page_path: Path, index: Path, notebook_page: Path | 
              ("started", esc(run.started)),
              ("seconds", esc(show(record.get("seconds")))),
              ("git commit", f"<code>{esc(record.get('git_commit') or MISSING)}</code>")]
+    diff = run.folder / str(record.get("diff") or "git.diff")
+    if diff.is_file():  # a dirty run: the difference from the commit is beside it
+        facts.append(("uncommitted changes", f'<a href="{href(diff, here)}">{esc(diff.name)}</a>'))
+    if record.get("command"):
+        facts.append(("command", f"<code>{esc(record['command'])}</code>"))
     for key in ("executor", "worker", "versions"):
         if key in record:
             facts.append((key, f"<code>{esc(show(record[key]))}</code>"))

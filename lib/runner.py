@@ -8,8 +8,9 @@ Parameter names are checked against the notebook's `parameters` cell and values 
 config dataclass before anything launches (papermill itself only warns), including what the values name
 outside the config: layer indices against the model's config (no weights loaded), data-set keys, and
 input folders of earlier runs. Each run lands in
-`out/<notebook>/<run-slug>/` with the executed notebook and `run.json` (resolved parameters,
-git commit, timing, library versions, status). A finished run is never re-run or overwritten
+`out/<notebook>/<run-slug>/` with the executed notebook and `run.json` (resolved parameters, seeds included,
+the `./just run` command that reruns it, git commit and a dirty flag, with the uncommitted changes saved beside as
+`git.diff`, timing, library versions, status). A finished run is never re-run or overwritten
 silently: `run` and `sweep` skip it (so a sweep resumes) unless `run --force` (replace it) or `run --extend`
 (run it again in its folder, keeping what it saved). An interrupted run
 keeps its folder, and re-running it resumes from what the notebook saved there. A sweep's runs go
@@ -28,6 +29,7 @@ import itertools
 import json
 import logging
 import platform
+import shlex
 import shutil
 import subprocess
 import sys
@@ -178,13 +180,35 @@ def validate(name: str, overrides: dict[str, Any]) -> tuple[dict[str, Any], Note
     return resolved, config
 
 
-def git_commit() -> str:
+def git_state(root: Path = REPO_ROOT) -> tuple[str, bool, str]:
+    """(HEAD's commit, whether the tree differs from it, the difference: `git diff HEAD` and the untracked files'
+    names). A run records all three, so a number from a dirty tree can still be traced to the code that made it
+    (issue "Corrections", requirement 7). ("unknown", False, "") outside a git checkout."""
+    def git(*args: str) -> str:
+        return subprocess.run(["git", *args], cwd=root, capture_output=True, text=True, check=True).stdout
+
     try:
-        out = subprocess.run(["git", "rev-parse", "HEAD"], cwd=REPO_ROOT, capture_output=True, text=True, check=True)
-        dirty = subprocess.run(["git", "status", "--porcelain"], cwd=REPO_ROOT, capture_output=True, text=True)
-        return out.stdout.strip() + ("-dirty" if dirty.stdout.strip() else "")
+        commit = git("rev-parse", "HEAD").strip()
+        status = git("status", "--porcelain")
+        if not status.strip():
+            return commit, False, ""
+        untracked = [line[3:] for line in status.splitlines() if line.startswith("??")]
+        diff = git("diff", "HEAD", "--binary")
+        return commit, True, diff + "".join(f"# untracked: {name}\n" for name in untracked)
     except (OSError, subprocess.CalledProcessError):
-        return "unknown"
+        return "unknown", False, ""
+
+
+def git_commit() -> str:
+    """HEAD's commit, with "-dirty" when the tree differs from it (the label run.json and the report show)."""
+    commit, dirty, _ = git_state()
+    return commit + ("-dirty" if dirty else "")
+
+
+def rerun_command(notebook: str, overrides: dict[str, Any]) -> str:
+    """The command that runs this run again: `./just run <notebook> key=value ...`, values as JSON."""
+    return shlex.join(["./just", "run", notebook, *(f"{key}={json.dumps(value, separators=(',', ':'))}"
+                                                    for key, value in overrides.items() if key != "out_dir")])
 
 
 def _versions() -> dict[str, str]:
@@ -307,9 +331,15 @@ def _execute(notebook: Any, stem: str, run_dir: Path, overrides: dict[str, Any],
     import papermill
 
     parameters = {**overrides, "out_dir": str(run_dir)}
+    dirty = commit.endswith("-dirty")
     record: dict[str, Any] = {"notebook": stem, "parameters": {**resolved, "out_dir": str(run_dir)},
-                              "overrides": overrides, "git_commit": commit, "versions": _versions(),
+                              "overrides": overrides, "command": rerun_command(stem, overrides), "argv": sys.argv,
+                              "git_commit": commit, "dirty": dirty, "versions": _versions(),
                               "started": time.strftime("%Y-%m-%dT%H:%M:%S"), "status": "running", **(extra or {})}
+    if dirty:  # the difference from the commit, beside the run: what the numbers came from
+        _, _, diff = git_state()
+        atomic_write(run_dir / "git.diff", diff)
+        record["diff"] = "git.diff"
     write_json(run_dir / "run.json", record)
     start = time.time()
     try:

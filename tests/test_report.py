@@ -67,9 +67,11 @@ def out(tmp_path) -> Path:
     overrides, a hand-named copy of a notebook this checkout does not know (broken results.json), a sweep."""
     root = tmp_path / "out"
     ok = {"status": "ok", "git_commit": "0123456789abcdef-dirty", "started": "2026-12-01T10:00:00", "seconds": 3.0}
-    default = write_run(root, "toy_sweep", "default", {**ok, "overrides": {}, "parameters": TOY_PARAMETERS},
+    default = write_run(root, "toy_sweep", "default", {**ok, "overrides": {}, "parameters": TOY_PARAMETERS,
+                                                       "command": "./just run toy_sweep", "diff": "git.diff"},
                         {**summary(0.75, 0.25, 0.125), "results": [{"prompt": "hi", "steered": "<b>loud</b>"}]})
     (default / "effect_curve.png").write_bytes(tiny_png())
+    (default / "git.diff").write_text("+scale = 2\n")
     (default / "curve.svg").write_text('<svg xmlns="http://www.w3.org/2000/svg" width="4" height="4"/>')
     executed_notebook(default / "toy_sweep.ipynb", "unique-output-text-42\n")
     changed = write_run(root, "toy_sweep", "layer=2_scale=3.0",
@@ -250,6 +252,10 @@ def test_links_images_sweep_notebook_and_filter(out):
     rendered = out / "report" / "toy_sweep" / "default.notebook.html"
     assert rendered.exists() and "unique-output-text-42" in rendered.read_text()
     assert any(unquote(link) == "default.notebook.html" for link in local_links(run_page))
+    # a dirty run links the diff it was run with and shows its command; a run without a diff links none
+    assert any(unquote(link).endswith("toy_sweep/default/git.diff") for link in local_links(run_page))
+    assert "./just run toy_sweep" in parse(run_page).text
+    assert not any("git.diff" in link for link in local_links(out / "report" / "toy_sweep" / "layer=2_scale=3.0.html"))
     images = [img.attrs["src"] for img in parse(run_page).find_all("img")]
     assert sorted(unquote(s).rsplit("/", 1)[-1] for s in images) == ["curve.svg", "effect_curve.png"]
     for page in all_pages(report.index):
