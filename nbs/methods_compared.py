@@ -179,6 +179,7 @@ write_json(out / "results.json", {
     "suppression": suppression.to_dict(orient="records"), "gate": {
         "search_best": gate_search.best, "eval_accuracy": gate_accuracy, "rows": gate_rows.to_dict(orient="records")},
     "monitor": monitor.to_dict(orient="records"), "direction_report": report.to_dict(orient="records"),
-    "weight": weight_record if delta is not None else None, "replies": scorer.texts, "residual_norm": norm,
+    "weight": weight_record if delta is not None else None, "replies": scorer.texts, "scores": table.attrs["scores"],
+    "residual_norm": norm,
     "summary": result_summary})
 result_summary

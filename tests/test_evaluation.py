@@ -354,9 +354,9 @@ def test_every_coefficient_zero_point_is_the_unsteered_model_scored_once():
     calls: list[list[str]] = []
 
     class Spy(GeneratedText):
-        def __call__(self, model, tokenizer, conditions, batch_size):
+        def write(self, model, tokenizer, conditions, batch_size):
             calls.append([c.name for c in conditions])
-            return super().__call__(model, tokenizer, conditions, batch_size)
+            return super().write(model, tokenizer, conditions, batch_size)
 
     scorer = Spy(prompts, {"length": lambda p, texts: [float(len(t)) for t in texts]}, main="length",
                  max_new_tokens=4)
@@ -373,3 +373,36 @@ def test_every_coefficient_zero_point_is_the_unsteered_model_scored_once():
         assert rows["effect"] == 0.0 and rows["kl"] == 0.0
     plain = generate(model, tokenizer, prompts, max_new_tokens=4, progress=False)  # the independent route
     assert scorer.texts["delta@0"] == plain
+
+
+def test_replies_are_written_under_each_condition_and_judged_by_the_plain_model():
+    """A judge that reads replies with the model must read every condition's replies with the plain model: the
+    delta, the ablation and the gate change what is written, not the reader. Independent route: each intervention
+    alone writes the replies, then the plain model scores them. Catches the judge run inside the condition's weights
+    or context (the scores of a delta's replies were read by the delta-edited model)."""
+    from lib.ablation import ablate
+    from lib.gates import Gate
+    from lib.kits.evaluation import ablated, fluency_nll, gated
+
+    model, tokenizer, vector, delta, _ = _setup()
+    prompts = ["Say it", "Tell me", "Go on"]
+    direction = torch.randn(hidden_size(model), generator=torch.Generator().manual_seed(3))
+
+    def judge(texts_prompts, texts):  # reads with whatever weights the model has when called
+        return fluency_nll(model, tokenizer, texts_prompts, texts)
+
+    scorer = GeneratedText(prompts, {"nll": judge}, main="nll", max_new_tokens=5)
+    conditions = [unsteered(), with_delta("delta", delta, 4.0), ablated("ablated", direction),
+                  gated("gated", vector, 30.0, Gate(direction, 1, -1.0))]
+    table = compare(model, tokenizer, conditions, scorer, neutral_texts=NEUTRAL, n_boot=200)
+    routes = {"delta": lambda: apply_delta(model, delta, 4.0), "ablated": lambda: ablate(model, direction),
+              "gated": lambda: steer(model, vector, 30.0, gate=Gate(direction, 1, -1.0))}
+    for name, route in routes.items():
+        with route():
+            texts = generate(model, tokenizer, prompts, max_new_tokens=5, progress=False)
+        assert scorer.texts[name] == texts, name
+        np.testing.assert_allclose(table.attrs["scores"][name]["nll"], fluency_nll(model, tokenizer, prompts, texts),
+                                   rtol=1e-5, atol=1e-6, equal_nan=True, err_msg=name)
+        with route():  # what the bug gave: the same replies read by the intervened model, which differs
+            inside = fluency_nll(model, tokenizer, prompts, texts)
+        assert not np.allclose(inside, table.attrs["scores"][name]["nll"], equal_nan=True), name

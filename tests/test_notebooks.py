@@ -275,3 +275,4 @@ def test_methods_compared_notebook_quick_preset(tmp_path):
     assert (run_dir / "frontier.png").stat().st_size > 10_000
     summary = results["summary"]
     assert summary["side_effect"] > 0 and set(summary) >= {"main", "baseline", "prompt", "best_at_kl"}
+    assert set(results["scores"]) == set(results["replies"])  # per-question scores kept for re-scoring

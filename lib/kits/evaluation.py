@@ -238,8 +238,10 @@ class GeneratedText:
     def units(self) -> int:
         return len(self.prompts)
 
-    def __call__(self, model: nn.Module, tokenizer: Any, conditions: Sequence[Condition],
-                 batch_size: int) -> dict[str, np.ndarray]:
+    def write(self, model: nn.Module, tokenizer: Any, conditions: Sequence[Condition],
+              batch_size: int) -> list[str]:
+        """Each condition's replies (unit-major; kept in `texts` by condition): run inside the condition's weights
+        and context, since the replies are what the condition changes."""
         n = len(self.prompts)
         steering, coefficients = _steering(conditions, n)
         texts = generate(model, tokenizer, [_messages(c, p) for p in self.prompts for c in conditions],
@@ -248,11 +250,20 @@ class GeneratedText:
         k = len(conditions)
         for i, condition in enumerate(conditions):
             self.texts[condition.name] = texts[i::k]
+        return texts
+
+    def read(self, conditions: Sequence[Condition], texts: Sequence[str]) -> dict[str, np.ndarray]:
+        """The scores of `write`'s texts. `compare` calls it outside every condition's weights and context: a judge
+        that reads the texts with the model must read them with the plain model, not the steered one."""
         prompts = [p for p in self.prompts for _ in conditions]
         out = {"degenerate": np.array([degeneracy(t).degenerate for t in texts], dtype=np.float64)}
         for name, score in self.scores.items():
-            out[name] = np.asarray(torch.as_tensor(score(prompts, texts)).double())
-        return {name: _unit_major(values, k) for name, values in out.items()}
+            out[name] = np.asarray(torch.as_tensor(score(prompts, list(texts))).double())
+        return {name: _unit_major(values, len(conditions)) for name, values in out.items()}
+
+    def __call__(self, model: nn.Module, tokenizer: Any, conditions: Sequence[Condition],
+                 batch_size: int) -> dict[str, np.ndarray]:
+        return self.read(conditions, self.write(model, tokenizer, conditions, batch_size))
 
 
 def _messages(condition: Condition, prompt: str) -> str | list[dict[str, str]]:
@@ -334,8 +345,13 @@ def _score(model: nn.Module, tokenizer: Any, conditions: Sequence[Condition], sc
     run = [c for c in conditions if not is_plain(c) or c is plain[0]]
     for group in _groups(run):
         members = [run[i] for i in group]
-        with members[0].weights(model):
-            scored = scorer(model, tokenizer, members, batch_size)
+        if isinstance(scorer, GeneratedText):  # written under the condition, read by the plain model
+            with members[0].weights(model):
+                texts = scorer.write(model, tokenizer, members, batch_size)
+            scored = scorer.read(members, texts)
+        else:  # the scores are the condition's own outputs (answer log-probs)
+            with members[0].weights(model):
+                scored = scorer(model, tokenizer, members, batch_size)
         for row, condition in enumerate(members):
             results[condition.name] = {metric: values[row] for metric, values in scored.items()}
     if isinstance(scorer, GeneratedText):  # under the plain model, outside every condition's context; one job
