@@ -509,3 +509,32 @@ def test_basis_variants_of_one_family_are_those_of_the_whole_call():
             assert all(torch.equal(variant.delta[n], other.delta[n]) for n in other.delta.names)
     with pytest.raises(ValueError, match=r"families=\['nope'\] have no delta"):
         da.basis_variants(families, ks=(4,), families=["nope"])
+
+
+def test_norm_shares_put_each_part_beside_what_a_random_delta_of_the_same_shapes_gives():
+    """Catches a share read without its chance value, or a chance value from a delta of other shapes or norms:
+    (1) a split by tensor has exactly the chance share (the random deltas keep every tensor's norm); (2) a pure
+    magnitude change of W0's rows holds all of the norm in DoRA's magnitude part, where random deltas of the same
+    shape put about 1/sqrt(in) (first order: each row's change along W0's row)."""
+    generator = torch.Generator().manual_seed(0)
+    a, b = torch.randn(8, 16, generator=generator), torch.randn(4, 16, generator=generator) * 3
+    delta = WeightDelta({"a.weight": a, "b.weight": b})
+
+    def by_tensor(d):
+        return [da.select(d, lambda n: n == "a.weight", "a"), da.select(d, lambda n: n == "b.weight", "b")]
+
+    rows = {row["part"]: row for row in da.norm_shares(by_tensor, delta, seeds=(1, 2))}
+    assert rows["a"]["share"] == pytest.approx(float(a.norm() / torch.cat([a.flatten(), b.flatten()]).norm()))
+    for row in rows.values():
+        assert row["chance"] == pytest.approx(row["share"], rel=1e-6) and len(row["chance_values"]) == 2
+
+    name = "model.layers.0.mlp.down_proj.weight"
+    w0 = torch.randn(32, 400, generator=generator)
+    scaled_rows = w0 * (1e-3 * torch.randn(32, 1, generator=generator))  # each row longer or shorter, same direction
+    dora = {row["part"]: row for row in da.norm_shares(lambda d: da.dora_variants(d, {name: w0}),
+                                                        WeightDelta({name: scaled_rows}), seeds=(1, 2, 3))}
+    assert dora["dora_magnitude"]["share"] == pytest.approx(1.0, abs=1e-3)
+    assert dora["dora_magnitude"]["chance"] == pytest.approx(1 / math.sqrt(400), rel=0.15)
+    assert dora["dora_magnitude"]["ratio_to_chance"] == pytest.approx(math.sqrt(400), rel=0.15)
+    with pytest.raises(ValueError, match="seeds is empty"):
+        da.norm_shares(by_tensor, delta, seeds=())

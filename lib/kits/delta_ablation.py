@@ -37,6 +37,7 @@ from dataclasses import asdict, dataclass, field, replace
 from numbers import Real
 from typing import Any, Literal
 
+import numpy as np
 import torch
 from torch import nn
 
@@ -227,6 +228,35 @@ def norm_matched_random(delta: WeightDelta, seed: int = 0, name: str | None = No
         scale = target / noise.norm() if target > 0 and noise.norm() > 0 else 0.0
         tensors[n] = (noise * scale).to(device=delta[n].device, dtype=delta[n].dtype)
     return _variant(name or f"random_s{seed}", "control", tensors, delta, fields=VariantFields("random"), seed=seed)
+
+
+def norm_shares(split: Callable[[WeightDelta], Sequence[Variant]], delta: WeightDelta,
+                seeds: Sequence[int] = (1, 2, 3)) -> list[dict[str, Any]]:
+    """Each part's share of the delta's norm (||part|| / ||delta||) beside its chance value: the same share for
+    random deltas with `delta`'s per-tensor norms (`norm_matched_random`, one per seed), through the same `split`.
+
+    Why (issue "Corrections", requirement 4): "LoRA's magnitude part holds 0.041 of the norm" read as "direction,
+    not magnitude", but a random delta of the same shape puts about 1/sqrt(576) = 0.042 there. A geometric share
+    means something only beside what an unrelated delta of the same shapes gives. `split` is e.g.
+    `lambda d: dora_variants(d, base)`."""
+    if not seeds:
+        raise ValueError("seeds is empty: the chance value is a mean over at least one random delta")
+    total = delta.norm()
+    if total == 0:
+        raise ValueError("the delta is zero: its parts have no share of its norm")
+    chance: dict[str, list[float]] = {}
+    for seed in seeds:
+        random = norm_matched_random(delta, seed).delta
+        for part in split(random):
+            chance.setdefault(part.name, []).append(part.norm() / random.norm())
+    rows = []
+    for part in split(delta):
+        values = chance.get(part.name, [])
+        mean = float(np.mean(values)) if values else math.nan
+        share = part.norm() / total
+        rows.append({"part": part.name, "share": share, "chance": mean, "chance_values": values,
+                     "ratio_to_chance": share / mean if mean else math.nan})
+    return rows
 
 
 def norm_matched(variant: Variant, reference_norm: float | WeightDelta | Variant) -> Variant:
