@@ -127,7 +127,16 @@ if single_layer.any():
 # %%
 lens = wa.lens_table(ablation.deltas, base, cfg.base_ranks)
 lens.to_csv(out / "base_lens.csv", index=False)
-lens.round(4)
+display(lens.round(4))
+
+# %% [markdown]
+# Each geometric share of ||dW|| beside its chance value: the same share for random deltas with dW's per-tensor
+# norms (DoRA's magnitude part of a random delta holds about 1/sqrt(fan-in) of it).
+
+# %%
+shares = wa.shares_table(ablation.deltas, base, cfg.base_ranks)
+shares.to_csv(out / "norm_shares.csv", index=False)
+shares.round(4)
 
 # %% [markdown]
 # ## Verdict (the seed's decision rules)

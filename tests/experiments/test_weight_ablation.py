@@ -545,3 +545,20 @@ def test_rules_answer_from_intervals_holds_fails_or_inconclusive():
     assert wa.by_interval({"mlp": (0.3, 0.7)}, 0.8, {"attn": (-0.1, 0.15)}, 0.2) == "fails"
     assert wa.by_interval({"mlp": (0.85, 1.1)}, 0.8, {"attn": (0.25, 0.5)}, 0.2) == "fails"
     assert wa.by_interval({"a": (0.6, 0.9), "b": (math.nan, math.nan)}, 0.5) == "inconclusive"
+
+
+def test_shares_table_puts_each_geometric_share_beside_its_chance(small):
+    """Each DoRA and base-subspace share of ||dW|| is the hand ratio of the part's norm, with the chance value from
+    random deltas of dW's per-tensor norms beside it (catches the table reading the share without its chance, or
+    the chance from another split)."""
+    model, _ = small
+    delta = _layer1_delta(model, 0.01)
+    table = wa.shares_table({"lora": delta}, model, ranks=[8], seeds=(1, 2))
+    assert set(table.part) == {"dora_magnitude", "dora_direction", "dora_residual", "base_top8", "base_rest8"}
+    magnitude = table.set_index("part").loc["dora_magnitude"]
+    by_hand = next(v for v in da.dora_variants(delta, model) if v.name == "dora_magnitude").norm() / delta.norm()
+    assert magnitude.share == pytest.approx(by_hand, rel=1e-9)
+    assert magnitude.chance_min <= magnitude.chance <= magnitude.chance_max
+    assert magnitude.ratio_to_chance == pytest.approx(magnitude.share / magnitude.chance)
+    top = table.set_index("part").loc["base_top8"]
+    assert 0 < top.chance < 1 and top.split == "base_svd"
