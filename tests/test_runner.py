@@ -452,15 +452,15 @@ def test_a_dirty_run_keeps_its_diff_its_command_and_a_dirty_flag(tmp_path, monke
 
     monkeypatch.setattr(runner, "git_state", functools.partial(runner.git_state, repo))
     monkeypatch.setattr(papermill, "execute_notebook", lambda *a, **k: None)
-    run_dir = tmp_path / "out" / "toy_sweep" / "n_samples=32"
-    record = runner._execute({}, "toy_sweep", run_dir, {"n_samples": 32, "layers": [1, 2]}, {"n_samples": 32},
-                             runner.git_commit(), False)
+    run_dir = runner.run_notebook("toy_sweep", {"n_samples": 32, "scale": 0.5}, out_root=tmp_path / "out",
+                                  progress_bar=False)
     saved = json.loads((run_dir / "run.json").read_text())
-    assert saved == record and saved["git_commit"] == f"{head}-dirty" and saved["dirty"] is True
-    assert saved["command"] == "./just run toy_sweep n_samples=32 'layers=[1,2]'" and saved["diff"] == "git.diff"
+    assert saved["git_commit"] == f"{head}-dirty" and saved["dirty"] is True and saved["status"] == "ok"
+    assert saved["command"] == "./just run toy_sweep n_samples=32 scale=0.5" and saved["diff"] == "git.diff"
     assert (run_dir / "git.diff").read_text() == diff
+    assert runner.rerun_command("x", {"layers": [1, 2], "out_dir": "y"}) == "./just run x 'layers=[1,2]'"
     git("add", "-A")
     git("commit", "-q", "-m", "second")
-    clean_dir = tmp_path / "out" / "toy_sweep" / "clean"
-    clean = runner._execute({}, "toy_sweep", clean_dir, {}, {}, runner.git_commit(), False)
+    clean_dir = runner.run_notebook("toy_sweep", {"n_samples": 16}, out_root=tmp_path / "out", progress_bar=False)
+    clean = json.loads((clean_dir / "run.json").read_text())
     assert clean["dirty"] is False and "diff" not in clean and not (clean_dir / "git.diff").exists()
