@@ -48,14 +48,12 @@ out_dir = ""
 # %%
 from functools import partial
 
+import torch
 from IPython.display import display
 
 import lib
 from lib.experiments import methods_compared as steps
 from lib.experiments.methods_compared import MethodsComparedConfig
-from lib.extract import extract
-from lib.gates import cast_score
-from lib.generation import render_chat
 from lib.io import write_json
 from lib.kits.data import NEUTRAL_TEXTS
 from lib.kits.dose_response import residual_norms
@@ -70,7 +68,7 @@ from lib.kits.evaluation import (
     unsteered,
     with_delta,
 )
-from lib.kits.gate_search import search_gate
+from lib.kits.gate_search import gate_scores, prompt_means, search_gate
 from lib.kits.persona import GATE_PROMPTS, NEUTRAL_SYSTEM, TRAITS, persona_activations, trait_judge
 from lib.kits.probes import direction_report
 from lib.kits.text_scorers import projection_score
@@ -120,8 +118,8 @@ if cfg.weight_steps:
 gate_prompts = GATE_PROMPTS[True] + GATE_PROMPTS[False]
 gate_labels = [True] * len(GATE_PROMPTS[True]) + [False] * len(GATE_PROMPTS[False])
 gate_layers = list(range(1, cfg.layer + 1))
-food_acts, other_acts = (extract(model, tokenizer, [render_chat(tokenizer, p) for p in GATE_PROMPTS[side]],
-                                     layers=gate_layers, reduction="mean", progress=False) for side in (True, False))
+food_acts, other_acts = (prompt_means(model, tokenizer, GATE_PROMPTS[side], gate_layers, cfg.batch_size)
+                          for side in (True, False))
 gate_search = search_gate(model, tokenizer, gate_prompts, gate_labels, mean_difference(food_acts, other_acts),
                           layers=gate_layers, batch_size=cfg.batch_size)
 gate = gate_search.gate
@@ -161,9 +159,8 @@ display(suppression.round(3))
 gate_rows = steps.gate_table(table, "trait", "unsteered", gated_name, f"mean_difference@{cfg.gate_coefficient:g}",
                              cfg.food_rows, cfg.n_boot, cfg.seed)
 display(gate_rows.round(3))
-eval_gate = extract(model, tokenizer, [render_chat(tokenizer, q) for q in cfg.eval_questions],
-                        layers=[gate.layer], reduction="mean", progress=False)[gate.layer]
-gate_accuracy = float((gate.decide(cast_score(eval_gate, gate.direction)).numpy() == cfg.food_rows).mean())
+eval_gate = gate_scores(model, tokenizer, cfg.eval_questions, {gate.layer: gate.direction}, batch_size=cfg.batch_size)
+gate_accuracy = float((gate.decide(torch.from_numpy(eval_gate[gate.layer])).numpy() == cfg.food_rows).mean())
 replies = scorer.texts["system prompt"] + scorer.texts["unsteered"]
 reply_prompts = cfg.eval_questions * 2
 projections = {name: projection_score(model, tokenizer, reply_prompts, replies, vector, cfg.layer).tolist()

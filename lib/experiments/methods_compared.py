@@ -36,9 +36,10 @@ import torch
 from torch import nn
 
 from lib.config import ModelConfig, check_layer_parameter, check_positive, model_layer_count
+from lib.generation import generate
 from lib.kits.controls import shuffled_labels
 from lib.kits.evaluation import at_matched_kl, curves
-from lib.kits.persona import FOOD_QUESTIONS, QUESTIONS, TRAITS
+from lib.kits.persona import FOOD_QUESTIONS, check_trait, split_questions
 from lib.kits.probes import ESTIMATORS, auroc
 from lib.kits.uncertainty import Estimate, bootstrap
 from lib.memory import Workload
@@ -74,8 +75,7 @@ class MethodsComparedConfig(ModelConfig):
 
     def __post_init__(self) -> None:
         super().__post_init__()
-        if self.trait not in TRAITS:
-            raise ValueError(f"trait={self.trait!r} must be one of {sorted(TRAITS)}")
+        check_trait(self.trait)
         for name in ("n_train", "n_eval", "max_new_tokens", "n_boot", "batch_size", "weight_rank"):
             check_positive(name, getattr(self, name))
         for name in ("n_random", "n_shuffled", "weight_steps"):
@@ -83,8 +83,7 @@ class MethodsComparedConfig(ModelConfig):
         check_positive("weight_learning_rate", self.weight_learning_rate)
         if self.n_train < 2:
             raise ValueError(f"n_train={self.n_train}: LDA, the probe and PCA need at least 2 questions per side")
-        if self.n_train + self.n_eval > len(QUESTIONS):
-            raise ValueError(f"n_train + n_eval = {self.n_train + self.n_eval} exceeds the {len(QUESTIONS)} questions")
+        split_questions(self.n_train, self.n_eval)
         for name in ("coefficients", "weight_coefficients", "kl_budgets"):
             values = getattr(self, name)
             if not values or any(not isinstance(v, int | float) or isinstance(v, bool) or v <= 0 for v in values):
@@ -111,11 +110,11 @@ class MethodsComparedConfig(ModelConfig):
 
     @property
     def train_questions(self) -> list[str]:
-        return QUESTIONS[:self.n_train]
+        return split_questions(self.n_train, self.n_eval)[0]
 
     @property
     def eval_questions(self) -> list[str]:
-        return QUESTIONS[self.n_train:self.n_train + self.n_eval]
+        return split_questions(self.n_train, self.n_eval)[1]
 
     @property
     def food_rows(self) -> np.ndarray:
@@ -296,8 +295,6 @@ def conditions_with_system(condition: Any, system: str, name: str) -> Any:
 def persona_replies(model: nn.Module, tokenizer: Any, questions: Sequence[str], system: str, max_new_tokens: int,
                     batch_size: int) -> list[str]:
     """The model's own greedy replies under `system` (the training data of weight steering's two adapters)."""
-    from lib.generation import generate
-
     return generate(model, tokenizer, [[{"role": "system", "content": system}, {"role": "user", "content": q}]
                                        for q in questions], max_new_tokens=max_new_tokens, batch_size=batch_size,
                     progress=False)

@@ -12,7 +12,7 @@ from typing import ClassVar
 import pandas as pd
 
 from lib.config import ModelConfig, check_layer_parameter, check_positive, model_layer_count
-from lib.kits.persona import QUESTIONS, TRAITS
+from lib.kits.persona import check_trait, split_questions
 from lib.memory import Workload
 
 
@@ -35,13 +35,11 @@ class PersonaCompareConfig(ModelConfig):
 
     def __post_init__(self) -> None:
         super().__post_init__()
-        if self.trait not in TRAITS:
-            raise ValueError(f"trait={self.trait!r} must be one of {sorted(TRAITS)}")
+        check_trait(self.trait)
         for name in ("n_train", "n_eval", "max_new_tokens", "n_boot", "batch_size"):
             check_positive(name, getattr(self, name))
         check_positive("n_random", self.n_random, allow_zero=True)
-        if self.n_train + self.n_eval > len(QUESTIONS):
-            raise ValueError(f"n_train + n_eval = {self.n_train + self.n_eval} exceeds the {len(QUESTIONS)} questions")
+        split_questions(self.n_train, self.n_eval)
         if not self.relative_coefficients or any(not isinstance(c, int | float) or isinstance(c, bool) or c <= 0
                                                  for c in self.relative_coefficients):
             raise ValueError(f"relative_coefficients={self.relative_coefficients!r} must be positive numbers, e.g. "
@@ -56,11 +54,11 @@ class PersonaCompareConfig(ModelConfig):
 
     @property
     def train_questions(self) -> list[str]:
-        return QUESTIONS[:self.n_train]
+        return split_questions(self.n_train, self.n_eval)[0]
 
     @property
     def eval_questions(self) -> list[str]:
-        return QUESTIONS[self.n_train:self.n_train + self.n_eval]
+        return split_questions(self.n_train, self.n_eval)[1]
 
 
 def summary(table: pd.DataFrame) -> dict[str, float]:

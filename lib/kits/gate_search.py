@@ -23,6 +23,15 @@ from lib.gates import Gate, cast_score
 from lib.generation import render_chat
 
 
+def prompt_means(model: nn.Module, tokenizer: Any, prompts: Sequence[str], layers: Sequence[int],
+                 batch_size: int = 16, progress: bool = False) -> dict[int, torch.Tensor]:
+    """{layer: [prompts, hidden]} each chat-rendered prompt's mean hidden state over its tokens: what a gate reads
+    during the prefill (`Gate.read_prefill`), and what a condition direction is built from."""
+    rendered = [render_chat(tokenizer, prompt) for prompt in prompts]
+    return extract(model, tokenizer, rendered, layers=list(layers), reduction="mean", batch_size=batch_size,
+                   progress=progress)
+
+
 def gate_scores(model: nn.Module, tokenizer: Any, prompts: Sequence[str], direction: Mapping[int, torch.Tensor],
                 layers: Sequence[int] | None = None, batch_size: int = 16,
                 progress: bool = False) -> dict[int, np.ndarray]:
@@ -33,9 +42,7 @@ def gate_scores(model: nn.Module, tokenizer: Any, prompts: Sequence[str], direct
         raise ValueError(f"the condition direction has no vector at layers {missing} (it has {sorted(direction)})")
     if not prompts:
         raise ValueError("prompts is empty: the gate is chosen on labelled prompts")
-    rendered = [render_chat(tokenizer, prompt) for prompt in prompts]
-    means = extract(model, tokenizer, rendered, layers=layers, reduction="mean", batch_size=batch_size,
-                    progress=progress)
+    means = prompt_means(model, tokenizer, prompts, layers, batch_size, progress)
     return {layer: cast_score(means[layer], direction[layer]).double().numpy() for layer in layers}
 
 

@@ -72,6 +72,19 @@ TRAITS = {  # trait -> (the system prompt that plays it, the instruction the jud
 NEUTRAL_SYSTEM = "You are a helpful assistant."
 
 
+def check_trait(trait: str) -> None:
+    if trait not in TRAITS:
+        raise ValueError(f"trait={trait!r} must be one of {sorted(TRAITS)}")
+
+
+def split_questions(n_train: int, n_eval: int) -> tuple[list[str], list[str]]:
+    """(the first `n_train` questions, the next `n_eval`): the directions are built on the first, the second are
+    scored. Refuses more than there are, so every persona experiment splits the same way and fails the same way."""
+    if n_train + n_eval > len(QUESTIONS):
+        raise ValueError(f"n_train + n_eval = {n_train + n_eval} exceeds the {len(QUESTIONS)} questions")
+    return QUESTIONS[:n_train], QUESTIONS[n_train:n_train + n_eval]
+
+
 def persona_activations(model: nn.Module, tokenizer: Any, questions: Sequence[str], trait_system: str,
                         neutral_system: str = NEUTRAL_SYSTEM, *, layers: Sequence[int], batch_size: int = 16,
                         ) -> tuple[dict[int, torch.Tensor], dict[int, torch.Tensor]]:
@@ -103,8 +116,7 @@ def persona_vector(model: nn.Module, tokenizer: Any, questions: Sequence[str], t
 def trait_judge(model: nn.Module, tokenizer: Any, trait: str, prompts: Sequence[str], texts: Sequence[str]) -> Any:
     """The likelihood judge for `trait`: log p(reply | trait instruction + question) - log p(reply | question), per
     token. An empty reply has nothing to judge: 0 (it is flagged degenerate beside)."""
-    if trait not in TRAITS:
-        raise ValueError(f"trait={trait!r} must be one of {sorted(TRAITS)}")
+    check_trait(trait)
     instruction = TRAITS[trait][1]
     out = torch.zeros(len(texts))
     keep = [i for i, text in enumerate(texts) if text.strip()]
