@@ -70,6 +70,7 @@ vector_coeffs = [-4.0, -2.0, -1.0, -0.5, 0.0, 0.5, 1.0, 2.0, 4.0]
 kl_budget = 0.25
 low_pmass = 0.5
 random_deltas = True  # a KL-matched random delta per family, seed and coefficient: the control
+shuffle_labels = False  # the label-shuffled null: each adapter seed trains on pairs with a random half swapped
 save_deltas = False
 stop_after = "all"  # "headroom" | "contrast" | "all": the checks alone, before anything trains
 batch_size = 16

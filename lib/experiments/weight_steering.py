@@ -65,7 +65,7 @@ from lib.kits.choice_data import (
     load_written_pairs,
 )
 from lib.kits.contrast import measure_contrast, prompt_headroom, reply_activations
-from lib.kits.controls import KLUnreachable, kl_matched_random_delta
+from lib.kits.controls import KLUnreachable, kl_matched_random_delta, shuffled_labels
 from lib.kits.dose_response import effect_at_kl
 from lib.kits.two_choice import choose_answer_format
 from lib.kits.uncertainty import bootstrap
@@ -128,6 +128,8 @@ class WeightSteeringConfig(ModelConfig):
     kl_budget: float = 0.25
     low_pmass: float = 0.5
     random_deltas: bool = True  # a KL-matched random delta per family, seed and coefficient (the control)
+    # the label-shuffled null: each adapter seed trains on the pairs with a random half swapped (`swap_half`)
+    shuffle_labels: bool = False
     save_deltas: bool = False
     stop_after: str = "all"  # "headroom" | "contrast" | "all": the checks alone, before anything trains
     batch_size: int = 16
@@ -320,6 +322,24 @@ def measured_sources(cfg: WeightSteeringConfig, behaviour: str) -> list[str]:
     return [cfg.contrast_source] + [s for s in offline if s != cfg.contrast_source]
 
 
+def swap_half(pairs: dict[str, list[SFTPair]], seed: int) -> tuple[dict[str, list[SFTPair]], list[int]]:
+    """The label-shuffled null's training pairs (issue "Corrections", requirement 2): the aligned pairs with a
+    random half (seeded) of them swapped, positive <-> negative, so each side holds as many positive as negative
+    replies and `dW_pos - dW_neg` has no label left to learn. Within-pair swaps keep each reply after its own prompt,
+    which a shuffle of all replies would not. Returns the sides and the swapped indices."""
+    n = len(pairs["positive"])
+    if n < 2 or len(pairs["negative"]) != n:
+        raise ValueError(f"shuffle_labels needs at least 2 aligned pairs, got {n} positive and "
+                         f"{len(pairs['negative'])} negative")
+    swap = shuffled_labels([True] * (n // 2) + [False] * (n - n // 2), 1, seed=seed)[0]
+    sides = {"positive": [], "negative": []}
+    for i, flip in enumerate(swap):
+        first, second = ("negative", "positive") if flip else ("positive", "negative")
+        sides["positive"].append(pairs[first][i])
+        sides["negative"].append(pairs[second][i])
+    return sides, [i for i, flip in enumerate(swap) if flip]
+
+
 def activation_vector(cfg: WeightSteeringConfig, model: nn.Module, tokenizer: Any,
                       pairs: dict[str, list[SFTPair]]) -> SteeringVector:
     """A vector from the same contrast the adapters learn: block outputs averaged over each reply's tokens (prompt
@@ -477,11 +497,13 @@ def run_behaviour(cfg: WeightSteeringConfig, model: nn.Module, tokenizer: Any, b
         for seed in range(cfg.n_seeds):
             if (WEIGHT, adapter, seed) in done:
                 continue
-            note(f"[{behaviour}] training {adapter} seed {seed} (positive and negative)")
+            note(f"[{behaviour}] training {adapter} seed {seed} (positive and negative"
+                 + (", labels shuffled)" if cfg.shuffle_labels else ")"))
+            sides, swapped = swap_half(pairs, seed) if cfg.shuffle_labels else (pairs, [])
             deltas, losses = {}, {}
             for side in ("positive", "negative"):
                 deltas[side], losses[side] = train_adapter(
-                    model, tokenizer, pairs[side], adapter, seed=seed, steps=cfg.sft_steps,
+                    model, tokenizer, sides[side], adapter, seed=seed, steps=cfg.sft_steps,
                     batch_size=cfg.sft_batch_size, learning_rate=cfg.learning_rate_of(adapter), rank=cfg.rank,
                     max_length=cfg.max_length, **cfg.peft_options_of(adapter))
             delta: WeightDelta = deltas["positive"] - deltas["negative"]
@@ -494,6 +516,8 @@ def run_behaviour(cfg: WeightSteeringConfig, model: nn.Module, tokenizer: Any, b
                     "delta_norm": delta.norm(), "layer_norms": delta.layer_norms(),
                     "cos_pos_neg": _cosine(deltas["positive"], deltas["negative"]),
                     "learning_rate": cfg.learning_rate_of(adapter), "peft_options": cfg.peft_options_of(adapter)}
+            if cfg.shuffle_labels:
+                info["labels"], info["swapped_pairs"] = "shuffled", swapped
             info["diverged"] = entry_diverged(info)
             if info["diverged"]:
                 note(f"[{behaviour}] WARNING: {adapter} seed {seed} diverged in training (mean loss on its training "

@@ -337,3 +337,53 @@ def test_a_random_delta_control_is_matched_to_each_coefficients_kl_and_scored_on
             model.get_parameter(name).copy_(before)
         assert again == pytest.approx(kls[entry["coeff"]], rel=0.05)
         assert entry["row_scores"] == pytest.approx(rows, abs=1e-5)
+
+
+def test_swap_half_swaps_exactly_half_of_the_pairs_within_each_pair():
+    """The label-shuffled null's pairs: half the pairs swapped (each side then holds half positive and half negative
+    replies), every reply still after its own prompt, seeded and different per seed. Catches swapping every pair
+    (the labels flipped, not shuffled), swapping across pairs, and a seed that is ignored."""
+    pairs = {"positive": [ws.SFTPair(f"q{i}", f"good {i}") for i in range(10)],
+             "negative": [ws.SFTPair(f"q{i}", f"bad {i}") for i in range(10)]}
+    sides, swapped = ws.swap_half(pairs, seed=0)
+    assert len(swapped) == 5
+    for i in range(10):
+        pos, neg = sides["positive"][i], sides["negative"][i]
+        assert pos.prompt == neg.prompt == f"q{i}"
+        expected = (f"bad {i}", f"good {i}") if i in swapped else (f"good {i}", f"bad {i}")
+        assert (pos.response, neg.response) == expected
+    assert ws.swap_half(pairs, seed=0) == (sides, swapped)
+    assert {tuple(ws.swap_half(pairs, seed=s)[1]) for s in range(4)} != {tuple(swapped)}
+    with pytest.raises(ValueError, match="shuffle_labels needs at least 2"):
+        ws.swap_half({"positive": pairs["positive"][:1], "negative": pairs["negative"][:1]}, seed=0)
+
+
+def test_shuffle_labels_trains_each_seed_on_its_own_swapped_pairs(small, monkeypatch, tmp_path, isolated_cache):
+    """run_behaviour with shuffle_labels: each adapter seed trains on `swap_half(pairs, seed)` and records the swapped
+    indices; the activation vector keeps the true labels. Catches the flag being read nowhere (a null that is the
+    real run) and one shuffle shared by all seeds."""
+    model, tokenizer = small
+    trained, vectors = [], []
+    build_vector = ws.activation_vector
+    monkeypatch.setattr(ws, "activation_vector", lambda cfg, m, t, pairs: vectors.append(pairs) or
+                        build_vector(cfg, m, t, pairs))
+    name = "model.layers.0.mlp.down_proj.weight"
+
+    def fake_train(base, tok, pairs, family, *, seed, **kwargs):
+        trained.append(list(pairs))
+        return WeightDelta({name: 0.01 * torch.randn(base.get_parameter(name).shape)}), [1.0]
+
+    monkeypatch.setattr(ws, "train_adapter", fake_train)
+    cfg = ws.WeightSteeringConfig(behaviours=["honesty"], contrast_source="written", n_seeds=2, n_train=6, n_val=2,
+                                  n_test=4, weight_coeffs=[-1.0, 0.0, 1.0], vector_coeffs=[-1.0, 0.0, 1.0],
+                                  vector_layers=[0], batch_size=8, random_deltas=False, shuffle_labels=True)
+    state = ws.run_behaviour(cfg, model, tokenizer, "honesty", tmp_path, log=lambda message: None)
+    items = {item.id: item for item in choice_data.load_honesty()}
+    true = ws.as_sft_sides(choice_data.load_written_pairs([items[i] for i in state["split_ids"]["train"]]))
+    assert vectors == [true]
+    for seed in (0, 1):
+        sides, swapped = ws.swap_half(true, seed)
+        assert trained[2 * seed: 2 * seed + 2] == [sides["positive"], sides["negative"]]
+        weights = [e for e in state["entries"] if e["method"] == "weight" and e["seed"] == seed]
+        assert weights and all(e["labels"] == "shuffled" and e["swapped_pairs"] == swapped for e in weights)
+    assert trained[0] != trained[2]
