@@ -139,7 +139,19 @@ shares.to_csv(out / "norm_shares.csv", index=False)
 shares.round(4)
 
 # %% [markdown]
-# ## Verdict (the seed's decision rules)
+# ## Verdict: the seed's decision rules as written
+# Each rule answers holds / fails / inconclusive from the 95% intervals (or "cannot run", with the reason) and lists
+# every retention it read; "behavior" is the full dW's effect. Quoted in `wa.seed_rules`.
+
+# %%
+by_seed = {column: wa.seed_rules(table, effects, column) for column in ("retained", "retained_preference")
+           if column in table}
+for column, found in by_seed.items():
+    print(f"--- {column}")
+    display(wa.seed_rules_table(found))
+
+# %% [markdown]
+# ## Our rules (labelled ours; thresholds `sufficient`, `removes`)
 
 # %%
 rules = {column: wa.verdict(table, effects, cfg, column) for column in ("retained", "retained_preference")
@@ -153,6 +165,6 @@ for column, fired in rules.items():
 # ## Summary
 
 # %%
-results = wa.results(cfg, ablation, table, effects, rules)
+results = wa.results(cfg, ablation, table, effects, rules, by_seed)
 write_json(out / "results.json", results)
 pd.Series(results["summary"]).to_frame("value")

@@ -195,6 +195,8 @@ def test_weight_ablation_notebook_on_a_quick_weight_steering_run(tmp_path):
     assert {row["variant"] for row in results["table"]} >= {"full", "writes", "mlp", "zero", "random_s0"}
     assert results["summary"]["baseline"] is not None and "verdict_score" in results["summary"]
     assert any(row["rule"] == "identifiable" for row in results["verdict"]["retained"])
+    assert {r["rule"] for r in results["seed_rules"]["retained"]} >= {"shared core", "MLP up/gate"}
+    assert results["summary"]["seed_rules"]["retained"]["shared core (all)"] == "cannot run"  # one family, no K=32
     for name in ("retained.csv", "full_effects.csv", "retained_score.png", "evaluations.json"):
         assert (run_dir / name).stat().st_size > 100, name
 

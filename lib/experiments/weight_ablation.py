@@ -720,8 +720,10 @@ def by_interval(at_least: Mapping[str, tuple[float, float]], threshold: float,
 
 def verdict(table: pd.DataFrame, effects: pd.DataFrame, cfg: WeightAblationConfig,
             column: str = "retained") -> list[dict[str, Any]]:
-    """The seed's decision rules, each with whether it fired and its numbers (on `column`: "retained" for the
-    choice score, "retained_preference" for the held-out reply preference):
+    """Rules of ours (each labelled `"by": "ours"`, thresholds `cfg.sufficient` / `cfg.removes`), each with whether
+    it fired and its numbers, on `column` ("retained" for the choice score, "retained_preference" for the held-out
+    reply preference). They grew from the seed's rules but are not its rules: the shared subspace here reads any K
+    and the writes' own swing; the seed's rules as written are `seed_rules`. The rules:
     - identifiable: the full dW's swing exceeds 2x its noise (row SE, seed std); without it no rule below counts;
     - shared subspace: for some K, every family's shared<K>_keep retains >= sufficient of the residual writes' own
       swing (the basis splits the writes only; `<column>_of_writes`, the writes' share of the full dW beside it),
@@ -751,7 +753,7 @@ def verdict(table: pd.DataFrame, effects: pd.DataFrame, cfg: WeightAblationConfi
     if not ok:
         rules.append({"rule": "verdict", "fired": True, "text": "not identifiable: the full dW's effect is within "
                       "noise, so no retention ratio means anything (negative result)"})
-        return rules
+        return [{"by": "ours", **rule} for rule in rules]
     within = f"{column}_of_writes" if f"{column}_of_writes" in table else column
     writes_share = {f: _retained(table, f, column, variant="writes") for f in ok}
     for k in cfg.ks:
@@ -852,7 +854,147 @@ def verdict(table: pd.DataFrame, effects: pd.DataFrame, cfg: WeightAblationConfi
                       "within_family_noise": {f: round(v, 3) for f, v in noise.items()},
                       "text": "widest cross-family retention gaps " + _fmt(widest.to_dict())
                               + f"; within-family noise ({spread_of} / |full swing|) " + _fmt(noise)})
+    return [{"by": "ours", **rule} for rule in rules]
+
+
+SEED_FAMILIES = ("lora", "dora", "pissa", "delora", "oft")  # the families the seed's shared-core rule names
+SEED_K = 32  # the seed's K for the shared basis
+SEED_KEEPS = 0.7  # the seed's ">=0.7x behavior"
+MOST_REMOVED = 0.5  # our reading of the seed's "removes most of it": the drop retains <= half
+
+
+def _reading(table: pd.DataFrame, family: str, column: str, **variant: Any) -> dict[str, Any] | None:
+    """One quantity a seed rule read: the variant's name, its retention and 95% interval (None if not scored)."""
+    hit = _rows(table, family=family, **variant)
+    if not len(hit):
+        return None
+    row = hit.iloc[0]
+    low, high = (float(row.get(f"{column}_{end}", math.nan)) for end in ("low", "high"))
+    return {"family": family, "variant": str(row.variant), "value": round(float(row[column]), 4),
+            "low": round(low, 4), "high": round(high, 4)}
+
+
+def _answer(keeps: Sequence[dict[str, Any]], drops: Sequence[dict[str, Any]] = (), *, any_of: bool = False,
+            keeps_at: float = SEED_KEEPS, removes_to: float = MOST_REMOVED) -> str:
+    """holds / fails / inconclusive from the readings' intervals (`by_interval`): every keep >= keeps_at and every
+    drop <= removes_to; with `any_of`, the rule holds when one keep does, fails when all fail."""
+    interval = {r["variant"] + "/" + r["family"]: (r["low"], r["high"]) for r in keeps}
+    if any_of:
+        answers = [by_interval({name: bounds}, keeps_at) for name, bounds in interval.items()]
+        return "holds" if "holds" in answers else "fails" if answers and set(answers) == {"fails"} else "inconclusive"
+    return by_interval(interval, keeps_at, {r["variant"] + "/" + r["family"]: (r["low"], r["high"]) for r in drops},
+                       removes_to)
+
+
+def seed_rules(table: pd.DataFrame, effects: pd.DataFrame, column: str = "retained_preference") -> list[dict[str, Any]]:
+    """The seed's decision rules as the seed writes them (seed "Fork plan: weight steering benchmark + analysis";
+    issue "Corrections", requirement 3), each answering holds / fails / inconclusive / cannot run from the 95%
+    intervals of `retained_table` and listing every quantity it read. "Behavior" is the full dW's effect on
+    `column` (a retention of the full swing, never of a part's swing). Quoted from the seed:
+
+    1. shared core: "if `keep_B_shared_K32` retains >=0.7x behavior across LoRA / DoRA / PiSSA / DeLoRA / OFT and
+       `drop_B_shared_K32` removes most of it". Read: `shared32_keep` >= 0.7 and `shared32_drop` <= 0.5 (our reading
+       of "most") in all five families. It cannot run when a family is missing, or when K=32 is at or above the
+       stacked deltas' rank (the drop is empty: rank-8 pairs give dW of rank <= 16), which needs adapters of rank
+       >= 32 trained for it.
+    2. basin divergence (the seed names the rule; its wording is not in this repository, the reading is ours): each
+       family keeps >= 0.7 of its behaviour in its own top-K (`own<K>_keep`) but <= 0.5 in every other family's
+       (`in_<g><K>_keep`), at the largest K where the own drop is not empty.
+    3. "top-k or write-not-read keeps behavior": per family, the per-tensor top singular band (`svd_top25`), its own
+       top-K of the writes (`own<K>_keep`, every K scored) or the residual writes alone (`writes`) keeps >= 0.7.
+    4. "complement/tail/many layers keep behavior": per family, the complement of the shared basis
+       (`shared<K>_drop`, non-degenerate K), the spectrum's tail (`svd_bottom25`) or, many layers (our reading), every
+       leave-one-layer-out (`L<i>_out`) keeps >= 0.7.
+    5. "MLP up/gate carries behavior -> feature-space steering": per family, `mlp_read` (up and gate only) keeps
+       >= 0.7.
+
+    The 0.7 of rules 2-5 is the seed's number from rule 1, applied by us. A family whose full dW is not identifiable
+    (`full_effects`) answers "inconclusive" for every rule. The notebook's other rules (`verdict`) are ours."""
+    flag = IDENTIFIABLE.get(column)
+    by_family = effects.set_index("family") if len(effects) else effects
+    families = list(dict.fromkeys(table.family))
+    ok = [f for f in families if flag in by_family and f in by_family.index and bool(by_family.loc[f, flag])]
+    rules: list[dict[str, Any]] = []
+
+    def degenerate(family: str, kind: str, k: int) -> bool:
+        hit = _rows(table, family=family, kind=kind, k=k, part="drop")
+        return bool(len(hit)) and float(hit.norm_ratio.iloc[0]) < 1e-3
+
+    # 1. shared core
+    quoted = ("if `keep_B_shared_K32` retains >=0.7x behavior across LoRA / DoRA / PiSSA / DeLoRA / OFT and "
+              "`drop_B_shared_K32` removes most of it")
+    keeps = [r for f in families if (r := _reading(table, f, column, kind="shared", k=SEED_K, part="keep"))]
+    drops = [r for f in families if (r := _reading(table, f, column, kind="shared", k=SEED_K, part="drop"))]
+    missing = [f for f in SEED_FAMILIES if f not in families]
+    why = []
+    if missing:
+        why.append(f"families {missing} are not in this run")
+    if not keeps:
+        why.append(f"shared{SEED_K}_keep was not scored (ks must include {SEED_K})")
+    elif any(degenerate(f, "shared", SEED_K) for f in families):
+        why.append(f"K={SEED_K} is at or above the stacked deltas' rank (shared{SEED_K}_drop is empty): it needs "
+                   f"adapters of rank >= {SEED_K} trained for it")
+    answer = "cannot run" if why else _answer(keeps, drops) if set(ok) == set(families) else "inconclusive"
+    rules.append({"rule": "shared core", "by": "seed", "quoted": quoted, "answer": answer, "why": "; ".join(why),
+                  "read": keeps + drops, "conclusion": "a shared subspace carries the behaviour across families"})
+    # 2. basin divergence
+    def ks_of(kind: str) -> list[int]:
+        return sorted({int(k) for k in _rows(table, kind=kind).k.dropna()}) if "kind" in table else []
+
+    ks = ks_of("own")
+    usable = [k for k in ks if not any(degenerate(f, "own", k) for f in families)]
+    k = max(usable) if usable else None
+    own = [r for f in families if k is not None and (r := _reading(table, f, column, kind="own", k=k, part="keep"))]
+    cross = [r for f in families for g in families if g != f and k is not None
+             and (r := _reading(table, f, column, kind="cross", basis_family=g, k=k, part="keep"))]
+    if k is None or not own or not cross:
+        answer, why = "cannot run", "needs two families' own and cross-family bases at a K below their rank"
+    else:
+        answer, why = (_answer(own, cross) if set(ok) == set(families) else "inconclusive"), ""
+    rules.append({"rule": "basin divergence", "by": "ours (the seed names the rule)", "quoted": "basin-divergence",
+                  "answer": answer, "why": why, "k": k, "read": own + cross,
+                  "conclusion": "families reach the behaviour in different subspaces"})
+    # 3-5, per family
+    per_family = (
+        ("top-k or write-not-read", "top-k or write-not-read keeps behavior",
+         lambda f: [_reading(table, f, column, variant="svd_top25"), _reading(table, f, column, variant="writes")]
+         + [_reading(table, f, column, kind="own", k=x, part="keep") for x in usable],
+         "a low-rank or residual-write edit carries the behaviour"),
+        ("complement/tail/many layers", "complement/tail/many layers keep behavior",
+         lambda f: [_reading(table, f, column, kind="shared", k=x, part="drop") for x in ks_of("shared")
+                    if not degenerate(f, "shared", x)] + [_reading(table, f, column, variant="svd_bottom25")],
+         "the behaviour is distributed"),
+        ("MLP up/gate", "MLP up/gate carries behavior -> feature-space steering",
+         lambda f: [_reading(table, f, column, variant="mlp_read")], "feature-space steering"),
+    )
+    for name, text, read_of, conclusion in per_family:
+        for family in families:
+            read = [r for r in read_of(family) if r]
+            answer = "cannot run" if not read else _answer(read, any_of=True) if family in ok else "inconclusive"
+            extra = {}
+            if name.startswith("complement"):
+                left_out = [r for p in _single_layers(table, family, "layer_out")
+                            if (r := _reading(table, family, column, variant=p))]
+                if left_out:
+                    every = _answer(left_out) if family in ok else "inconclusive"
+                    extra["many_layers"] = every
+                    read += left_out
+                    answer = "holds" if "holds" in (answer, every) else (
+                        "fails" if answer in ("fails", "cannot run") and every == "fails" else "inconclusive")
+            rules.append({"rule": name, "by": "seed", "quoted": text, "family": family, "answer": answer,
+                          "read": read, "conclusion": conclusion, **extra})
+    for rule in rules:
+        rule["identifiable"] = [f for f in families if f in ok]
     return rules
+
+
+def seed_rules_table(rules: Sequence[Mapping[str, Any]]) -> pd.DataFrame:
+    """One row per rule (and family): who wrote it, its answer, and every quantity it read as `name value [low,
+    high]`."""
+    return pd.DataFrame([{"rule": r["rule"], "by": r["by"], "family": r.get("family", "all"), "answer": r["answer"],
+                          "read": "; ".join(f"{q['family']} {q['variant']} {q['value']:.3f} [{q['low']:.3f}, "
+                                            f"{q['high']:.3f}]" for q in r["read"]),
+                          "why": r.get("why", "")} for r in rules])
 
 
 SINGLE_LAYER_KINDS = ("layer_only", "layer_out")  # one block alone, every block but one
@@ -969,7 +1111,9 @@ def layer_figure(table: pd.DataFrame, column: str = "retained", path: Path | Non
 
 
 def results(cfg: WeightAblationConfig, ablation: Ablation, table: pd.DataFrame, effects: pd.DataFrame,
-            rules: Mapping[str, list[dict[str, Any]]]) -> dict[str, Any]:
+            rules: Mapping[str, list[dict[str, Any]]],
+            by_seed: Mapping[str, list[dict[str, Any]]] | None = None) -> dict[str, Any]:
+    """The run's record: `rules` are ours (`verdict`), `by_seed` the seed's rules as written (`seed_rules`)."""
     store = ablation.store
     c = max(cfg.coefficients)
     full = table[table.variant == "full"].set_index("family")
@@ -983,9 +1127,12 @@ def results(cfg: WeightAblationConfig, ablation: Ablation, table: pd.DataFrame, 
         "verdict_score": verdict_text(rules["retained"]),
         "verdict_preference": verdict_text(rules.get("retained_preference", [])) if "retained_preference" in rules
         else "not measured",
+        "seed_rules": {column: {f"{r['rule']} ({r.get('family', 'all')})": r["answer"] for r in found}
+                       for column, found in (by_seed or {}).items()},
         "families": list(ablation.owners), "variants_scored": len(store.records),
         "reproduced_max_row_gap": ablation.reproduced, "seconds": round(ablation.seconds, 1),
     }
     return {"parameters": cfg.as_dict(), "summary": summary, "kl_rendering": KL_RENDERING,
             "full_effects": json.loads(effects.to_json(orient="records")), "verdict": rules,
+            "seed_rules": dict(by_seed or {}),
             "table": json.loads(table.to_json(orient="records"))}

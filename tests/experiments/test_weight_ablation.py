@@ -433,8 +433,11 @@ def test_results_summarise_the_typed_ablation(planted):
     *_, cfg, out, ablation, table, deltas = planted
     effects = wa.full_effects(table, ablation.noise)
     rules = {"retained": wa.verdict(table, effects, cfg)}
-    results = wa.results(cfg, ablation, table, effects, rules)
+    by_seed = {"retained": wa.seed_rules(table, effects, "retained")}
+    results = wa.results(cfg, ablation, table, effects, rules, by_seed)
     summary = results["summary"]
+    assert results["seed_rules"] == by_seed and summary["seed_rules"]["retained"]["shared core (all)"] == next(
+        r["answer"] for r in by_seed["retained"] if r["rule"] == "shared core")
     assert summary["families"] == ["lora", "pissa"] and summary["variants_scored"] == len(ablation.store.records)
     assert summary["reproduced_max_row_gap"] == ablation.reproduced
     assert summary["seconds"] == round(ablation.seconds, 1) and results["kl_rendering"] == "chat_reply"
@@ -463,6 +466,8 @@ def test_the_journal_ablation_gives_the_table_and_verdict_it_saved(folder):
     if (folder / "verdict.json").exists():
         effects = pd.read_csv(folder / "full_effects.csv")
         rules = {column: wa.verdict(table, effects, cfg, column) for column in ("retained", "retained_preference")}
+        for rule in (rule for column in rules.values() for rule in column):
+            assert rule.pop("by") == "ours"  # labelled since the journal ran (the seed's own rules: seed_rules)
         for rule in (rule for column in rules.values() for rule in column if "by_interval" in rule):
             # added since the journal ran: each rule's answer from the 95% intervals, beside the point rule
             assert rule.pop("by_interval") in ("holds", "fails", "inconclusive")
@@ -562,3 +567,90 @@ def test_shares_table_puts_each_geometric_share_beside_its_chance(small):
     assert magnitude.ratio_to_chance == pytest.approx(magnitude.share / magnitude.chance)
     top = table.set_index("part").loc["base_top8"]
     assert 0 < top.chance < 1 and top.split == "base_svd"
+
+
+def _interval_table(values: dict[str, dict[str, tuple[float, float, float]]], norm: dict[str, float] | None = None):
+    """A hand-made `retained_table` on the preference: (value, low, high) per family and variant; `norm` overrides a
+    variant's norm ratio (an empty drop has 0)."""
+    rows = [{"family": f, "group": "g", "variant": v, "retained_preference": r, "retained_preference_low": lo,
+             "retained_preference_high": hi, "norm_ratio": (norm or {}).get(v, 0.5)}
+            for f, by in values.items() for v, (r, lo, hi) in by.items()]
+    return _with_fields(pd.DataFrame(rows))
+
+
+def _preference_effects(families, identifiable=True):
+    return pd.DataFrame([{"family": f, "preference_identifiable": identifiable} for f in families])
+
+
+SEED_FIVE = ("lora", "dora", "pissa", "delora", "oft")
+
+
+def _answers(rules, family="all"):
+    return {r["rule"]: r["answer"] for r in rules if r.get("family", "all") == family}
+
+
+def test_seed_shared_core_reads_k32_of_the_full_behaviour_in_all_five_families():
+    """The seed's rule 1 as written: shared32_keep >= 0.7 of the *full* behaviour and shared32_drop <= 0.5 in LoRA,
+    DoRA, PiSSA, DeLoRA and OFT, from intervals. Catches reading the writes' own swing (`_of_writes`), any K but 32,
+    two families sufficing, and point values instead of intervals."""
+    good = {f: {"full": (1, 1, 1), "shared32_keep": (0.8, 0.75, 0.85), "shared32_drop": (0.1, 0.05, 0.2),
+                "shared8_keep": (0.1, 0.0, 0.2), "shared8_drop": (0.9, 0.8, 1.0)} for f in SEED_FIVE}
+    effects = _preference_effects(SEED_FIVE)
+    rule = wa.seed_rules(_interval_table(good), effects)[0]
+    assert (rule["rule"], rule["by"], rule["answer"]) == ("shared core", "seed", "holds")
+    assert "keep_B_shared_K32" in rule["quoted"] and {q["variant"] for q in rule["read"]} == {"shared32_keep",
+                                                                                              "shared32_drop"}
+    straddles = {**good, "oft": {**good["oft"], "shared32_keep": (0.75, 0.6, 0.9)}}
+    assert wa.seed_rules(_interval_table(straddles), effects)[0]["answer"] == "inconclusive"  # point 0.75 >= 0.7
+    below = {**good, "oft": {**good["oft"], "shared32_keep": (0.5, 0.4, 0.6)}}
+    assert wa.seed_rules(_interval_table(below), effects)[0]["answer"] == "fails"
+    table = _interval_table(good)
+    table["retained_preference_of_writes"] = 1.0  # the writes' own swing: never what the seed reads
+    table.loc[table.variant == "shared32_keep", ["retained_preference", "retained_preference_low",
+                                                 "retained_preference_high"]] = (0.4, 0.35, 0.45)
+    assert wa.seed_rules(table, effects)[0]["answer"] == "fails"
+    two = {f: good[f] for f in ("lora", "pissa")}
+    rule = wa.seed_rules(_interval_table(two), _preference_effects(two))[0]
+    assert rule["answer"] == "cannot run" and "['dora', 'delora', 'oft']" in rule["why"]
+    empty = wa.seed_rules(_interval_table(good, norm={"shared32_drop": 0.0}), effects)[0]
+    assert empty["answer"] == "cannot run" and "rank" in empty["why"]
+    not_identifiable = wa.seed_rules(_interval_table(good), _preference_effects(SEED_FIVE, identifiable=False))
+    assert set(_answers(not_identifiable).values()) <= {"inconclusive", "cannot run"}
+    assert {r["answer"] for r in not_identifiable if r["rule"] == "complement/tail/many layers"} == {"inconclusive"}
+
+
+def test_seed_per_family_rules_answer_from_intervals_and_list_what_they_read():
+    """Rules 3-5 per family: any one reading's interval above 0.7 makes "top-k or write-not-read" hold; all below
+    make it fail; "MLP up/gate" reads mlp_read alone; "many layers" needs every leave-one-layer-out above 0.7.
+    Basin divergence (ours) reads each family's own top-K and the other's. Catches an "or" read as "and", a
+    threshold other than 0.7, and a reading left out of `read`."""
+    base = {"full": (1, 1, 1), "svd_top25": (0.9, 0.85, 0.95), "writes": (0.4, 0.35, 0.45),
+            "own8_keep": (0.8, 0.75, 0.85), "own8_drop": (0.1, 0.05, 0.15), "svd_bottom25": (0.0, -0.01, 0.01),
+            "mlp_read": (0.72, 0.6, 0.8), "L0_out": (0.95, 0.9, 1.0), "L1_out": (0.92, 0.9, 0.95)}
+    values = {"lora": base, "pissa": {**base, "svd_top25": (0.5, 0.4, 0.6), "own8_keep": (0.3, 0.2, 0.4),
+                                      "mlp_read": (0.3, 0.2, 0.4), "L1_out": (0.6, 0.5, 0.65)},
+              }
+    values["lora"] = {**values["lora"], "in_pissa8_keep": (0.1, 0.05, 0.2)}
+    values["pissa"] = {**values["pissa"], "in_lora8_keep": (0.2, 0.1, 0.3)}
+    rules = wa.seed_rules(_interval_table(values), _preference_effects(values))
+    lora, pissa = _answers(rules, "lora"), _answers(rules, "pissa")
+    assert lora["top-k or write-not-read"] == "holds" and pissa["top-k or write-not-read"] == "fails"
+    assert lora["MLP up/gate"] == "inconclusive" and pissa["MLP up/gate"] == "fails"
+    assert lora["complement/tail/many layers"] == "holds"  # every L<i>_out >= 0.7
+    assert pissa["complement/tail/many layers"] == "fails"  # tail ~0, L1_out 0.6
+    read = next(r for r in rules if r["rule"] == "top-k or write-not-read" and r["family"] == "lora")["read"]
+    assert {q["variant"] for q in read} == {"svd_top25", "writes", "own8_keep"}
+    basin = next(r for r in rules if r["rule"] == "basin divergence")
+    assert basin["by"].startswith("ours") and basin["k"] == 8 and basin["answer"] == "fails"  # pissa's own 0.3
+    values["pissa"]["own8_keep"] = (0.8, 0.75, 0.85)
+    assert _answers(wa.seed_rules(_interval_table(values), _preference_effects(values)))["basin divergence"] == "holds"
+    table = wa.seed_rules_table(rules)
+    assert list(table.columns) == ["rule", "by", "family", "answer", "read", "why"]
+    assert "lora svd_top25 0.900 [0.850, 0.950]" in table.read.str.cat(sep=" ")
+
+
+def test_our_rules_are_labelled_ours():
+    cfg = wa.WeightAblationConfig(ks=[8])
+    values = {f: {"full": 1.0, "writes": 0.6, "reads": 0.6} for f in ("lora",)}
+    assert {r["by"] for r in wa.verdict(_table(values), _effects(["lora"]), cfg)} == {"ours"}
+    assert {r["by"] for r in wa.verdict(_table(values), _effects(["lora"], swing=0.1), cfg)} == {"ours"}
