@@ -211,7 +211,8 @@ def rerun_command(notebook: str, overrides: dict[str, Any]) -> str:
                                                     for key, value in overrides.items() if key != "out_dir")])
 
 
-def _versions() -> dict[str, str]:
+def library_versions() -> dict[str, str]:
+    """Python and the versions of the libraries a result depends on (`VERSIONED`), as run.json records them."""
     found = {"python": platform.python_version()}
     for package in VERSIONED:
         with contextlib.suppress(metadata.PackageNotFoundError):
@@ -334,7 +335,7 @@ def _execute(notebook: Any, stem: str, run_dir: Path, overrides: dict[str, Any],
     dirty = commit.endswith("-dirty")
     record: dict[str, Any] = {"notebook": stem, "parameters": {**resolved, "out_dir": str(run_dir)},
                               "overrides": overrides, "command": rerun_command(stem, overrides), "argv": sys.argv,
-                              "git_commit": commit, "dirty": dirty, "versions": _versions(),
+                              "git_commit": commit, "dirty": dirty, "versions": library_versions(),
                               "started": time.strftime("%Y-%m-%dT%H:%M:%S"), "status": "running", **(extra or {})}
     if dirty:  # the difference from the commit, beside the run: what the numbers came from
         _, _, diff = git_state()

@@ -981,8 +981,10 @@ def seed_rules(table: pd.DataFrame, effects: pd.DataFrame, column: str = "retain
                     read += left_out
                     answer = "holds" if "holds" in (answer, every) else (
                         "fails" if answer in ("fails", "cannot run") and every == "fails" else "inconclusive")
+            why = ("none of the variants it reads was scored" if not read else "" if family in ok else
+                   "the full dW's effect on this metric is within its noise (not identifiable)")
             rules.append({"rule": name, "by": "seed", "quoted": text, "family": family, "answer": answer,
-                          "read": read, "conclusion": conclusion, **extra})
+                          "why": why, "read": read, "conclusion": conclusion, **extra})
     for rule in rules:
         rule["identifiable"] = [f for f in families if f in ok]
     return rules
