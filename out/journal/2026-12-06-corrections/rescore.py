@@ -65,8 +65,8 @@ def main() -> None:
         found = saved_deltas(run, BEHAVIOUR)
         if not found:
             raise SystemExit(f"{run} saved no deltas (run it with save_deltas=True)")
-        read.append({"label": label, "folder": str(run), "commit": record.get("commit"), "dirty": record.get("dirty"),
-                     "command": record.get("command"), "status": record.get("status"),
+        read.append({"label": label, "folder": str(run), "commit": record.get("git_commit"),
+                     "dirty": record.get("dirty"), "command": record.get("command"), "status": record.get("status"),
                      "deltas": {f: sorted(s) for f, s in found.items()}})
         conditions = [ev.unsteered()] + [
             ev.Condition(f"{label} {family} s{seed}", delta=WeightDelta.load(path), family=f"{label} {family} s{seed}")

@@ -1,0 +1,52 @@
+"""Journal 2026-12-06, "Corrections": the geometric shares of the retrained deltas beside their chance values
+(issue "Corrections", requirement 4): DoRA's magnitude / direction split and the base weights' top-8 / top-32
+singular subspaces, each as a share of ||dW|| beside the same share for random deltas of dW's per-tensor norms
+(`weight_ablation.shares_table`). The 2026-12-01 deltas were not kept; these are the same recipe retrained.
+
+    .venv/bin/python out/journal/2026-12-06-corrections/geometry.py <label>=<run folder> [...]
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+
+import pandas as pd
+
+ROOT = Path(__file__).resolve().parents[3]
+sys.path.insert(0, str(ROOT))
+from lib.experiments.weight_ablation import shares_table  # noqa: E402
+from lib.io import write_json  # noqa: E402
+from lib.kits.weight_runs import saved_deltas  # noqa: E402
+from lib.models import load_model  # noqa: E402
+from lib.runner import git_state, library_versions  # noqa: E402
+from lib.weights import WeightDelta  # noqa: E402
+
+HERE = Path(__file__).parent
+
+
+def main() -> None:
+    model, _ = load_model()
+    tables, read = [], []
+    for spec in sys.argv[1:]:
+        label, folder = spec.split("=", 1)
+        run = Path(folder)
+        record = json.loads((run / "run.json").read_text())
+        found = saved_deltas(run, "honesty")
+        deltas = {f"{label} {family} s{seed}": WeightDelta.load(path) for family, seeds in found.items()
+                  for seed, path in sorted(seeds.items())}
+        table = shares_table(deltas, model, ranks=[8, 32])
+        tables.append(table)
+        read.append({"label": label, "folder": str(run), "commit": record.get("git_commit"),
+                     "dirty": record.get("dirty"), "command": record.get("command")})
+        print(table.round(4).to_string(index=False), flush=True)
+    pd.concat(tables).to_csv(HERE / "geometry.csv", index=False)
+    write_json(HERE / "geometry_runs_read.json", {"script": "geometry.py", "argv": sys.argv[1:], "runs": read,
+                                                  "tree": dict(zip(("commit", "dirty"), git_state(ROOT)[:2],
+                                                                   strict=True)),
+                                                  "versions": library_versions()})
+
+
+if __name__ == "__main__":
+    main()
