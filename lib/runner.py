@@ -220,6 +220,15 @@ def library_versions() -> dict[str, str]:
     return found
 
 
+def tree_record(root: Path = REPO_ROOT) -> dict[str, Any]:
+    """What a journal script records of the tree it ran from, read before it writes anything: the commit, whether
+    the tree differs from it, and the names of the files that differ (changed or untracked)."""
+    commit, dirty, diff = git_state(root)
+    names = [line.split(" b/", 1)[-1] for line in diff.splitlines() if line.startswith("diff --git")]
+    names += [line.removeprefix("# untracked: ") for line in diff.splitlines() if line.startswith("# untracked: ")]
+    return {"commit": commit, "dirty": dirty, "differs": names}
+
+
 def run_status(run_dir: Path) -> str | None:
     record = run_dir / "run.json"
     return json.loads(record.read_text()).get("status") if record.exists() else None

@@ -449,6 +449,8 @@ def test_a_dirty_run_keeps_its_diff_its_command_and_a_dirty_flag(tmp_path, monke
     commit, dirty, diff = runner.git_state(repo)
     assert (commit, dirty) == (head, True)
     assert "-scale = 1" in diff and "+scale = 2" in diff and "# untracked: scratch.py" in diff
+    # what a journal script records: the same state, with the differing files by name
+    assert runner.tree_record(repo) == {"commit": head, "dirty": True, "differs": ["steps.py", "scratch.py"]}
 
     monkeypatch.setattr(runner, "git_state", functools.partial(runner.git_state, repo))
     monkeypatch.setattr(papermill, "execute_notebook", lambda *a, **k: None)

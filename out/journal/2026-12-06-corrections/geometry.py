@@ -20,13 +20,14 @@ from lib.experiments.weight_ablation import shares_table  # noqa: E402
 from lib.io import write_json  # noqa: E402
 from lib.kits.weight_runs import saved_deltas  # noqa: E402
 from lib.models import load_model  # noqa: E402
-from lib.runner import git_state, library_versions  # noqa: E402
+from lib.runner import library_versions, tree_record  # noqa: E402
 from lib.weights import WeightDelta  # noqa: E402
 
 HERE = Path(__file__).parent
 
 
 def main() -> None:
+    tree = tree_record(ROOT)  # before this script writes anything into the tree
     model, _ = load_model()
     tables, read = [], []
     for spec in sys.argv[1:]:
@@ -43,8 +44,7 @@ def main() -> None:
         print(table.round(4).to_string(index=False), flush=True)
     pd.concat(tables).to_csv(HERE / "geometry.csv", index=False)
     write_json(HERE / "geometry_runs_read.json", {"script": "geometry.py", "argv": sys.argv[1:], "runs": read,
-                                                  "tree": dict(zip(("commit", "dirty"), git_state(ROOT)[:2],
-                                                                   strict=True)),
+                                                  "tree": tree,
                                                   "versions": library_versions()})
 
 

@@ -30,7 +30,7 @@ from lib.kits import evaluation as ev  # noqa: E402
 from lib.kits.choice_data import LOADERS, load_labelled_pairs  # noqa: E402
 from lib.kits.weight_runs import KL_RENDERING, saved_deltas  # noqa: E402
 from lib.models import load_model  # noqa: E402
-from lib.runner import git_state, library_versions  # noqa: E402
+from lib.runner import library_versions, tree_record  # noqa: E402
 from lib.weights import WeightDelta  # noqa: E402
 
 HERE = Path(__file__).parent
@@ -50,6 +50,7 @@ def scorers(run: Path) -> dict[str, ev.ContinuationPair]:
 
 
 def main() -> None:
+    tree = tree_record(ROOT)  # before this script writes anything into the tree
     parser = argparse.ArgumentParser()
     parser.add_argument("runs", nargs="+", help="label=run folder")
     parser.add_argument("--n-random", type=int, default=1)
@@ -87,7 +88,7 @@ def main() -> None:
             pd.concat(tables).to_csv(HERE / "preference.csv", index=False)
             pd.concat(matched).to_csv(HERE / "preference_at_kl.csv", index=False)
     write_json(HERE / "runs_read.json", {"script": "rescore.py", "argv": sys.argv[1:], "runs": read,
-                                         "tree": dict(zip(("commit", "dirty"), git_state(ROOT)[:2], strict=True)),
+                                         "tree": tree,
                                          "versions": library_versions()})
 
 

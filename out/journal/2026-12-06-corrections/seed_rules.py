@@ -18,7 +18,7 @@ sys.path.insert(0, str(ROOT))
 from lib.experiments import weight_ablation as wa  # noqa: E402
 from lib.io import write_json  # noqa: E402
 from lib.kits import delta_ablation as da  # noqa: E402
-from lib.runner import git_state, library_versions  # noqa: E402
+from lib.runner import library_versions, tree_record  # noqa: E402
 
 HERE = Path(__file__).parent
 JOURNAL = ROOT / "out" / "journal"
@@ -40,6 +40,7 @@ def table_of(folder: Path, record_folder: Path) -> tuple[pd.DataFrame, dict]:
 
 
 def main() -> None:
+    tree = tree_record(ROOT)  # before this script writes anything into the tree
     rows, read = [], []
     for label, (folder, record_folder) in RUNS.items():
         table, record = table_of(folder, record_folder)
@@ -60,8 +61,7 @@ def main() -> None:
     out = pd.concat(rows, ignore_index=True)
     out.to_csv(HERE / "seed_rules.csv", index=False)
     write_json(HERE / "seed_rules_runs_read.json", {"script": "seed_rules.py", "runs": read,
-                                                     "tree": dict(zip(("commit", "dirty"), git_state(ROOT)[:2],
-                                                                      strict=True)),
+                                                     "tree": tree,
                                                      "versions": library_versions()})
     with pd.option_context("display.width", 250, "display.max_colwidth", 160):
         print(out.to_string(index=False))
