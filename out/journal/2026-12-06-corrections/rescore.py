@@ -10,7 +10,9 @@ reply preference (issue "Corrections", requirement 1). No retraining: each dW sa
 over the run's coefficient grid, with KL on neutral text in the run's rendering and `n_random` KL-matched random
 deltas of the dW's per-tensor norms at every coefficient. Every table records which run folder it read.
 
-    .venv/bin/python out/journal/2026-12-06-corrections/rescore.py <label>=<run folder> [...] [--n-random N]
+    .venv/bin/python out/journal/2026-12-06-corrections/rescore.py <label>=<run folder>[@<n_random>] [...]
+
+(`@0`: no random deltas for that run, e.g. a label-shuffled null, itself a control.)
 """
 
 from __future__ import annotations
@@ -52,21 +54,22 @@ def scorers(run: Path) -> dict[str, ev.ContinuationPair]:
 def main() -> None:
     tree = tree_record(ROOT)  # before this script writes anything into the tree
     parser = argparse.ArgumentParser()
-    parser.add_argument("runs", nargs="+", help="label=run folder")
-    parser.add_argument("--n-random", type=int, default=1)
+    parser.add_argument("runs", nargs="+", help="label=run folder[@n_random] (default 1 random delta per point)")
     parser.add_argument("--batch-size", type=int, default=16)
     args = parser.parse_args()
     model, tokenizer = load_model()
     read, tables, matched = [], [], []
     for spec in args.runs:
         label, folder = spec.split("=", 1)
+        folder, _, n_random_text = folder.partition("@")
+        n_random = int(n_random_text or 1)
         run = Path(folder)
         record = json.loads((run / "run.json").read_text())
         grid = sorted({0.0, *map(float, record["parameters"]["weight_coeffs"])})
         found = saved_deltas(run, BEHAVIOUR)
         if not found:
             raise SystemExit(f"{run} saved no deltas (run it with save_deltas=True)")
-        read.append({"label": label, "folder": str(run), "commit": record.get("git_commit"),
+        read.append({"label": label, "folder": str(run), "n_random": n_random, "commit": record.get("git_commit"),
                      "dirty": record.get("dirty"), "command": record.get("command"), "status": record.get("status"),
                      "deltas": {f: sorted(s) for f, s in found.items()}})
         conditions = [ev.unsteered()] + [
@@ -74,9 +77,9 @@ def main() -> None:
             for family, seeds in found.items() for seed, path in sorted(seeds.items())]
         for metric_set, scorer in scorers(run).items():
             print(f"[{label}] {metric_set}: {len(conditions) - 1} deltas x {len(grid) - 1} coefficients, "
-                  f"{args.n_random} random each", flush=True)
+                  f"{n_random} random each", flush=True)
             table = ev.compare(model, tokenizer, conditions, scorer, coefficients=grid, baseline="unsteered",
-                               n_random=args.n_random, kl_rendering=KL_RENDERING, batch_size=args.batch_size)
+                               n_random=n_random, kl_rendering=KL_RENDERING, batch_size=args.batch_size)
             table.insert(0, "pairs", metric_set)
             table.insert(0, "run", label)
             tables.append(table)
