@@ -8,7 +8,9 @@ reply preference (issue "Corrections", requirement 1). No retraining: each dW sa
   questions, other style: the out-of-distribution check the 2026-12-01 entries lacked);
 
 over the run's coefficient grid, with KL on neutral text in the run's rendering and `n_random` KL-matched random
-deltas of the dW's per-tensor norms at every coefficient. Every table records which run folder it read.
+deltas of the dW's per-tensor norms at every coefficient (on the written pairs only: each random delta is a KL
+search of its own, and on 2 cores the labelled pairs' control is the label-shuffled null run instead). Every table
+records which run folder it read.
 
     .venv/bin/python out/journal/2026-12-06-corrections/rescore.py <label>=<run folder>[@<n_random>] [...]
 
@@ -76,10 +78,11 @@ def main() -> None:
             ev.Condition(f"{label} {family} s{seed}", delta=WeightDelta.load(path), family=f"{label} {family} s{seed}")
             for family, seeds in found.items() for seed, path in sorted(seeds.items())]
         for metric_set, scorer in scorers(run).items():
+            randoms = n_random if metric_set == "written" else 0
             print(f"[{label}] {metric_set}: {len(conditions) - 1} deltas x {len(grid) - 1} coefficients, "
-                  f"{n_random} random each", flush=True)
+                  f"{randoms} random each", flush=True)
             table = ev.compare(model, tokenizer, conditions, scorer, coefficients=grid, baseline="unsteered",
-                               n_random=n_random, kl_rendering=KL_RENDERING, batch_size=args.batch_size)
+                               n_random=randoms, kl_rendering=KL_RENDERING, batch_size=args.batch_size)
             table.insert(0, "pairs", metric_set)
             table.insert(0, "run", label)
             tables.append(table)
