@@ -229,6 +229,21 @@ def tree_record(root: Path = REPO_ROOT) -> dict[str, Any]:
     return {"commit": commit, "dirty": dirty, "differs": names}
 
 
+def run_reference(run_dir: Path) -> dict[str, Any]:
+    """What a journal script records of a run folder it read: the folder and its run.json's commit, dirty flag,
+    command and status."""
+    record = json.loads((Path(run_dir) / "run.json").read_text())
+    return {"folder": str(run_dir), "commit": record.get("git_commit"), "dirty": record.get("dirty"),
+            "command": record.get("command"), "status": record.get("status")}
+
+
+def script_record(tree: dict[str, Any], runs: list[dict[str, Any]] | None = None) -> dict[str, Any]:
+    """A journal script's own record: its name and arguments, the runs it read, the tree it ran from
+    (`tree_record`, taken before it wrote) and the library versions."""
+    return {"script": Path(sys.argv[0]).name, "argv": sys.argv[1:], "runs": runs or [], "tree": tree,
+            "versions": library_versions()}
+
+
 def run_status(run_dir: Path) -> str | None:
     record = run_dir / "run.json"
     return json.loads(record.read_text()).get("status") if record.exists() else None

@@ -8,7 +8,6 @@ singular subspaces, each as a share of ||dW|| beside the same share for random d
 
 from __future__ import annotations
 
-import json
 import sys
 from pathlib import Path
 
@@ -20,7 +19,7 @@ from lib.experiments.weight_ablation import shares_table  # noqa: E402
 from lib.io import write_json  # noqa: E402
 from lib.kits.weight_runs import saved_deltas  # noqa: E402
 from lib.models import load_model  # noqa: E402
-from lib.runner import library_versions, tree_record  # noqa: E402
+from lib.runner import run_reference, script_record, tree_record  # noqa: E402
 from lib.weights import WeightDelta  # noqa: E402
 
 HERE = Path(__file__).parent
@@ -33,19 +32,15 @@ def main() -> None:
     for spec in sys.argv[1:]:
         label, folder = spec.split("=", 1)
         run = Path(folder)
-        record = json.loads((run / "run.json").read_text())
         found = saved_deltas(run, "honesty")
         deltas = {f"{label} {family} s{seed}": WeightDelta.load(path) for family, seeds in found.items()
                   for seed, path in sorted(seeds.items())}
         table = shares_table(deltas, model, ranks=[8, 32])
         tables.append(table)
-        read.append({"label": label, "folder": str(run), "commit": record.get("git_commit"),
-                     "dirty": record.get("dirty"), "command": record.get("command")})
+        read.append({"label": label, **run_reference(run)})
         print(table.round(4).to_string(index=False), flush=True)
     pd.concat(tables).to_csv(HERE / "geometry.csv", index=False)
-    write_json(HERE / "geometry_runs_read.json", {"script": "geometry.py", "argv": sys.argv[1:], "runs": read,
-                                                  "tree": tree,
-                                                  "versions": library_versions()})
+    write_json(HERE / "geometry_runs_read.json", script_record(tree, read))
 
 
 if __name__ == "__main__":

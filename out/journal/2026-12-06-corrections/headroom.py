@@ -23,7 +23,7 @@ from lib.kits.two_choice import headroom as room  # noqa: E402
 from lib.kits.two_choice import score_both_orders  # noqa: E402
 from lib.kits.weight_runs import FORMATS, run_split  # noqa: E402
 from lib.models import load_model  # noqa: E402
-from lib.runner import library_versions, tree_record  # noqa: E402
+from lib.runner import script_record, tree_record  # noqa: E402
 
 HERE = Path(__file__).parent
 
@@ -49,7 +49,7 @@ def main() -> None:
                                                   "has_headroom")}})
             print(rows[-1], flush=True)
     pd.DataFrame(rows).to_csv(HERE / "headroom.csv", index=False)
-    write_json(HERE / "headroom_run.json", {"script": "headroom.py", "tree": tree, "versions": library_versions()})
+    write_json(HERE / "headroom_run.json", script_record(tree))
 
 
 if __name__ == "__main__":

@@ -34,7 +34,7 @@ from lib.kits import evaluation as ev  # noqa: E402
 from lib.kits.choice_data import LOADERS, load_labelled_pairs  # noqa: E402
 from lib.kits.weight_runs import KL_RENDERING, saved_deltas  # noqa: E402
 from lib.models import load_model  # noqa: E402
-from lib.runner import library_versions, tree_record  # noqa: E402
+from lib.runner import run_reference, script_record, tree_record  # noqa: E402
 from lib.weights import WeightDelta  # noqa: E402
 
 HERE = Path(__file__).parent
@@ -71,8 +71,7 @@ def main() -> None:
         found = saved_deltas(run, BEHAVIOUR)
         if not found:
             raise SystemExit(f"{run} saved no deltas (run it with save_deltas=True)")
-        read.append({"label": label, "folder": str(run), "n_random": n_random, "commit": record.get("git_commit"),
-                     "dirty": record.get("dirty"), "command": record.get("command"), "status": record.get("status"),
+        read.append({"label": label, "n_random": n_random, **run_reference(run),
                      "deltas": {f: sorted(s) for f, s in found.items()}})
         conditions = [ev.unsteered()] + [
             ev.Condition(f"{label} {family} s{seed}", delta=WeightDelta.load(path), family=f"{label} {family} s{seed}")
@@ -93,9 +92,7 @@ def main() -> None:
             # written after each part: an interrupted rescore keeps what it finished
             pd.concat(tables).to_csv(HERE / "preference.csv", index=False)
             pd.concat(matched).to_csv(HERE / "preference_at_kl.csv", index=False)
-    write_json(HERE / "runs_read.json", {"script": "rescore.py", "argv": sys.argv[1:], "runs": read,
-                                         "tree": tree,
-                                         "versions": library_versions()})
+    write_json(HERE / "runs_read.json", script_record(tree, read))
 
 
 if __name__ == "__main__":

@@ -18,7 +18,7 @@ sys.path.insert(0, str(ROOT))
 from lib.experiments import weight_ablation as wa  # noqa: E402
 from lib.io import write_json  # noqa: E402
 from lib.kits import delta_ablation as da  # noqa: E402
-from lib.runner import library_versions, tree_record  # noqa: E402
+from lib.runner import script_record, tree_record  # noqa: E402
 
 HERE = Path(__file__).parent
 JOURNAL = ROOT / "out" / "journal"
@@ -60,9 +60,7 @@ def main() -> None:
                      "commit": record.get("git_commit") or record.get("commit")})
     out = pd.concat(rows, ignore_index=True)
     out.to_csv(HERE / "seed_rules.csv", index=False)
-    write_json(HERE / "seed_rules_runs_read.json", {"script": "seed_rules.py", "runs": read,
-                                                     "tree": tree,
-                                                     "versions": library_versions()})
+    write_json(HERE / "seed_rules_runs_read.json", script_record(tree, read))
     with pd.option_context("display.width", 250, "display.max_colwidth", 160):
         print(out.to_string(index=False))
 
