@@ -13,6 +13,7 @@ from conftest import TEXTS, ByteTokenizer
 from lib.evals import next_token_kl
 from lib.hooks import Steering
 from lib.kits.controls import (
+    KLMatch,
     KLUnreachable,
     kl_matched_random,
     kl_matched_randoms,
@@ -113,47 +114,108 @@ def test_label_shuffled_null_centres_on_zero():
         shuffled_labels([1, 1, 1], 3)
 
 
-def test_kl_matched_random_delta_reaches_the_target_by_a_hand_weight_edit():
-    """The random delta's KL re-measured by hand: the weights edited and restored by the test, one unpadded row per
-    text read as the reply to the neutral instruction (the chat_reply rendering)."""
+NAME = "model.layers.0.mlp.down_proj.weight"
+
+
+def _hand_kl(model, tokenizer, texts, edit) -> float:
+    """The KL of a weight edit measured by hand: the weights edited and restored here, one unpadded row per text read
+    as the reply to the neutral instruction (the chat_reply rendering), mean over reply tokens."""
     from lib.evals import NEUTRAL_INSTRUCTION
     from lib.generation import render_chat
-    from lib.kits.controls import kl_matched_random_delta
-    from lib.weights import WeightDelta
 
-    model, tokenizer = tiny_model("llama", seed=4), ByteTokenizer(chat=True)
-    name = "model.layers.0.mlp.down_proj.weight"
-    delta = WeightDelta({name: torch.randn(model.get_parameter(name).shape,
-                                                generator=torch.Generator().manual_seed(0)) * 0.02})
-    texts = TEXTS[:3]
     prompt = tokenizer(render_chat(tokenizer, NEUTRAL_INSTRUCTION), add_special_tokens=False)["input_ids"]
-
-    @torch.no_grad()
-    def hand_kl(edit: WeightDelta | None) -> float:
-        total, count = 0.0, 0
+    total, count = 0.0, 0
+    with torch.no_grad():
         for text in texts:
             reply = tokenizer(text, add_special_tokens=False)["input_ids"]
             ids = torch.tensor([prompt + reply])
             sides = []
             for side in (None, edit):
-                saved = model.get_parameter(name).detach().clone()
+                saved = model.get_parameter(NAME).detach().clone()
                 if side is not None:
-                    model.get_parameter(name).add_(side[name])
+                    model.get_parameter(NAME).add_(side[NAME])
                 logits = model(ids).logits[0].double()
-                model.get_parameter(name).copy_(saved)
+                model.get_parameter(NAME).copy_(saved)
                 sides.append(torch.log_softmax(logits[len(prompt) - 1: -1], dim=-1))
             total += float((sides[0].exp() * (sides[0] - sides[1])).sum())
             count += len(reply)
-        return total / count
+    return total / count
 
-    target = hand_kl(delta * 3.0)
-    before = model.get_parameter(name).detach().clone()
+
+def _edit_setup():
+    from lib.weights import WeightDelta
+
+    model, tokenizer = tiny_model("llama", seed=4), ByteTokenizer(chat=True)
+    delta = WeightDelta({NAME: torch.randn(model.get_parameter(NAME).shape,
+                                           generator=torch.Generator().manual_seed(0)) * 0.02})
+    return model, tokenizer, delta, TEXTS[:3]
+
+
+def test_kl_matched_random_delta_reaches_the_target_by_a_hand_weight_edit():
+    from lib.kits.controls import kl_matched_random_delta
+
+    model, tokenizer, delta, texts = _edit_setup()
+    target = _hand_kl(model, tokenizer, texts, delta * 3.0)
+    before = model.get_parameter(NAME).detach().clone()
     control, match = kl_matched_random_delta(model, tokenizer, delta, target, texts=texts, seed=2)
-    assert torch.equal(model.get_parameter(name), before)  # every probe restored the weights
-    assert abs(hand_kl(control) - target) <= 0.05 * target
-    assert abs(hand_kl(control * (1 / match.scale)) - target) > 0.05 * target  # norm matching alone would miss
-    cosine = torch.nn.functional.cosine_similarity(control[name].flatten(), delta[name].flatten(), dim=0)
+    assert torch.equal(model.get_parameter(NAME), before)  # every probe restored the weights
+    assert abs(_hand_kl(model, tokenizer, texts, control) - target) <= 0.05 * target
+    assert abs(_hand_kl(model, tokenizer, texts, control * (1 / match.scale)) - target) > 0.05 * target
+    cosine = torch.nn.functional.cosine_similarity(control[NAME].flatten(), delta[NAME].flatten(), dim=0)
     assert abs(float(cosine)) < 0.1
+
+
+def test_random_deltas_along_a_grid_match_each_coefficient_by_hand():
+    """One random direction for the grid: the control at c is the norm-matched random delta of `delta * c` (the
+    construction matched alone) times its scale, and its KL re-measured by hand is within 5% of the dW's at c (catches:
+    scale not divided by |c|, results keyed to the wrong coefficient, another seed's direction)."""
+    from lib.kits.controls import kl_matched_random_deltas
+    from lib.kits.delta_ablation import norm_matched_random
+
+    model, tokenizer, delta, texts = _edit_setup()
+    coeffs = [3.0, -2.0, 0.5]
+    targets = {c: _hand_kl(model, tokenizer, texts, delta * c) for c in coeffs}
+    before = model.get_parameter(NAME).detach().clone()
+    found = kl_matched_random_deltas(model, tokenizer, delta, targets, texts=texts, seed=2)
+    assert torch.equal(model.get_parameter(NAME), before)
+    assert list(found) == coeffs
+    for c in coeffs:
+        control, match = found[c]
+        assert match.target == targets[c]
+        alone = norm_matched_random(delta * c, seed=2).delta * match.scale
+        torch.testing.assert_close(control[NAME], alone[NAME], rtol=1e-5, atol=1e-8)
+        assert abs(_hand_kl(model, tokenizer, texts, control) - targets[c]) <= 0.05 * targets[c]
+    with pytest.raises(ValueError, match="coefficient 0"):
+        kl_matched_random_deltas(model, tokenizer, delta, {0.0: 0.1, 1.0: 0.1}, texts=texts)
+
+
+def test_match_kl_along_shares_probes_across_targets():
+    """Known curves: each target (given out of order) is matched within tolerance at the scale the curve says, with
+    far fewer probes than `match_kl` per target; a curve that saturates answers the reachable targets and
+    KLUnreachable for the rest; a KL that stops being finite is unreachable for the targets beyond it only."""
+    from lib.kits.controls import match_kl_along
+
+    for curve, exponent in [(lambda s: 0.3 * s * s, 2), (lambda s: 0.02 * s ** 4, 4), (lambda s: 0.1 * s, 1)]:
+        targets = [1.2, 0.05, 4.8, 0.3, 0.01]
+        calls: list[float] = []
+        found = match_kl_along(lambda s, f=curve, c=calls: c.append(s) or f(s), targets, start=1.0)
+        alone = []
+        for t in targets:
+            match_kl(lambda scales, f=curve, a=alone: a.extend(scales) or [f(x) for x in scales], t)
+        for match, t in zip(found, targets, strict=True):
+            assert isinstance(match, KLMatch) and match.target == t and match.relative_error <= 0.05
+            assert curve(match.scale) == pytest.approx(match.kl)
+        assert len(calls) == len(set(calls))  # no scale measured twice
+        assert len(calls) * 2 < len(alone), (exponent, len(calls), len(alone))
+    far = match_kl_along(lambda s: 1e-4 * s * s, [5.0])[0]
+    assert isinstance(far, KLMatch) and far.scale == pytest.approx(math.sqrt(5e4), rel=0.03)
+    saturating = match_kl_along(lambda s: min(0.1 * s, 0.5), [1.0, 0.3])
+    assert isinstance(saturating[0], KLUnreachable) and saturating[1].scale == pytest.approx(3.0, rel=0.05)
+    blowing_up = match_kl_along(lambda s: 0.1 * s if s < 16 else math.nan, [0.5, 3.0])
+    assert blowing_up[0].scale == pytest.approx(5.0, rel=0.05)
+    assert isinstance(blowing_up[1], KLUnreachable) and "not finite" in str(blowing_up[1])
+    with pytest.raises(ValueError, match="target"):
+        match_kl_along(lambda s: s, [0.1, 0.0])
 
 
 def test_a_kl_that_stops_being_finite_is_unreachable_not_a_crash():

@@ -65,7 +65,7 @@ from lib.kits.choice_data import (
     load_written_pairs,
 )
 from lib.kits.contrast import measure_contrast, prompt_headroom, reply_activations
-from lib.kits.controls import KLUnreachable, kl_matched_random_delta, shuffled_labels
+from lib.kits.controls import KLUnreachable, kl_matched_random_deltas, shuffled_labels
 from lib.kits.dose_response import effect_at_kl
 from lib.kits.two_choice import choose_answer_format
 from lib.kits.uncertainty import bootstrap
@@ -554,24 +554,24 @@ def random_delta_entries(cfg: WeightSteeringConfig, model: nn.Module, tokenizer:
                          delta: WeightDelta, kls: dict[float, float], adapter: str, seed: int,
                          score: Any) -> dict[str, Any]:
     """The control of one trained dW: a Gaussian delta on the same parameters with its per-tensor norms (seed
-    `seed`), scaled at each coefficient to the KL the dW has there (`lib.kits.controls.kl_matched_random_delta`,
-    the run's rendering), scored on the same rows. The norm-matched random delta was no functional control (KL
-    0.002 against the trained dW's 0.275 in the committed artifacts). {"entries": [...], "<adapter> seed <s> coeff
-    <c>": reason} where no scale reaches the KL."""
+    `seed`, one direction for the whole grid), scaled at each coefficient to the KL the dW has there
+    (`lib.kits.controls.kl_matched_random_deltas`, the run's rendering, the grid's probes shared along one curve),
+    scored on the same rows. The norm-matched random delta was no functional control (KL 0.002 against the trained
+    dW's 0.275 in the committed artifacts). {"entries": [...], "<adapter> seed <s> coeff <c>": reason} where no
+    scale reaches the KL."""
     out: dict[str, Any] = {"entries": []}
-    for coeff, kl in kls.items():
-        if kl <= 0:
+    targets = {coeff: kl for coeff, kl in kls.items() if kl > 0}
+    found = kl_matched_random_deltas(model, tokenizer, delta, targets, seed=seed, rendering=KL_RENDERING,
+                                     batch_size=cfg.batch_size, progress=True)
+    for coeff, matched in found.items():
+        if isinstance(matched, KLUnreachable):
+            out[f"{adapter} seed {seed} coeff {coeff:g}"] = str(matched)
             continue
-        try:
-            random, match = kl_matched_random_delta(model, tokenizer, delta * coeff, kl, seed=seed,
-                                                    rendering=KL_RENDERING, batch_size=cfg.batch_size)
-        except KLUnreachable as error:
-            out[f"{adapter} seed {seed} coeff {coeff:g}"] = str(error)
-            continue
+        random, match = matched
         with apply_delta(model, random, 1.0):
             scored = score()
         out["entries"].append(entry_record(behaviour, RANDOM_DELTA, coeff, scored, match.kl, cfg.low_pmass,
-                                           adapter=adapter, seed=seed, control_of=WEIGHT, target_kl=kl,
+                                           adapter=adapter, seed=seed, control_of=WEIGHT, target_kl=targets[coeff],
                                            scale_over_norm_matched=match.scale))
     return out
 

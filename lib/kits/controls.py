@@ -11,12 +11,13 @@ from __future__ import annotations
 
 import math
 import random
-from collections.abc import Callable, Generator, Sequence
-from dataclasses import dataclass
+from collections.abc import Callable, Generator, Mapping, Sequence
+from dataclasses import dataclass, replace
 from typing import Any
 
 import torch
 from torch import nn
+from tqdm.auto import tqdm
 
 from lib.evals import Rendering, mean_kl, next_token_kl, text_logprobs
 from lib.hooks import Steering
@@ -179,27 +180,138 @@ def kl_matched_randoms(model: nn.Module, tokenizer: Any, vector: SteeringVector,
     return out
 
 
+def match_kl_along(kl_of: Callable[[float], float], targets: Sequence[float], *, start: float = 1.0,
+                   rel_tol: float = 0.05, max_probes: int = 24) -> list[KLMatch | KLUnreachable]:
+    """The scales at which one curve KL(s) reaches each of several targets, every probe shared by all of them.
+
+    Why: a weight delta's control is one random direction matched at each coefficient of a grid, and a weight edit
+    cannot ride in a batch as rows, so every probe is one pass over the neutral texts. `match_kl` per coefficient
+    spent 10-16 passes on each (17 of the 21 minutes of a LoRA seed in the Corrections run); along one curve the
+    targets are searched in increasing order, each from the points already measured: a log-log secant inside the
+    tightest bracket (kept 10% away from its ends, so the bracket always shrinks), outside it a step along the
+    measured slope (KL ~ s^2 until two points give one), at most 8x a probe. A target answers KLMatch (its `tried`
+    is every point measured on the curve so far) or KLUnreachable (a flat curve, or a KL that stops being finite)."""
+    for target in targets:
+        _checked(target, rel_tol)
+    if not start > 0:
+        raise ValueError(f"start={start} must be a positive scale")
+    measured: dict[float, float] = {}
+
+    def probe(scale: float) -> float:
+        if scale not in measured:
+            measured[scale] = float(kl_of(scale))
+        return measured[scale]
+
+    def one(target: float) -> KLMatch:
+        for _ in range(max_probes + 1):
+            finite = sorted((s, k) for s, k in measured.items() if math.isfinite(k))
+            close = [p for p in finite if abs(p[1] - target) <= rel_tol * target]
+            if close:
+                scale, kl = min(close, key=lambda p: abs(p[1] - target))
+                return KLMatch(scale, kl, target, sorted(measured.items()))
+            above = [p for p in finite if p[1] > target]
+            high = above[0] if above else None
+            below = [p for p in finite if p[1] < target and (high is None or p[0] < high[0])]
+            if not finite:
+                scale = start
+            elif high is None:  # all below: step up along the slope
+                scale = below[-1][0] * _growth(below, target)
+            elif not below:  # all above: step down
+                scale = high[0] / _growth([(1 / s, k) for s, k in reversed(above)], target, down=True)
+            else:
+                scale = _secant(below[-1], high, target)
+            if not math.isfinite(probe(scale)):
+                raise KLUnreachable(f"the KL is not finite at scale {scale:.4g} ({measured[scale]}) before "
+                                    f"reaching {target:.4g}")
+        finite = [p for p in measured.items() if math.isfinite(p[1])]
+        best = min(finite, key=lambda p: abs(p[1] - target)) if finite else (math.nan, math.nan)
+        raise KLUnreachable(f"no scale reached KL {target:.4g} within {rel_tol:.0%} in {max_probes} probes "
+                            f"(closest: scale {best[0]:.4g}, KL {best[1]:.4g}); the KL may not grow with the scale")
+
+    results: dict[int, KLMatch | KLUnreachable] = {}
+    for i in sorted(range(len(targets)), key=lambda j: targets[j]):
+        try:
+            results[i] = one(targets[i])
+        except KLUnreachable as error:
+            results[i] = error
+    return [results[i] for i in range(len(targets))]
+
+
+def _growth(points: list[tuple[float, float]], target: float, down: bool = False) -> float:
+    """How far to step from the last of `points` (sorted by scale) toward `target`: the log-log slope of the last
+    two (clamped to [0.5, 4]) or 2 (KL ~ s^2 for a small edit), the step kept within [2^0.25, 8]."""
+    scale, kl = points[-1]
+    if kl <= 0:
+        return 8.0
+    slope = 2.0
+    if len(points) >= 2 and points[-2][1] > 0 and points[-2][1] != kl:
+        slope = math.log(kl / points[-2][1]) / math.log(scale / points[-2][0])
+        slope = min(max(abs(slope), 0.5), 4.0)
+    ratio = (kl / target) if down else (target / kl)
+    return min(max(ratio ** (1 / slope), 2 ** 0.25), 8.0)
+
+
+def _secant(low: tuple[float, float], high: tuple[float, float], target: float) -> float:
+    """The log-log interpolation of `target` between a point below and one above it, kept in the middle 80% of the
+    bracket (in log scale); the geometric midpoint when the lower KL is not positive."""
+    if low[1] <= 0:
+        return math.sqrt(low[0] * high[0]) if low[0] > 0 else high[0] / 2
+    fraction = (math.log(target) - math.log(low[1])) / (math.log(high[1]) - math.log(low[1]))
+    fraction = min(max(fraction, 0.1), 0.9)
+    return math.exp(math.log(low[0]) + fraction * (math.log(high[0]) - math.log(low[0])))
+
+
 @torch.no_grad()
+def kl_matched_random_deltas(model: nn.Module, tokenizer: Any, delta: WeightDelta, targets: Mapping[float, float], *,
+                             seed: int = 0, texts: Sequence[str] = NEUTRAL_TEXTS, rendering: Rendering = "chat_reply",
+                             rel_tol: float = 0.05, batch_size: int = 16, progress: bool = False,
+                             ) -> dict[float, tuple[WeightDelta, KLMatch] | KLUnreachable]:
+    """The control of `delta` along a coefficient grid: `targets` maps each coefficient c to the KL that `delta` has
+    at c, and c answers a Gaussian random delta with `delta * c`'s per-tensor norms (`norm_matched_random`, seed
+    `seed`: one direction for the whole grid, the same for c and -c) rescaled so that applying it at coefficient 1
+    has that KL on `texts` with `rendering`, with its KLMatch (`scale` over the norm-matched delta of `delta * c`),
+    or the KLUnreachable where no scale reaches it. The targets share one curve's probes (`match_kl_along`)."""
+    if any(c == 0 for c in targets):
+        raise ValueError("targets has coefficient 0: the unsteered model needs no control; drop it")
+    unit = norm_matched_random(delta, seed=seed).delta
+    reference = text_logprobs(model, tokenizer, texts, rendering=rendering, batch_size=batch_size, progress=False)
+    bar = tqdm(desc=f"KL-matched random delta (seed {seed})", unit="pass", disable=not progress, leave=False)
+
+    def kl_of(scale: float) -> float:
+        with apply_delta(model, unit, float(scale)):
+            kl = mean_kl(reference, text_logprobs(model, tokenizer, texts, rendering=rendering, batch_size=batch_size,
+                                                  progress=False))
+        bar.update(1)
+        return kl
+
+    coeffs = list(targets)
+    start = min(abs(c) for c in coeffs) if coeffs else 1.0
+    try:
+        found = match_kl_along(kl_of, [targets[c] for c in coeffs], start=start, rel_tol=rel_tol)
+    finally:
+        bar.close()
+    out: dict[float, tuple[WeightDelta, KLMatch] | KLUnreachable] = {}
+    for c, match in zip(coeffs, found, strict=True):
+        if isinstance(match, KLUnreachable):
+            out[c] = match
+        else:
+            out[c] = (unit * match.scale, replace(match, scale=match.scale / abs(c),
+                                                   tried=[(s / abs(c), k) for s, k in match.tried]))
+    return out
+
+
 def kl_matched_random_delta(model: nn.Module, tokenizer: Any, delta: WeightDelta, target_kl: float, *, seed: int = 0,
                             texts: Sequence[str] = NEUTRAL_TEXTS, rendering: Rendering = "chat_reply",
                             rel_tol: float = 0.05, batch_size: int = 16) -> tuple[WeightDelta, KLMatch]:
     """A Gaussian random delta on `delta`'s parameters with its per-tensor norms (`norm_matched_random`, seed
     `seed`), rescaled so that applying it at coefficient 1 has KL `target_kl` on `texts` with `rendering`. The
     norm-matched delta alone is no functional control (KL 0.002 against the trained dW's 0.275 in the weight-steering
-    artifacts). A weight edit cannot ride in a batch as rows, so each probed scale is one pass over `texts`."""
-    random = norm_matched_random(delta, seed=seed).delta
-    reference = text_logprobs(model, tokenizer, texts, rendering=rendering, batch_size=batch_size, progress=False)
-
-    def kl_at(scales: Sequence[float]) -> list[float]:
-        out = []
-        for scale in scales:
-            with apply_delta(model, random, float(scale)):
-                out.append(mean_kl(reference, text_logprobs(model, tokenizer, texts, rendering=rendering,
-                                                            batch_size=batch_size, progress=False)))
-        return out
-
-    match = match_kl(kl_at, target_kl, rel_tol=rel_tol)
-    return random * match.scale, match
+    artifacts). `kl_matched_random_deltas` with one coefficient; raises KLUnreachable where no scale reaches it."""
+    found = kl_matched_random_deltas(model, tokenizer, delta, {1.0: target_kl}, seed=seed, texts=texts,
+                                     rendering=rendering, rel_tol=rel_tol, batch_size=batch_size)[1.0]
+    if isinstance(found, KLUnreachable):
+        raise found
+    return found
 
 
 def shuffled_labels(labels: Sequence[Any], n_shuffles: int, seed: int = 0) -> list[list[Any]]:
