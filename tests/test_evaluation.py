@@ -291,6 +291,37 @@ def test_control_floor_sets_the_number_of_random_controls_and_deltas_get_kl_matc
         assert row["random_kl"] == pytest.approx(row["kl"], rel=0.05)  # matched in KL, measured again
 
 
+def test_a_deltas_grid_is_controlled_along_one_curve_per_seed(monkeypatch):
+    """A delta on a grid with 2 controls: one search per seed covers every coefficient (catches: a search per grid
+    point again), each control's KL measured anew is within 5% of its point's, and a coefficient no scale reaches is
+    noted and warned while the others keep their controls (catches: one failure dropping the grid)."""
+    import lib.kits.evaluation as evaluation
+    from lib.kits.controls import KLUnreachable
+
+    model, tokenizer, _, delta, _ = _setup()
+    pair = ContinuationPair(["Say it", "Tell me"], ["arr", "ahoy"], ["hello", "hi"])
+    calls = []
+    real = evaluation.kl_matched_random_deltas
+
+    def spy(*args, **kwargs):
+        calls.append(dict(args[3]))
+        found = real(*args, **kwargs)
+        found[-2.0] = KLUnreachable("closest: KL 0.01")
+        return found
+
+    monkeypatch.setattr(evaluation, "kl_matched_random_deltas", spy)
+    with pytest.warns(UserWarning, match="no KL-matched random control"):
+        table = compare(model, tokenizer, [unsteered(), with_delta("delta", delta, 1.0)], pair,
+                        coefficients=[-2.0, 0.0, 2.0, 4.0], baseline="unsteered", n_random=2, neutral_texts=NEUTRAL,
+                        n_boot=200)
+    assert len(calls) == 2 and all(sorted(c) == [-2.0, 2.0, 4.0] for c in calls)
+    rows = table[table.metric == table.attrs["main"]].set_index("condition")
+    for name in ("delta@2", "delta@4"):
+        assert rows.loc[name, "n_random"] == 2
+        assert rows.loc[name, "random_kl"] == pytest.approx(rows.loc[name, "kl"], rel=0.05)
+    assert "closest: KL 0.01" in rows.loc["delta@-2", "control_note"] and np.isnan(rows.loc["delta@-2", "control_p"])
+
+
 def test_a_control_that_cannot_reach_the_kl_is_noted_and_warned_never_dropped(monkeypatch):
     """In a small model a random direction's KL can saturate below the vector's (seen on the tiny Llama): the row
     says so in control_note, has no p-value, and a warning is raised (catches: the failure swallowed, or fatal)."""

@@ -31,7 +31,7 @@ from lib.gates import Gate
 from lib.generation import generate
 from lib.hooks import Steering, steer
 from lib.kits.choice_data import Item
-from lib.kits.controls import KLUnreachable, kl_matched_random_delta, kl_matched_randoms
+from lib.kits.controls import KLUnreachable, kl_matched_random_deltas, kl_matched_randoms
 from lib.kits.data import NEUTRAL_TEXTS
 from lib.kits.dose_response import effect_at_kl, per_row_slopes
 from lib.kits.text_scorers import degeneracy
@@ -399,26 +399,60 @@ def coefficient_of(condition: Condition) -> float:
     return float("nan")
 
 
-def _random_controls(model: nn.Module, tokenizer: Any, condition: Condition, target_kl: float, n_random: int,
-                     seed: int, texts: Sequence[str], batch_size: int, rendering: Rendering) -> list[Condition]:
-    """`n_random` conditions like `condition` with its vector or delta replaced by a random one of the same
-    per-layer (per-tensor) norms, rescaled to `target_kl`; seed k is the same at every coefficient of a grid, so
-    each control is a curve of one random direction."""
-    if condition.vector is not None:  # searched together: the directions share the blocks below the layer
-        matched = kl_matched_randoms(model, tokenizer, condition.vector * condition.coefficient, target_kl,
-                                     seeds=[seed + 1 + k for k in range(n_random)], texts=texts,
-                                     layers=condition.layers, positions=condition.positions, rendering=rendering,
-                                     batch_size=batch_size)
-        return [replace(condition, name=f"{condition.name}~random{k}", vector=direction, coefficient=1.0)
-                for k, (direction, _) in enumerate(matched)]
-    assert condition.delta is not None
-    out = []
-    for k in range(n_random):  # a weight edit cannot ride in a batch as rows: one search per delta
-        random, _ = kl_matched_random_delta(model, tokenizer, condition.delta * condition.delta_coefficient,
-                                            target_kl, seed=seed + 1 + k, texts=texts, rendering=rendering,
-                                            batch_size=batch_size)
-        out.append(replace(condition, name=f"{condition.name}~random{k}", delta=random, delta_coefficient=1.0))
-    return out
+def _random_controls(model: nn.Module, tokenizer: Any, conditions: Sequence[Condition], kls: dict[str, float],
+                     n_random: int, seed: int, texts: Sequence[str], batch_size: int,
+                     rendering: Rendering) -> tuple[dict[str, list[Condition]], dict[str, str]]:
+    """`n_random` conditions per steered condition with its vector or delta replaced by a random one of the same
+    per-layer (per-tensor) norms, rescaled to the condition's KL; seed k is the same at every coefficient of a grid,
+    so each control is a curve of one random direction. The vectors' directions are searched together per condition
+    (`kl_matched_randoms`); a delta's grid shares one curve per seed (`kl_matched_random_deltas`: a weight edit
+    cannot ride in a batch as rows, so the probes are what costs). Returns the controls by condition name and, where
+    no scale reached the KL, the reason."""
+    controlled: dict[str, list[Condition]] = {}
+    unmatched: dict[str, str] = {}
+    on_deltas: dict[int, list[Condition]] = {}  # one group per delta object: on_grid's conditions share it
+    for condition in conditions:
+        strength = coefficient_of(condition)
+        if np.isnan(strength) or strength == 0 or kls[condition.name] <= 0:
+            continue
+        if condition.delta is not None:
+            on_deltas.setdefault(id(condition.delta), []).append(condition)
+            continue
+        assert condition.vector is not None
+        try:  # searched together: the directions share the blocks below the layer
+            matched = kl_matched_randoms(model, tokenizer, condition.vector * condition.coefficient,
+                                         kls[condition.name], seeds=[seed + 1 + k for k in range(n_random)],
+                                         texts=texts, layers=condition.layers, positions=condition.positions,
+                                         rendering=rendering, batch_size=batch_size)
+        except KLUnreachable as error:
+            unmatched[condition.name] = f"no KL-matched random control: {error}"
+            continue
+        controlled[condition.name] = [replace(condition, name=f"{condition.name}~random{k}", vector=direction,
+                                              coefficient=1.0) for k, (direction, _) in enumerate(matched)]
+    for group in on_deltas.values():
+        coefficients = {condition.delta_coefficient for condition in group}
+        # one delta at one coefficient under two names: match each alone
+        parts = [group] if len(coefficients) == len(group) else [[condition] for condition in group]
+        for part in parts:
+            delta = part[0].delta
+            assert delta is not None
+            targets = {condition.delta_coefficient: kls[condition.name] for condition in part}
+            for k in range(n_random):
+                found = kl_matched_random_deltas(model, tokenizer, delta, targets, seed=seed + 1 + k, texts=texts,
+                                                 rendering=rendering, batch_size=batch_size)
+                for condition in part:
+                    matched = found[condition.delta_coefficient]
+                    if isinstance(matched, KLUnreachable):
+                        unmatched[condition.name] = f"no KL-matched random control: {matched}"
+                        continue
+                    controlled.setdefault(condition.name, []).append(
+                        replace(condition, name=f"{condition.name}~random{k}", delta=matched[0],
+                                delta_coefficient=1.0))
+    for name in unmatched:  # a condition is controlled by all its seeds or reported unmatched, never by some
+        controlled.pop(name, None)
+    for name, reason in unmatched.items():  # reported in the table's control_note and warned: never a silent gap
+        warnings.warn(f"{name}: {reason}", stacklevel=3)
+    return controlled, unmatched
 
 
 def compare(model: nn.Module, tokenizer: Any, conditions: Sequence[Condition], scorer: Scorer, *,
@@ -465,16 +499,8 @@ def compare(model: nn.Module, tokenizer: Any, conditions: Sequence[Condition], s
     controlled: dict[str, list[Condition]] = {}
     unmatched: dict[str, str] = {}
     if n_random:
-        for condition in conditions:
-            strength = coefficient_of(condition)
-            if np.isnan(strength) or strength == 0 or kls[condition.name] <= 0:
-                continue
-            try:
-                controlled[condition.name] = _random_controls(model, tokenizer, condition, kls[condition.name],
-                                                              n_random, seed, neutral_texts, batch_size, kl_rendering)
-            except KLUnreachable as error:  # reported in the table's control_note and warned: never a silent gap
-                unmatched[condition.name] = f"no KL-matched random control: {error}"
-                warnings.warn(f"{condition.name}: {unmatched[condition.name]}", stacklevel=2)
+        controlled, unmatched = _random_controls(model, tokenizer, conditions, kls, n_random, seed, neutral_texts,
+                                                 batch_size, kl_rendering)
         randoms = [r for group in controlled.values() for r in group]
         random_scores = _score(model, tokenizer, randoms, scorer, batch_size) if randoms else {}
         random_kls = side_effect_kl(model, tokenizer, randoms, neutral_texts, batch_size,
