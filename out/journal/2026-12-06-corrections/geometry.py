@@ -3,11 +3,12 @@
 singular subspaces, each as a share of ||dW|| beside the same share for random deltas of dW's per-tensor norms
 (`weight_ablation.shares_table`). The 2026-12-01 deltas were not kept; these are the same recipe retrained.
 
-    .venv/bin/python out/journal/2026-12-06-corrections/geometry.py <label>=<run folder> [...]
+    .venv/bin/python out/journal/2026-12-06-corrections/geometry.py <label>=<run folder> [...] [--name N]
 """
 
 from __future__ import annotations
 
+import argparse
 import sys
 from pathlib import Path
 
@@ -27,9 +28,14 @@ HERE = Path(__file__).parent
 
 def main() -> None:
     tree = tree_record(ROOT)  # before this script writes anything into the tree
+    parser = argparse.ArgumentParser()
+    parser.add_argument("runs", nargs="+", help="label=run folder")
+    parser.add_argument("--name", default="", help="suffix of the output files (geometry_<name>.csv, ...)")
+    args = parser.parse_args()
+    suffix = f"_{args.name}" if args.name else ""
     model, _ = load_model()
     tables, read = [], []
-    for spec in sys.argv[1:]:
+    for spec in args.runs:
         label, folder = spec.split("=", 1)
         run = Path(folder)
         found = saved_deltas(run, "honesty")
@@ -39,8 +45,8 @@ def main() -> None:
         tables.append(table)
         read.append({"label": label, **run_reference(run)})
         print(table.round(4).to_string(index=False), flush=True)
-    pd.concat(tables).to_csv(HERE / "geometry.csv", index=False)
-    write_json(HERE / "geometry_runs_read.json", script_record(tree, read))
+        pd.concat(tables).to_csv(HERE / f"geometry{suffix}.csv", index=False)  # after each run: kept if interrupted
+    write_json(HERE / f"geometry{suffix}_runs_read.json", script_record(tree, read))
 
 
 if __name__ == "__main__":

@@ -12,7 +12,8 @@ deltas of the dW's per-tensor norms at every coefficient (on the written pairs o
 search of its own, and on 2 cores the labelled pairs' control is the label-shuffled null run instead). Every table
 records which run folder it read.
 
-    .venv/bin/python out/journal/2026-12-06-corrections/rescore.py <label>=<run folder>[@<n_random>] [...]
+    .venv/bin/python out/journal/2026-12-06-corrections/rescore.py <label>=<run folder>[@<n_random>] [...] \
+        [--seeds S ...] [--name N]
 
 (`@0`: no random deltas for that run, e.g. a label-shuffled null, itself a control.)
 """
@@ -58,7 +59,10 @@ def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("runs", nargs="+", help="label=run folder[@n_random] (default 1 random delta per point)")
     parser.add_argument("--batch-size", type=int, default=16)
+    parser.add_argument("--seeds", type=int, nargs="*", default=None, help="only these adapter seeds (default all)")
+    parser.add_argument("--name", default="", help="suffix of the output files (preference_<name>.csv, ...)")
     args = parser.parse_args()
+    suffix = f"_{args.name}" if args.name else ""
     model, tokenizer = load_model()
     read, tables, matched = [], [], []
     for spec in args.runs:
@@ -68,10 +72,11 @@ def main() -> None:
         run = Path(folder)
         record = json.loads((run / "run.json").read_text())
         grid = sorted({0.0, *map(float, record["parameters"]["weight_coeffs"])})
-        found = saved_deltas(run, BEHAVIOUR)
-        if not found:
+        found = {family: {seed: path for seed, path in seeds.items() if args.seeds is None or seed in args.seeds}
+                 for family, seeds in saved_deltas(run, BEHAVIOUR).items()}
+        if not any(found.values()):
             raise SystemExit(f"{run} saved no deltas (run it with save_deltas=True)")
-        read.append({"label": label, "n_random": n_random, **run_reference(run),
+        read.append({"label": label, "n_random": n_random, "seeds": args.seeds, **run_reference(run),
                      "deltas": {f: sorted(s) for f, s in found.items()}})
         conditions = [ev.unsteered()] + [
             ev.Condition(f"{label} {family} s{seed}", delta=WeightDelta.load(path), family=f"{label} {family} s{seed}")
@@ -90,9 +95,9 @@ def main() -> None:
             at_kl.insert(0, "run", label)
             matched.append(at_kl)
             # written after each part: an interrupted rescore keeps what it finished
-            pd.concat(tables).to_csv(HERE / "preference.csv", index=False)
-            pd.concat(matched).to_csv(HERE / "preference_at_kl.csv", index=False)
-    write_json(HERE / "runs_read.json", script_record(tree, read))
+            pd.concat(tables).to_csv(HERE / f"preference{suffix}.csv", index=False)
+            pd.concat(matched).to_csv(HERE / f"preference_at_kl{suffix}.csv", index=False)
+    write_json(HERE / f"runs_read{suffix}.json", script_record(tree, read))
 
 
 if __name__ == "__main__":
