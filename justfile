@@ -163,6 +163,7 @@ report *ARGS:
 bench:
     {{py}} benchmarks/steering.py
     {{py}} benchmarks/evaluation.py
+    {{py}} benchmarks/controls.py
     {{py}} benchmarks/beyond_addition.py
     {{py}} benchmarks/memory.py
     {{py}} benchmarks/optimize.py
