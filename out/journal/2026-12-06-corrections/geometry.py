@@ -3,7 +3,8 @@
 singular subspaces, each as a share of ||dW|| beside the same share for random deltas of dW's per-tensor norms
 (`weight_ablation.shares_table`). The 2026-12-01 deltas were not kept; these are the same recipe retrained.
 
-    .venv/bin/python out/journal/2026-12-06-corrections/geometry.py <label>=<run folder> [...] [--name N]
+    .venv/bin/python out/journal/2026-12-06-corrections/geometry.py <label>=<run folder> [...] \
+        [--seeds S ...] [--name N]
 """
 
 from __future__ import annotations
@@ -30,6 +31,7 @@ def main() -> None:
     tree = tree_record(ROOT)  # before this script writes anything into the tree
     parser = argparse.ArgumentParser()
     parser.add_argument("runs", nargs="+", help="label=run folder")
+    parser.add_argument("--seeds", type=int, nargs="*", default=None, help="only these adapter seeds (default all)")
     parser.add_argument("--name", default="", help="suffix of the output files (geometry_<name>.csv, ...)")
     args = parser.parse_args()
     suffix = f"_{args.name}" if args.name else ""
@@ -40,10 +42,10 @@ def main() -> None:
         run = Path(folder)
         found = saved_deltas(run, "honesty")
         deltas = {f"{label} {family} s{seed}": WeightDelta.load(path) for family, seeds in found.items()
-                  for seed, path in sorted(seeds.items())}
+                  for seed, path in sorted(seeds.items()) if args.seeds is None or seed in args.seeds}
         table = shares_table(deltas, model, ranks=[8, 32])
         tables.append(table)
-        read.append({"label": label, **run_reference(run)})
+        read.append({"label": label, "seeds": args.seeds, **run_reference(run)})
         print(table.round(4).to_string(index=False), flush=True)
         pd.concat(tables).to_csv(HERE / f"geometry{suffix}.csv", index=False)  # after each run: kept if interrupted
     write_json(HERE / f"geometry{suffix}_runs_read.json", script_record(tree, read))
