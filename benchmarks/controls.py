@@ -4,8 +4,8 @@ Row (issue "Corrections"): the control of one weight delta on a coefficient grid
 (`lib.kits.controls.kl_matched_random_deltas`, the probes shared by `match_kl_along`) vs one `match_kl` search per
 coefficient (the route before, 17 of the 21 minutes of a LoRA seed in the Corrections run); target <= 0.5. A weight
 edit cannot ride in a batch as rows, so each probe is one pass over the neutral texts: what the curve saves is
-probes. The delta is a Gaussian edit of the MLP down projections (every block), the grid the journal runs' nonzero
-points. Alternated pairs, as every timed row of ./just bench (benchmarks/steering.py's `paired`).
+probes. The delta is a Gaussian edit of the MLP down projections (every block), the grid the journal runs' points
+with |c| <= 1. Alternated pairs, as every timed row of ./just bench (benchmarks/steering.py's `paired`).
 """
 
 from __future__ import annotations
@@ -24,7 +24,7 @@ from lib.kits.delta_ablation import norm_matched_random  # noqa: E402
 from lib.models import load_model  # noqa: E402
 from lib.weights import WeightDelta, apply_delta  # noqa: E402
 
-GRID = (-2.0, -1.0, -0.5, -0.25, 0.25, 0.5, 1.0, 2.0)
+GRID = (-1.0, -0.5, 0.5, 1.0)
 TEXTS = ["The weather was mild today.", "She read the map twice before leaving."]
 
 
