@@ -80,12 +80,16 @@ def parameters_cell(path: Path) -> dict[str, Any]:
 
 
 def parse_value(text: str) -> Any:
-    """A Python literal, else the text itself. A bracketed list of bare words, `[honesty]` or `[lora,pissa]` (what
-    a shell leaves of `["lora","pissa"]` without quotes), is a list of those words, not the string "[lora,pissa]"
-    whose characters a config would then read one by one."""
+    """A Python literal, else a JSON value (`true`, `false`, `null`: what `rerun_command` writes), else the text
+    itself. A bracketed list of bare words, `[honesty]` or `[lora,pissa]` (what a shell leaves of
+    `["lora","pissa"]` without quotes), is a list of those words, not the string "[lora,pissa]" whose characters a
+    config would then read one by one. Before JSON was read, `random_deltas=false` reached the notebook as the text
+    "false", which is truthy: the run computed the controls it was told to skip (journal 2026-12-06, Corrections)."""
     try:
         return ast.literal_eval(text)
     except (ValueError, SyntaxError):
+        with contextlib.suppress(ValueError):
+            return json.loads(text)
         stripped = text.strip()
         if len(stripped) >= 2 and (stripped[0], stripped[-1]) in (("[", "]"), ("(", ")")):
             inner = stripped[1:-1].strip()
@@ -171,6 +175,10 @@ def validate(name: str, overrides: dict[str, Any]) -> tuple[dict[str, Any], Note
     unknown = sorted(set(overrides) - set(defaults))
     if unknown:
         raise ValueError(f"unknown parameter(s) {unknown} for {path.stem}; valid: {sorted(defaults)}")
+    for key, value in overrides.items():
+        if isinstance(defaults[key], bool) and not isinstance(value, bool):
+            raise ValueError(f"{key}={value!r} is not true or false: write {key}=true or {key}=false (a text value "
+                             "would be truthy in the notebook, whatever it says)")
     resolved = {**defaults, **overrides}
     config_cls = config_class(path.stem)
     config = config_cls(**resolved) if config_cls else None  # raises on a bad value, naming the parameter

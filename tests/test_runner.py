@@ -68,6 +68,25 @@ def test_bare_words_in_brackets_are_a_list_of_strings():
     assert parse_assignments(["empty=[]", "word=math"], grid=False) == {"empty": [[]], "word": ["math"]}
 
 
+def test_json_booleans_parse_as_booleans_and_a_text_for_a_bool_is_refused():
+    """`random_deltas=false` (what `rerun_command` writes, and what a shell user types) is False, not the text
+    "false" that the notebook then reads as truthy: a run of the journal's own command computed the controls it was
+    told to skip (catches: the JSON fallback removed). A bool parameter given any other text is refused before
+    launch, naming it (catches: the check removed)."""
+    parsed = parse_assignments(["random_deltas=false", "shuffle_labels=true", "out=null", "words=[true,honesty]"],
+                               grid=False)
+    assert parsed == {"random_deltas": [False], "shuffle_labels": [True], "out": [None], "words": [[True, "honesty"]]}
+    assert parse_assignments(["flag=True", "x=honesty"], grid=False) == {"flag": [True], "x": ["honesty"]}
+    from lib import runner
+
+    command = runner.rerun_command("weight_steering", {"random_deltas": False, "shuffle_labels": True})
+    items = command.split()[3:]
+    assert {k: v[0] for k, v in parse_assignments(items, grid=False).items()} == {"random_deltas": False,
+                                                                                 "shuffle_labels": True}
+    with pytest.raises(ValueError, match="random_deltas='yes' is not true or false"):
+        validate("weight_steering", {"random_deltas": "yes"})
+
+
 def test_unknown_parameter_is_rejected_before_launch(capsys):
     assert main(["sweep", "contrastive_steering", "layer=6,10", "scael=1,2"]) == 2
     err = capsys.readouterr().err
