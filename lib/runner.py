@@ -246,9 +246,12 @@ def run_reference(run_dir: Path) -> dict[str, Any]:
 
 
 def script_record(tree: dict[str, Any], runs: list[dict[str, Any]] | None = None) -> dict[str, Any]:
-    """A journal script's own record: its name and arguments, the runs it read, the tree it ran from
-    (`tree_record`, taken before it wrote) and the library versions."""
-    return {"script": Path(sys.argv[0]).name, "argv": sys.argv[1:], "runs": runs or [], "tree": tree,
+    """A journal script's own record: its name, arguments and the command that runs it again (from the repository
+    root), the runs it read, the tree it ran from (`tree_record`, taken before it wrote) and the library versions."""
+    script = Path(sys.argv[0]).resolve()
+    where = script.relative_to(REPO_ROOT) if script.is_relative_to(REPO_ROOT) else script
+    return {"script": script.name, "argv": sys.argv[1:],
+            "command": shlex.join([".venv/bin/python", str(where), *sys.argv[1:]]), "runs": runs or [], "tree": tree,
             "versions": library_versions()}
 
 

@@ -490,14 +490,15 @@ def test_a_dirty_run_keeps_its_diff_its_command_and_a_dirty_flag(tmp_path, monke
 
 def test_journal_script_records_name_the_run_and_the_script(tmp_path, monkeypatch):
     """Catches run_reference reading another key than run.json's (e.g. "commit" for "git_commit") and script_record
-    dropping the runs or the arguments it was given."""
+    dropping the runs or the arguments it was given, or the command that runs it again."""
     from lib import runner
 
     (tmp_path / "run.json").write_text(json.dumps({"git_commit": "abc", "dirty": False, "command": "./just run x",
                                                    "status": "ok"}))
     assert runner.run_reference(tmp_path) == {"folder": str(tmp_path), "commit": "abc", "dirty": False,
                                               "command": "./just run x", "status": "ok"}
-    monkeypatch.setattr(runner.sys, "argv", ["out/journal/x/rescore.py", "lora=folder@1"])
+    monkeypatch.setattr(runner.sys, "argv", [str(runner.REPO_ROOT / "out/journal/x/rescore.py"), "lora=folder@1"])
     record = runner.script_record({"commit": "abc", "dirty": False, "differs": []}, [{"label": "lora"}])
     assert (record["script"], record["argv"], record["runs"]) == ("rescore.py", ["lora=folder@1"], [{"label": "lora"}])
+    assert record["command"] == ".venv/bin/python out/journal/x/rescore.py lora=folder@1"
     assert record["versions"] == runner.library_versions()
