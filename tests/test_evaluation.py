@@ -437,3 +437,15 @@ def test_replies_are_written_under_each_condition_and_judged_by_the_plain_model(
         with route():  # what the bug gave: the same replies read by the intervened model, which differs
             inside = fluency_nll(model, tokenizer, prompts, texts)
         assert not np.allclose(inside, table.attrs["scores"][name]["nll"], equal_nan=True), name
+
+
+def test_compare_shows_a_bar_per_stage_and_none_when_asked_not_to(capsys):
+    """A grid of deltas runs for minutes: each stage ticks a bar on stderr (catches: a stage's bar dropped, or
+    `progress` not passed down), and progress=False is silent (catches: the flag ignored)."""
+    model, tokenizer, _, _, conditions = _setup()
+    pair = ContinuationPair(["Say it", "Tell me"], ["arr", "ahoy"], ["hello", "hi"])
+    compare(model, tokenizer, conditions, pair, neutral_texts=NEUTRAL, n_boot=200, progress=False)
+    assert capsys.readouterr().err == ""
+    compare(model, tokenizer, conditions, pair, neutral_texts=NEUTRAL, n_boot=200)
+    err = capsys.readouterr().err
+    assert "compare: score" in err and "compare: KL" in err

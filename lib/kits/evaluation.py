@@ -23,6 +23,7 @@ import numpy as np
 import pandas as pd
 import torch
 from torch import nn
+from tqdm.auto import tqdm
 
 from lib.ablation import ablate
 from lib.choice_evals import AnswerFormat
@@ -275,7 +276,7 @@ def _messages(condition: Condition, prompt: str) -> str | list[dict[str, str]]:
 
 def side_effect_kl(model: nn.Module, tokenizer: Any, conditions: Sequence[Condition],
                    texts: Sequence[str] = NEUTRAL_TEXTS, batch_size: int = 16,
-                   rendering: Rendering = "chat_reply") -> dict[str, float]:
+                   rendering: Rendering = "chat_reply", progress: bool = False) -> dict[str, float]:
     """Per condition, KL(unsteered || condition) per token on `texts`, by default read as the assistant's reply to
     the neutral instruction (`text_logprobs(rendering="chat_reply")`): the same continuations under a system prompt,
     a vector or a delta, so prompts and steering are compared on one footing. `rendering="raw"` (the text alone)
@@ -292,7 +293,9 @@ def side_effect_kl(model: nn.Module, tokenizer: Any, conditions: Sequence[Condit
     reference = text_logprobs(model, tokenizer, texts, rendering=rendering, batch_size=batch_size, progress=False)
     tokens = sum(len(r) for r in reference)
     n = len(texts)
-    for group in _groups(conditions):
+    groups = _groups(conditions)
+    for group in tqdm(groups, desc="compare: KL", unit="pass", disable=not progress or len(groups) <= 1,
+                      leave=False):
         members = [conditions[i] for i in group]
         contexts: dict[tuple[Any, ...], list[Condition]] = {}
         for condition in members:  # one batched call per rendering (system prompt, prefix) and steering placement
@@ -336,14 +339,16 @@ def is_plain(condition: Condition) -> bool:
 
 
 def _score(model: nn.Module, tokenizer: Any, conditions: Sequence[Condition], scorer: Scorer,
-           batch_size: int) -> dict[str, dict[str, np.ndarray]]:
+           batch_size: int, progress: bool = False) -> dict[str, dict[str, np.ndarray]]:
     """{condition: {metric: [units]}}, one pass per weight context; generated text also gets `fluency_nll`. Plain
     conditions (`is_plain`: unsteered, every family's coefficient-0 point) are the same model: scored once, as the
     first of them, and shared, so a grid with 0 in it costs no extra pass per family."""
     results: dict[str, dict[str, np.ndarray]] = {}
     plain = [c for c in conditions if is_plain(c)]
     run = [c for c in conditions if not is_plain(c) or c is plain[0]]
-    for group in _groups(run):
+    groups = _groups(run)
+    for group in tqdm(groups, desc="compare: score", unit="pass", disable=not progress or len(groups) <= 1,
+                      leave=False):
         members = [run[i] for i in group]
         if isinstance(scorer, GeneratedText):  # written under the condition, read by the plain model
             with members[0].weights(model):
@@ -401,7 +406,7 @@ def coefficient_of(condition: Condition) -> float:
 
 def _random_controls(model: nn.Module, tokenizer: Any, conditions: Sequence[Condition], kls: dict[str, float],
                      n_random: int, seed: int, texts: Sequence[str], batch_size: int,
-                     rendering: Rendering) -> tuple[dict[str, list[Condition]], dict[str, str]]:
+                     rendering: Rendering, progress: bool = False) -> tuple[dict[str, list[Condition]], dict[str, str]]:
     """`n_random` conditions per steered condition with its vector or delta replaced by a random one of the same
     per-layer (per-tensor) norms, rescaled to the condition's KL; seed k is the same at every coefficient of a grid,
     so each control is a curve of one random direction. The vectors' directions are searched together per condition
@@ -423,7 +428,7 @@ def _random_controls(model: nn.Module, tokenizer: Any, conditions: Sequence[Cond
             matched = kl_matched_randoms(model, tokenizer, condition.vector * condition.coefficient,
                                          kls[condition.name], seeds=[seed + 1 + k for k in range(n_random)],
                                          texts=texts, layers=condition.layers, positions=condition.positions,
-                                         rendering=rendering, batch_size=batch_size)
+                                         rendering=rendering, batch_size=batch_size, progress=progress)
         except KLUnreachable as error:
             unmatched[condition.name] = f"no KL-matched random control: {error}"
             continue
@@ -439,7 +444,7 @@ def _random_controls(model: nn.Module, tokenizer: Any, conditions: Sequence[Cond
             targets = {condition.delta_coefficient: kls[condition.name] for condition in part}
             for k in range(n_random):
                 found = kl_matched_random_deltas(model, tokenizer, delta, targets, seed=seed + 1 + k, texts=texts,
-                                                 rendering=rendering, batch_size=batch_size)
+                                                 rendering=rendering, batch_size=batch_size, progress=progress)
                 for condition in part:
                     matched = found[condition.delta_coefficient]
                     if isinstance(matched, KLUnreachable):
@@ -459,7 +464,7 @@ def compare(model: nn.Module, tokenizer: Any, conditions: Sequence[Condition], s
             coefficients: Sequence[float] | None = None, baseline: str | None = None, n_random: int = 0,
             control_floor: float | None = None, neutral_texts: Sequence[str] = NEUTRAL_TEXTS,
             kl_rendering: Rendering = "chat_reply", n_boot: int = 2000, level: float = 0.95, batch_size: int = 16,
-            seed: int = 0) -> pd.DataFrame:
+            seed: int = 0, progress: bool = True) -> pd.DataFrame:
     """Score every condition on the same units, with side effects and controls, as one tidy table.
 
     coefficients: a grid (e.g. `symmetric_grid(8)`); every vector or delta condition runs at each (`on_grid`), and
@@ -476,6 +481,9 @@ def compare(model: nn.Module, tokenizer: Any, conditions: Sequence[Condition], s
     `control_note` where no random direction reaches the condition's KL (then no p-value, and a warning);
     `comparisons` = how many condition x metric effects the table holds. `table.attrs["scores"]` keeps the per-unit
     values ({condition: {metric: [units]}}) for per-row slopes.
+
+    progress: a bar per stage (score, KL, each control's search) on stderr, one tick per pass; a grid of weight
+    deltas runs for minutes on a CPU.
     """
     if control_floor is not None:
         needed = controls_for_floor(control_floor)
@@ -494,17 +502,17 @@ def compare(model: nn.Module, tokenizer: Any, conditions: Sequence[Condition], s
         raise ValueError(f"baseline={baseline!r} is not one of the conditions {names}")
     if n_random and baseline is None:
         raise ValueError("n_random needs baseline=: a control's effect is its difference from the baseline")
-    scores = _score(model, tokenizer, conditions, scorer, batch_size)
-    kls = side_effect_kl(model, tokenizer, conditions, neutral_texts, batch_size, kl_rendering)
+    scores = _score(model, tokenizer, conditions, scorer, batch_size, progress)
+    kls = side_effect_kl(model, tokenizer, conditions, neutral_texts, batch_size, kl_rendering, progress)
     controlled: dict[str, list[Condition]] = {}
     unmatched: dict[str, str] = {}
     if n_random:
         controlled, unmatched = _random_controls(model, tokenizer, conditions, kls, n_random, seed, neutral_texts,
-                                                 batch_size, kl_rendering)
+                                                 batch_size, kl_rendering, progress)
         randoms = [r for group in controlled.values() for r in group]
-        random_scores = _score(model, tokenizer, randoms, scorer, batch_size) if randoms else {}
+        random_scores = _score(model, tokenizer, randoms, scorer, batch_size, progress) if randoms else {}
         random_kls = side_effect_kl(model, tokenizer, randoms, neutral_texts, batch_size,
-                                    kl_rendering) if randoms else {}
+                                    kl_rendering, progress) if randoms else {}
     rows = []
     for condition in conditions:
         for metric, values in scores[condition.name].items():
