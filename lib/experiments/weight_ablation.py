@@ -576,6 +576,14 @@ def swing(points: Mapping[str, Mapping[str, Any]], c: float, key: str = "score")
     return math.nan if None in value else float(value[0]) - float(value[1])
 
 
+def row_swings(points: Mapping[str, Mapping[str, Any]], c: float, key: str = "row_scores") -> np.ndarray:
+    """[rows] each row's swing, its value at +c minus at -c (rows paired across the two; `key="preference_rows"`
+    for the reply preference's pairs), in float64: what the swing's SE, the retained interval and a sum of crops
+    (journal 2026-12-07, sub-additivity) resample."""
+    return (np.asarray(points[repr(c)][key], dtype=np.float64)
+            - np.asarray(points[repr(-c)][key], dtype=np.float64))
+
+
 def retained_interval(points: Mapping[str, Mapping[str, Any]], full: Mapping[str, Mapping[str, Any]], c: float,
                       key: str = "row_scores", seed: int = 0) -> tuple[float, float]:
     """The 95% paired bootstrap interval over rows of retained = mean row swing of the variant / mean row swing of
@@ -585,12 +593,8 @@ def retained_interval(points: Mapping[str, Mapping[str, Any]], full: Mapping[str
     0.5) with no interval."""
     if key not in points[repr(c)] or key not in full[repr(c)]:
         return math.nan, math.nan
-
-    def row_swing(of: Mapping[str, Mapping[str, Any]]) -> np.ndarray:
-        return np.asarray(of[repr(c)][key], dtype=np.float64) - np.asarray(of[repr(-c)][key], dtype=np.float64)
-
     try:
-        estimate = ratio_of_means(row_swing(points), row_swing(full), seed=seed)
+        estimate = ratio_of_means(row_swings(points, c, key), row_swings(full, c, key), seed=seed)
     except ValueError:  # undefined on > 1% of the draws, or fewer than 2 rows
         return math.nan, math.nan
     return estimate.low, estimate.high
@@ -601,8 +605,7 @@ def row_swing_se(points: Mapping[str, Mapping[str, Any]], c: float, key: str = "
     preference's pairs)."""
     if key not in points[repr(c)]:
         return math.nan
-    diff = torch.tensor(points[repr(c)][key], dtype=torch.float64) - torch.tensor(
-        points[repr(-c)][key], dtype=torch.float64)
+    diff = torch.from_numpy(row_swings(points, c, key))
     return float(diff.std() / math.sqrt(len(diff))) if len(diff) > 1 else math.nan
 
 

@@ -119,6 +119,13 @@ def _groups(conditions: Sequence[Condition]) -> list[list[int]]:
     return list(groups.values())
 
 
+def _passes(conditions: Sequence[Condition], stage: str, progress: bool) -> Iterator[list[int]]:
+    """`_groups(conditions)`, one weight context (one pass) each, ticking a bar "compare: <stage>" when asked."""
+    groups = _groups(conditions)
+    yield from tqdm(groups, desc=f"compare: {stage}", unit="pass", disable=not progress or len(groups) <= 1,
+                    leave=False)
+
+
 def _steering(conditions: Sequence[Condition], units: int) -> tuple[Steering | None, list[float] | None]:
     """Per-row vectors and coefficients for `units` rows per condition, unit-major like every job here: unit 0 under
     each condition, then unit 1, ... (`_unit_major`). None when no condition steers."""
@@ -293,9 +300,7 @@ def side_effect_kl(model: nn.Module, tokenizer: Any, conditions: Sequence[Condit
     reference = text_logprobs(model, tokenizer, texts, rendering=rendering, batch_size=batch_size, progress=False)
     tokens = sum(len(r) for r in reference)
     n = len(texts)
-    groups = _groups(conditions)
-    for group in tqdm(groups, desc="compare: KL", unit="pass", disable=not progress or len(groups) <= 1,
-                      leave=False):
+    for group in _passes(conditions, "KL", progress):
         members = [conditions[i] for i in group]
         contexts: dict[tuple[Any, ...], list[Condition]] = {}
         for condition in members:  # one batched call per rendering (system prompt, prefix) and steering placement
@@ -346,9 +351,7 @@ def _score(model: nn.Module, tokenizer: Any, conditions: Sequence[Condition], sc
     results: dict[str, dict[str, np.ndarray]] = {}
     plain = [c for c in conditions if is_plain(c)]
     run = [c for c in conditions if not is_plain(c) or c is plain[0]]
-    groups = _groups(run)
-    for group in tqdm(groups, desc="compare: score", unit="pass", disable=not progress or len(groups) <= 1,
-                      leave=False):
+    for group in _passes(run, "score", progress):
         members = [run[i] for i in group]
         if isinstance(scorer, GeneratedText):  # written under the condition, read by the plain model
             with members[0].weights(model):

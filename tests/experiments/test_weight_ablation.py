@@ -654,3 +654,20 @@ def test_our_rules_are_labelled_ours():
     values = {f: {"full": 1.0, "writes": 0.6, "reads": 0.6} for f in ("lora",)}
     assert {r["by"] for r in wa.verdict(_table(values), _effects(["lora"]), cfg)} == {"ours"}
     assert {r["by"] for r in wa.verdict(_table(values), _effects(["lora"], swing=0.1), cfg)} == {"ours"}
+
+
+def test_row_swings_and_their_se_and_retained_interval_by_hand():
+    """Each row's swing is its value at +c minus at -c (catches: the signs or the coefficients swapped), its SE the
+    sample standard deviation over sqrt(rows) (catches: ddof 0), and the retained interval resamples the variant's
+    and the full dW's row swings together: a variant with half of every row's swing retains exactly 0.5, so its
+    interval is [0.5, 0.5] (catches: the rows resampled apart, or one side's swing misread)."""
+    plus, minus = [0.9, 0.4, 0.1, 0.6], [0.1, 0.2, 0.3, -0.2]
+    full = {repr(1.0): {"row_scores": plus}, repr(-1.0): {"row_scores": minus}}
+    half = {repr(1.0): {"row_scores": [p / 2 for p in plus]}, repr(-1.0): {"row_scores": [m / 2 for m in minus]}}
+    by_hand = [p - m for p, m in zip(plus, minus, strict=True)]
+    assert wa.row_swings(full, 1.0).tolist() == pytest.approx(by_hand, abs=1e-12)
+    mean = sum(by_hand) / 4
+    se = math.sqrt(sum((x - mean) ** 2 for x in by_hand) / 3) / 2
+    assert wa.row_swing_se(full, 1.0) == pytest.approx(se, abs=1e-12)
+    assert wa.retained_interval(half, full, 1.0) == pytest.approx((0.5, 0.5), abs=1e-12)
+    assert all(math.isnan(x) for x in wa.retained_interval(half, full, 1.0, key="preference_rows"))

@@ -15,23 +15,18 @@ import json
 import sys
 from pathlib import Path
 
-import numpy as np
 import pandas as pd
 
 ROOT = Path(__file__).resolve().parents[3]
 sys.path.insert(0, str(ROOT))
+from lib.experiments.weight_ablation import row_swings  # noqa: E402
 from lib.io import write_json  # noqa: E402
 from lib.kits.uncertainty import ratio_of_means  # noqa: E402
 from lib.runner import run_reference, script_record, tree_record  # noqa: E402
 
 HERE = Path(__file__).parent
+PAIRS = "preference_rows"  # the held-out reply pairs' preference, per pair
 SPLITS = {"reads + writes": ("reads", "writes"), "attention + mlp": ("attention", "mlp")}
-
-
-def row_swing(record: dict, c: float) -> np.ndarray:
-    points = record["points"]
-    return (np.asarray(points[repr(c)]["preference_rows"], dtype=np.float64)
-            - np.asarray(points[repr(-c)]["preference_rows"], dtype=np.float64))
 
 
 def main() -> None:
@@ -45,16 +40,16 @@ def main() -> None:
         for family in result["parameters"]["families"]:
             variants = {name.split("/", 1)[1]: record for name, record in store["variants"].items()
                         if name.startswith(f"{family}/")}
-            full = row_swing(variants["full"], c)
+            swings = {name: row_swings(record["points"], c, PAIRS) for name, record in variants.items()
+                      if PAIRS in record["points"][repr(c)]}
+            full = swings["full"]
             for label, parts in SPLITS.items():
-                summed = sum(row_swing(variants[part], c) for part in parts)
-                estimate = ratio_of_means(summed, full, seed=0)
+                estimate = ratio_of_means(sum(swings[part] for part in parts), full, seed=0)
                 rows.append({"family": family, "seed": result["parameters"]["seed"], "coefficient": c,
                              "kl+": variants["full"]["points"][repr(c)]["kl"], "split": label,
                              "sum_over_full": estimate.value, "low": estimate.low, "high": estimate.high,
                              "full_swing": float(full.mean()), "pairs": len(full)}
-                            | {f"{part}_over_full": float(row_swing(variants[part], c).mean() / full.mean())
-                               for part in parts})
+                            | {f"{part}_over_full": float(swings[part].mean() / full.mean()) for part in parts})
         read.append(run_reference(run))
     pd.DataFrame(rows).to_csv(HERE / "subadditivity.csv", index=False)
     write_json(HERE / "subadditivity_runs_read.json", script_record(tree, read))
